@@ -1,0 +1,160 @@
+#################################################################################
+# GLOBALS                                                                       #
+#################################################################################
+
+PROJECT_NAME = recsys
+PYTHON_INTERPRETER ?= python3
+VENV = .venv
+PYTHON = $(VENV)/bin/python
+STAMP = $(VENV)/.installed
+POETRY = .tools/bin/poetry
+
+# Dataset for every stage: ml-100k, ml-1m, ml-20m, ml-32m, ml-latest-small, hm, custom
+DATASET ?= ml-1m
+# Training configs (files in configs/) that `make train` runs, in order
+CONFIGS ?= sasrec-ce gpt-hybrid gpt-text
+# Which benchmark `make bench` runs: all, data, features, train, evaluate
+BENCH ?= all
+# Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
+DATA_ARGS ?=
+FEATURES_ARGS ?=
+TRAIN_ARGS ?=
+EVALUATE_ARGS ?=
+PREDICT_ARGS ?= --user 1
+PLOTS_ARGS ?=
+
+#################################################################################
+# COMMANDS                                                                      #
+#################################################################################
+
+## Install Python dependencies into .venv (exact pins from requirements.lock) and poetry into .tools
+.PHONY: requirements
+requirements: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PYTHON) || $(PYTHON_INTERPRETER) -m venv $(VENV)
+	$(PYTHON) -m pip install -q -c requirements.lock -e ".[dev]"
+	test -x $(POETRY) || { $(PYTHON_INTERPRETER) -m venv .tools && .tools/bin/pip install -q "poetry==2.5.1"; }
+	touch $@
+
+## Re-resolve dependencies from pyproject.toml and rewrite requirements.lock
+.PHONY: lock
+lock:
+	rm -rf .lock-venv && $(PYTHON_INTERPRETER) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e ".[dev]"
+	{ echo "# Exact pins for 'pip install -c requirements.lock -e .[dev]'. Regenerate with 'make lock'."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^recsys' | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; \
+	} > requirements.lock
+	rm -rf .lock-venv
+
+## Delete compiled Python files, the built site and test scratch
+.PHONY: clean
+clean:
+	find . -path ./$(VENV) -prune -o -type f -name "*.py[co]" -delete
+	find . -path ./$(VENV) -prune -o -type d -name "__pycache__" -exec rm -rf {} +
+	rm -rf site .pytest_cache
+
+## Lint with flake8 and check formatting with black
+.PHONY: lint
+lint: requirements
+	$(PYTHON) -m flake8 recsys tests benchmarks
+	$(PYTHON) -m black --check recsys tests benchmarks
+
+## Format source code with black
+.PHONY: format
+format: requirements
+	$(PYTHON) -m black recsys tests benchmarks
+
+## Run the test suite (unit, integration on the data mirror, browser) and the lint check
+.PHONY: test
+test: requirements browser-deps
+	$(PYTHON) -m pytest
+	$(MAKE) --no-print-directory lint
+
+## Install headless Chromium for the report-site browser test when it is missing
+.PHONY: browser-deps
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium for the browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+## Run the benchmarks (BENCH=all|data|features|train|evaluate); results go to reports/bench/
+.PHONY: bench
+bench: requirements
+	$(PYTHON) -m benchmarks $(BENCH)
+
+#################################################################################
+# PROJECT RULES                                                                 #
+#################################################################################
+
+## Download (or take from RECSYS_DATA_MIRROR), parse and split DATASET: raw -> interim -> processed
+.PHONY: data
+data: requirements
+	$(PYTHON) -m recsys.dataset download --dataset $(DATASET)
+	$(PYTHON) -m recsys.dataset interim --dataset $(DATASET)
+	$(PYTHON) -m recsys.dataset main --dataset $(DATASET) $(DATA_ARGS)
+
+## Build item texts and their frozen BERT vectors for DATASET
+.PHONY: features
+features: requirements
+	$(PYTHON) -m recsys.features text --dataset $(DATASET)
+	$(PYTHON) -m recsys.features embed --dataset $(DATASET) $(FEATURES_ARGS)
+
+## Train every config in CONFIGS on DATASET (resumes an interrupted run)
+.PHONY: train
+train: requirements
+	for config in $(CONFIGS); do \
+	  $(PYTHON) -m recsys.modeling.train --dataset $(DATASET) --config $$config $(TRAIN_ARGS) || exit 1; \
+	done
+
+## Score the trained runs and the baselines on valid and test; writes reports/metrics/DATASET.json
+.PHONY: evaluate
+evaluate: requirements
+	$(PYTHON) -m recsys.modeling.evaluate --dataset $(DATASET) $(EVALUATE_ARGS)
+
+## Print readable recommendations from the best run (PREDICT_ARGS="--user 1 --k 10")
+.PHONY: predict
+predict: requirements
+	$(PYTHON) -m recsys.modeling.predict --dataset $(DATASET) $(PREDICT_ARGS)
+
+## Draw t-SNE, training curves, metrics and sample recommendations into reports/figures/DATASET/
+.PHONY: plots
+plots: requirements
+	$(PYTHON) -m recsys.plots all --dataset $(DATASET) $(PLOTS_ARGS)
+
+## Generate the report pages in docs/ and build the site into site/ (mkdocs --strict)
+.PHONY: report
+report: requirements
+	$(PYTHON) -m recsys.report --dataset $(DATASET)
+
+## Serve the report site at http://127.0.0.1:8000
+.PHONY: docs-serve
+docs-serve: requirements
+	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
+
+## The main job: data -> features -> train -> evaluate -> plots -> report for DATASET
+.PHONY: all
+all: data features train evaluate plots report
+
+#################################################################################
+# Self Documenting Commands                                                     #
+#################################################################################
+
+.DEFAULT_GOAL := help
+
+define PRINT_HELP_PYSCRIPT
+import re, sys; \
+lines = '\n'.join([line for line in sys.stdin]); \
+matches = re.findall(r'\n## (.*)\n[\s\S]+?\n([a-zA-Z_-]+):', lines); \
+print('Available rules:\n'); \
+print('\n'.join(['{:15}{}'.format(*reversed(match)) for match in matches]))
+endef
+export PRINT_HELP_PYSCRIPT
+
+## List the targets with one line each
+help:
+	@$(PYTHON_INTERPRETER) -c "${PRINT_HELP_PYSCRIPT}" < $(MAKEFILE_LIST)
+	@echo; echo "Variables: DATASET=$(DATASET) CONFIGS='$(CONFIGS)' BENCH=$(BENCH);"
+	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS TRAIN_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS"

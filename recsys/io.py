@@ -1,0 +1,94 @@
+"""Atomic writes: every output appears whole or not at all, even if the process is killed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from recsys.cli import fail
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and parents), turning permission problems into a user error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise fail(f"cannot create output folder {path}: {err.strerror}; choose a writable path")
+    if not os.access(path, os.W_OK):
+        raise fail(f"output folder {path} is not writable; fix its permissions or choose another")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target``; rename it onto ``target`` only on success."""
+    target = Path(target)
+    ensure_dir(target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; swap it in for ``target`` only on success."""
+    target = Path(target)
+    ensure_dir(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(obj: Any, target: Path) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    return Path(target)
+
+
+def write_text(text: str, target: Path) -> Path:
+    """Write ``text`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def write_parquet(df: Any, target: Path) -> Path:
+    """Write a pandas DataFrame to parquet atomically (no index)."""
+    with atomic_path(target) as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(target)
+
+
+def read_json(path: Path) -> Any:
+    """Read JSON, turning a missing or corrupt file into a user error."""
+    path = Path(path)
+    if not path.exists():
+        raise fail(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise fail(
+            f"{path} is not valid JSON ({err}); delete it and re-run the stage that writes it"
+        )

@@ -1,0 +1,149 @@
+"""The processed-data contract between ``recsys.dataset`` (writer) and training/evaluation (readers).
+
+``data/processed/<dataset>/`` holds:
+
+* ``events.parquet``: one row per interaction, columns ``user_idx`` (int32, 1..n_users),
+  ``item_idx`` (int32, 1..n_items), ``timestamp`` (int64), ``split`` (int8: 0 train, 1 valid,
+  2 test). Rows are sorted by user, then time; ties keep the raw file order. Flat rows (not lists)
+  so a reader can stream row groups for catalogues too large for memory.
+* ``items.parquet``: ``item_idx`` (int32, 1..n_catalogue), the original ``item_id``, ``title`` and
+  every text field of the interim item table, plus ``n_interactions``. Items ``1..n_items`` have
+  interactions; ``n_items+1..n_catalogue`` are in the item table only (cold: rankable by text models).
+* ``users.parquet``: ``user_idx`` (int32, 1..n_users) and the original ``user_id``.
+* ``stats.json``: counts, density, sequence-length percentiles and the split/filter settings.
+
+Index 0 is padding everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys.cli import fail
+from recsys.config import PROCESSED_DATA_DIR
+from recsys.io import read_json
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
+EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE = (
+    "events.parquet",
+    "items.parquet",
+    "users.parquet",
+    "stats.json",
+)
+
+
+@dataclass
+class ProcessedData:
+    """A processed dataset, loaded."""
+
+    name: str
+    events: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    stats: dict[str, Any]
+
+    @property
+    def n_items(self) -> int:
+        """Items with interactions: the catalogue that metrics rank over (ids 1..n_items)."""
+        return int(self.stats["n_items"])
+
+    @property
+    def n_catalogue(self) -> int:
+        """Every item in the item table, cold ones included (ids 1..n_catalogue)."""
+        return int(self.stats["n_catalogue"])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.stats["n_users"])
+
+
+def processed_dir(dataset: str, root: Path | None = None) -> Path:
+    return Path(root or PROCESSED_DATA_DIR) / dataset
+
+
+def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
+    """Load ``data/processed/<dataset>``; a missing stage output is a user error naming the fix."""
+    folder = processed_dir(dataset, root)
+    missing = [
+        f for f in (EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE) if not (folder / f).exists()
+    ]
+    if missing:
+        raise fail(
+            f"processed data for {dataset!r} is missing {', '.join(missing)} in {folder}; "
+            f"run 'make data DATASET={dataset}' first"
+        )
+    return ProcessedData(
+        name=dataset,
+        events=pd.read_parquet(folder / EVENTS_FILE),
+        items=pd.read_parquet(folder / ITEMS_FILE),
+        users=pd.read_parquet(folder / USERS_FILE),
+        stats=read_json(folder / STATS_FILE),
+    )
+
+
+def _group_bounds(user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users and [start, end) row bounds of each user's run in a user-sorted array."""
+    starts = np.flatnonzero(np.r_[True, user_idx[1:] != user_idx[:-1]]) if len(user_idx) else []
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.r_[starts[1:], len(user_idx)].astype(np.int64)
+    return user_idx[starts], starts, ends
+
+
+def train_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
+    """Each user's time-ordered training items (split == train)."""
+    train = events[events["split"] == TRAIN]
+    users, starts, ends = _group_bounds(train["user_idx"].to_numpy())
+    items = train["item_idx"].to_numpy()
+    return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
+
+
+@dataclass
+class EvalExamples:
+    """Next-item examples: ``histories[i]`` (time-ordered item ids) precedes ``targets[i]``."""
+
+    users: np.ndarray
+    histories: list[np.ndarray]
+    targets: np.ndarray
+
+
+def eval_examples(events: pd.DataFrame, split: str | int) -> EvalExamples:
+    """For each user with an event in ``split``, its first such event and everything before it.
+
+    Under leave-one-out this is the classic protocol: valid = second-to-last item with the train
+    prefix as history, test = last item with train + valid as history.
+    """
+    code = SPLIT_NAMES[split] if isinstance(split, str) else int(split)
+    users_col = events["user_idx"].to_numpy()
+    items = events["item_idx"].to_numpy()
+    splits = events["split"].to_numpy()
+    users, starts, ends = _group_bounds(users_col)
+    out_users, histories, targets = [], [], []
+    for u, s, e in zip(users, starts, ends):
+        hits = np.flatnonzero(splits[s:e] == code)
+        if len(hits) == 0:
+            continue
+        pos = s + int(hits[0])
+        out_users.append(int(u))
+        histories.append(items[s:pos])
+        targets.append(int(items[pos]))
+    return EvalExamples(
+        users=np.asarray(out_users, dtype=np.int64),
+        histories=histories,
+        targets=np.asarray(targets, dtype=np.int64),
+    )
+
+
+def left_pad(sequences: list[np.ndarray], max_len: int) -> np.ndarray:
+    """Stack the last ``max_len`` items of each sequence into a left-padded int64 matrix."""
+    out = np.zeros((len(sequences), max_len), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        tail = np.asarray(seq[-max_len:], dtype=np.int64)
+        if len(tail):
+            out[row, max_len - len(tail) :] = tail
+    return out
