@@ -12,7 +12,7 @@ def main(argv: list[str]) -> None:
     which = argv[0] if argv else "all"
     names = sorted(
         m.name.removeprefix("bench_")
-        for m in pkgutil.iter_modules([str(Path(__file__).parent))
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
         if m.name.startswith("bench_")
     )
     selected = names if which == "all" else [which]

@@ -1,7 +1,8 @@
 """Project paths and logging, shared by every stage.
 
-Each path can be moved with an environment variable (``RECSYS_DATA_DIR``, ``RECSYS_MODELS_DIR``, ...)
-so tests and users can point a stage at another tree without touching code.
+Each path can be moved with an environment variable (``RECSYS_DATA_DIR``,
+``RECSYS_MODELS_DIR``, ...) so tests and users can point a stage at another tree without
+touching code.
 """
 
 from __future__ import annotations

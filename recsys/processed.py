@@ -1,4 +1,4 @@
-"""The processed-data contract between ``recsys.dataset`` (writer) and training/evaluation (readers).
+"""The processed-data contract: ``recsys.dataset`` writes it, training and evaluation read it.
 
 ``data/processed/<dataset>/`` holds:
 
@@ -8,7 +8,8 @@
   so a reader can stream row groups for catalogues too large for memory.
 * ``items.parquet``: ``item_idx`` (int32, 1..n_catalogue), the original ``item_id``, ``title`` and
   every text field of the interim item table, plus ``n_interactions``. Items ``1..n_items`` have
-  interactions; ``n_items+1..n_catalogue`` are in the item table only (cold: rankable by text models).
+  interactions; ``n_items+1..n_catalogue`` are in the item table only (cold: rankable by text
+  models).
 * ``users.parquet``: ``user_idx`` (int32, 1..n_users) and the original ``user_id``.
 * ``stats.json``: counts, density, sequence-length percentiles and the split/filter settings.
 
