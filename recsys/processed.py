@@ -148,3 +148,15 @@ def left_pad(sequences: list[np.ndarray], max_len: int) -> np.ndarray:
         if len(tail):
             out[row, max_len - len(tail) :] = tail
     return out
+
+
+def cold_item_set(n_items: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """The items held out of training in cold-start mode: a seeded ``fraction`` of 1..n_items.
+
+    Training (``--cold-items F``) and evaluation draw the same set from the same arguments.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise fail(f"--cold-items must be in [0, 1), got {fraction}")
+    n_cold = int(round(fraction * n_items))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(np.arange(1, n_items + 1), size=n_cold, replace=False))
