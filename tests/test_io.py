@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
@@ -64,3 +66,15 @@ def test_cli_runner_prints_one_line_and_exits_nonzero():
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: bad value x in file y; do z"]
     assert "Traceback" not in proc.stderr
+
+
+def test_atomic_outputs_get_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json({"a": 1}, tmp_path / "x.json")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
