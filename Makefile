@@ -52,7 +52,7 @@ lock:
 clean:
 	find . -path ./$(VENV) -prune -o -type f -name "*.py[co]" -delete
 	find . -path ./$(VENV) -prune -o -type d -name "__pycache__" -exec rm -rf {} +
-	rm -rf site .pytest_cache
+	rm -rf site docs/generated .pytest_cache
 
 ## Lint with flake8 and check formatting with black
 .PHONY: lint
@@ -132,6 +132,7 @@ report: requirements
 ## Serve the report site at http://127.0.0.1:8000
 .PHONY: docs-serve
 docs-serve: requirements
+	$(PYTHON) -m recsys.report --dataset $(DATASET) --no-build
 	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
 
 ## The main job: data -> features -> train -> evaluate -> plots -> report for DATASET
