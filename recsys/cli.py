@@ -7,6 +7,13 @@ import sys
 import click
 import typer
 
+try:  # typer >= 0.2x ships its own click: its usage errors are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _TyperClickException = click.exceptions.ClickException
+_USAGE_ERRORS = (click.exceptions.ClickException, _TyperClickException)
+_ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+
 
 class RecsysError(Exception):
     """A problem the user can fix (bad input, missing file, wrong option): shown as one line."""
@@ -24,10 +31,10 @@ def run(app: typer.Typer) -> None:
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    except click.exceptions.ClickException as err:
+    except _USAGE_ERRORS as err:
         err.show()
         raise SystemExit(err.exit_code) from None
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _ABORTS:
         print(
             "error: interrupted; outputs of the unfinished step were not written", file=sys.stderr
         )

