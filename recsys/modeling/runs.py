@@ -1,0 +1,105 @@
+"""Trained runs on disk (``models/<dataset>/<run>/``) and loading them back as models.
+
+A checkpoint is self-contained: it holds the run config, the model config and, for text and
+hybrid models, the frozen text vectors as a buffer, so :func:`load_run` needs no feature file
+and reads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.cli import fail
+from recsys.config import MODELS_DIR
+from recsys.io import read_json
+
+BEST_CKPT = Path("checkpoints") / "best.ckpt"
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+MODEL_PREFIX = "model."
+
+
+@dataclass
+class TrainedRun:
+    """A trained model (eval mode) with the config it was trained with."""
+
+    model: Any  # SeqRecModel; typed loosely so importing this module does not import torch
+    config: dict[str, Any]
+    dataset: str
+    run_dir: Path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint safely (tensors and plain values only) onto the CPU."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise fail(f"checkpoint {path} does not exist; train the run first with 'make train'")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise fail(f"checkpoint {path} is corrupt or unreadable ({first}); delete it and retrain")
+    if not isinstance(checkpoint, dict) or "recsys" not in checkpoint:
+        raise fail(f"checkpoint {path} was not written by recsys.modeling.train; retrain the run")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "cpu"):
+    """Rebuild the :class:`SeqRecModel` of a checkpoint dict, in eval mode."""
+    from recsys.modeling.model import ModelConfig, SeqRecModel
+
+    state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    model = SeqRecModel(
+        ModelConfig.from_dict(checkpoint["recsys"]["model_config"]), state.get("item_features")
+    )
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> TrainedRun:
+    """Load ``run_dir``'s best (or ``last``) checkpoint as a ready-to-score model."""
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise fail(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    path = run_dir / (BEST_CKPT if checkpoint == "best" else LAST_CKPT)
+    ckpt = read_checkpoint(path)
+    try:
+        model = model_from_checkpoint(ckpt, device)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise fail(f"checkpoint {path} does not match this code's model ({err}); retrain the run")
+    config = dict(ckpt["recsys"]["config"])
+    return TrainedRun(model=model, config=config, dataset=str(config["dataset"]), run_dir=run_dir)
+
+
+def list_runs(dataset: str, models_dir: Path | None = None) -> list[Path]:
+    """Run folders of ``dataset`` that have a best checkpoint, sorted by name."""
+    root = Path(models_dir or MODELS_DIR) / dataset
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / BEST_CKPT).is_file())
+
+
+def best_val_ndcg(run_dir: Path) -> float:
+    """The run's best validation NDCG@10 from its ``metrics.json``."""
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    if "best_val_ndcg@10" not in metrics:
+        raise fail(f"{run_dir / 'metrics.json'} has no best_val_ndcg@10; retrain the run")
+    return float(metrics["best_val_ndcg@10"])
+
+
+def best_run(dataset: str, models_dir: Path | None = None) -> Path:
+    """The run of ``dataset`` with the highest best validation NDCG@10."""
+    runs = list_runs(dataset, models_dir)
+    if not runs:
+        root = Path(models_dir or MODELS_DIR) / dataset
+        raise fail(f"no trained runs in {root}; run 'make train DATASET={dataset}' first")
+    return max(runs, key=best_val_ndcg)

@@ -1,0 +1,217 @@
+"""Unit tests of the decoder model: learning, causality, padding, losses, representations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.modeling.model import ModelConfig, SeqRecModel
+from recsys.modeling.runs import model_from_checkpoint
+from recsys.processed import left_pad
+
+N_ITEMS, N_CATALOGUE, FEATURE_DIM = 30, 36, 12
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: on a busy CPU a second, spinning OpenMP thread made these tests 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(seed: int = 0, **overrides) -> SeqRecModel:
+    torch.manual_seed(seed)
+    values = dict(
+        n_items=N_ITEMS,
+        n_catalogue=N_CATALOGUE,
+        n_users=5,
+        max_len=16,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        dropout=0.0,
+        feature_dim=FEATURE_DIM,
+    )
+    values.update(overrides)
+    config = ModelConfig(**values)
+    features = None
+    if config.item_repr != "id":
+        features = torch.randn(N_CATALOGUE + 1, FEATURE_DIM)
+        features[0] = 0
+    return SeqRecModel(config, features)
+
+
+def random_batch(batch: int = 8, length: int = 12, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, N_ITEMS + 1, (batch, length + 1), generator=generator)
+    for row in range(batch):  # left padding of varying length
+        tokens[row, : row % 4] = 0
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def train_steps(model: SeqRecModel, steps: int, lr: float = 1e-2) -> list[float]:
+    items, targets = random_batch()
+    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = model.loss(items, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_overfits_one_batch_to_near_zero_loss():
+    torch.manual_seed(0)
+    losses = train_steps(make_model(d_model=32), steps=250)
+    assert losses[0] > 3.0  # about log(30) at the start
+    assert losses[-1] < 0.05
+
+
+@pytest.mark.parametrize(
+    "loss, sampler",
+    [
+        ("ce", "uniform"),
+        ("sampled", "uniform"),
+        ("sampled", "popularity"),
+        ("sampled", "in-batch"),
+        ("bce", "uniform"),
+        ("bpr", "uniform"),
+    ],
+)
+def test_each_loss_runs_and_decreases(loss, sampler):
+    model = make_model(loss=loss, sampler=sampler, n_negatives=8)
+    model.item_counts[1 : N_ITEMS + 1] = torch.arange(1, N_ITEMS + 1).float()
+    torch.manual_seed(0)
+    losses = train_steps(model, steps=40)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first
+
+
+@pytest.mark.parametrize("item_repr", ["id", "text", "hybrid"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_causality_later_items_never_change_earlier_outputs(item_repr, positions):
+    model = make_model(item_repr=item_repr, positions=positions).eval()
+    items, _ = random_batch()
+    changed = items.clone()
+    changed[:, 8:] = (changed[:, 8:] % N_ITEMS) + 1  # every later item differs
+    with torch.no_grad():
+        before, after = model(items), model(changed)
+    assert torch.allclose(before[:, :8], after[:, :8], atol=1e-5)
+    assert not torch.allclose(before[:, 8:], after[:, 8:], atol=1e-3)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_left_padding_does_not_change_scores(positions):
+    model = make_model(item_repr="hybrid", positions=positions).eval()
+    histories = [torch.tensor([3, 7, 1, 9]).numpy(), torch.tensor([5, 2]).numpy()]
+    short = model.score(torch.from_numpy(left_pad(histories, 4)))
+    long = model.score(torch.from_numpy(left_pad(histories, 16)))
+    assert torch.allclose(short[:, 1:], long[:, 1:], atol=1e-5)
+
+
+def test_training_positions_match_scoring_the_prefix():
+    """What position t learns to predict is exactly what score() gives for the prefix up to t."""
+    model = make_model().eval()
+    sequence = torch.tensor([[0, 0, 4, 8, 15, 16, 23]])
+    with torch.no_grad():
+        every_position = model(sequence)
+    for t in range(2, sequence.shape[1]):
+        prefix = model.score(sequence[:, : t + 1])
+        assert torch.allclose(prefix[:, 1:], every_position[:, t, 1:], atol=1e-5)
+
+
+def test_score_and_item_table_shapes_and_padding_column():
+    model = make_model(item_repr="hybrid").eval()
+    scores = model.score(torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    assert scores.shape == (2, N_CATALOGUE + 1)
+    assert torch.isneginf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+    assert model.item_table().shape == (N_CATALOGUE + 1, 16)
+    hidden = model.encode(torch.tensor([[0, 1, 2]]))[:, -1]
+    assert torch.allclose(scores[0, 1:], (hidden @ model.item_table().T)[0, 1:], atol=1e-5)
+
+
+def test_text_model_scores_cold_items_from_their_features():
+    """Two cold items with identical text get identical scores; a different text does not."""
+    model = make_model(item_repr="text").eval()
+    model.item_features[N_CATALOGUE] = model.item_features[N_CATALOGUE - 1]
+    scores = model.score(torch.tensor([[1, 2, 3]]))[0]
+    assert torch.isclose(scores[N_CATALOGUE], scores[N_CATALOGUE - 1])
+    assert not torch.isclose(scores[N_CATALOGUE], scores[N_ITEMS + 1])
+
+
+def test_cold_candidates_are_excluded_from_the_training_softmax():
+    """An item switched off as a candidate (cold) gets no gradient unless it is an input."""
+    items, targets = random_batch()
+    items, targets = items.clamp(max=N_ITEMS - 1), targets.clamp(max=N_ITEMS - 1)
+    for is_candidate in (True, False):
+        model = make_model()
+        model.candidate_mask[N_ITEMS] = is_candidate
+        model.loss(items, targets).backward()
+        grad = model.item_emb.weight.grad
+        assert bool(grad[N_ITEMS].abs().sum() > 0) == is_candidate
+        assert grad[N_ITEMS + 1 :].abs().sum() == 0  # item-table-only rows never in the softmax
+
+
+def test_user_embedding_changes_scores_only_when_enabled():
+    items = torch.tensor([[0, 1, 2, 3]])
+    with_user = make_model(use_user=True).eval()
+    a = with_user.score(items, torch.tensor([1]))
+    b = with_user.score(items, torch.tensor([2]))
+    assert not torch.allclose(a[:, 1:], b[:, 1:])
+    without = make_model().eval()
+    assert torch.equal(without.score(items, torch.tensor([1])), without.score(items))
+
+
+def test_param_groups_decay_only_linear_matrices():
+    model = make_model(item_repr="hybrid")
+    decay, no_decay = model.param_groups(0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "blocks.0.attn.qkv.weight" in decayed and "text_proj.weight" in decayed
+    assert not any("ln" in n or n.endswith("bias") or "emb" in n for n in decayed)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_checkpoint_dict_round_trip_gives_identical_scores(tmp_path):
+    model = make_model(item_repr="hybrid").eval()
+    path = tmp_path / "model.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "recsys": {"model_config": model.config.to_dict()}}, path)
+    restored = model_from_checkpoint(torch.load(path, weights_only=True))
+    items = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    assert torch.equal(model.score(items), restored.score(items))
+    assert not restored.training
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"item_repr": "bert"}, "item_repr must be one of"),
+        ({"loss": "hinge"}, "loss must be one of"),
+        ({"d_model": 30, "n_heads": 4}, "divisible"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"item_repr": "text", "feature_dim": 0}, "needs text features"),
+        ({"n_catalogue": 10}, "n_catalogue"),
+    ],
+)
+def test_bad_model_config_is_rejected(change, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(**change)
+
+
+def test_feature_shape_mismatch_is_rejected():
+    config = ModelConfig(n_items=3, n_catalogue=4, item_repr="text", feature_dim=8)
+    with pytest.raises(ValueError, match="n_catalogue"):
+        SeqRecModel(config, torch.zeros(4, 8))
+
+
+def test_too_long_sequence_is_rejected():
+    with pytest.raises(ValueError, match="max_len"):
+        make_model().score(torch.ones(1, 17, dtype=torch.long))

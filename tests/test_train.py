@@ -1,0 +1,295 @@
+"""Training stage: config handling, run folders, checkpoints, resume after kill -9, DDP, errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from recsys.cli import RecsysError
+from recsys.modeling import train as train_stage
+from recsys.modeling.lightning import BucketSampler, SequenceWindows
+from recsys.modeling.metrics import ndcg_at_k, target_ranks
+from recsys.modeling.runs import best_run, list_runs, load_run
+from recsys.modeling.synthetic import write_synthetic_processed
+from recsys.processed import eval_examples, left_pad, load_processed
+
+PROJ_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "d_model": 16,
+    "n_layers": 1,
+    "n_heads": 1,
+    "max_len": 20,
+    "batch_size": 16,
+    "lr": 0.005,
+    "max_epochs": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("processed")
+    write_synthetic_processed(root, "syn", n_users=60, n_items=40, n_events=1500, n_cold=4)
+    return root
+
+
+@pytest.fixture()
+def configs(tmp_path) -> Path:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (folder / "tiny-slow.yaml").write_text(
+        yaml.safe_dump({**TINY, "max_epochs": 40, "patience": 5})
+    )
+    return folder
+
+
+def run_train(processed: Path, configs: Path, models: Path, **kwargs) -> Path:
+    kwargs.setdefault("config", "tiny")
+    return train_stage.train(
+        "syn",
+        processed_root=processed,
+        models_dir=models,
+        configs_dir=configs,
+        progress_bar=False,
+        accelerator="cpu",
+        **kwargs,
+    )
+
+
+def cli_env(processed: Path, models: Path, configs: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RECSYS_PROCESSED_DATA_DIR=str(processed),
+        RECSYS_MODELS_DIR=str(models),
+        RECSYS_CONFIGS_DIR=str(configs),
+        PYTHONPATH=str(PROJ_ROOT),
+    )
+    return env
+
+
+def cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "recsys.modeling.train", "--dataset", "syn", *args],
+        env=env,
+        cwd=PROJ_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **kwargs,
+    )
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_windows_predict_every_training_item_once():
+    sequences = {1: np.arange(1, 12), 2: np.array([5, 6]), 3: np.array([7])}
+    windows = SequenceWindows(sequences, max_len=4)
+    targets = []
+    for index in range(len(windows)):
+        _, tokens = windows[index]
+        assert 2 <= len(tokens) <= 5
+        targets.extend(tokens[1:].tolist())
+    assert sorted(targets) == sorted(list(range(2, 12)) + [6])
+    last = SequenceWindows(sequences, max_len=4, last_only=True)
+    assert [tokens.tolist() for _, tokens in (last[i] for i in range(len(last)))] == [
+        [7, 8, 9, 10, 11],
+        [5, 6],
+    ]
+
+
+def test_bucket_sampler_is_seeded_and_splits_ranks_evenly(monkeypatch):
+    lengths = np.random.default_rng(0).integers(2, 50, size=103)
+    sampler = BucketSampler(lengths, batch_size=8, seed=3)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    assert sorted(first) == list(range(103)) and first == list(sampler)
+    sampler.set_epoch(2)
+    assert list(sampler) != first
+    per_rank = []
+    for rank in range(2):
+        monkeypatch.setattr("recsys.modeling.lightning._world", lambda rank=rank: (rank, 2))
+        per_rank.append(list(sampler))
+    assert -(-len(per_rank[0]) // 8) == -(-len(per_rank[1]) // 8)  # DDP needs equal batches
+    assert set(per_rank[0]) | set(per_rank[1]) == set(range(103))
+
+
+def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_path):
+    run_dir = run_train(processed, configs, tmp_path / "models")
+    assert run_dir == tmp_path / "models" / "syn" / "tiny"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["dataset"] == "syn" and saved["d_model"] == 16 and saved["loss"] == "ce"
+    rows = csv_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert {"epoch", "train_loss", "val_loss", "val_ndcg@10", "val_hr@10"} <= set(rows[0])
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    metrics = train_stage.read_json(run_dir / "metrics.json")
+    best = max(rows, key=lambda r: float(r["val_ndcg@10"]))
+    assert metrics["best_epoch"] == int(best["epoch"]) and metrics["epochs_run"] == 3
+    for key in ("seconds_per_epoch", "tokens_per_s", "peak_rss_mb", "n_params", "time_to_best_s"):
+        assert metrics[key] > 0
+    for name in ("best", "last"):
+        torch.load(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=True)
+
+    # the loaded best model reproduces the best epoch's validation NDCG@10 exactly
+    trained = load_run(run_dir)
+    assert trained.dataset == "syn" and not trained.model.training
+    valid = eval_examples(load_processed("syn", processed).events, "valid")
+    scores = trained.model.score(torch.from_numpy(left_pad(valid.histories, 20)))
+    history = torch.from_numpy(left_pad(valid.histories, max(map(len, valid.histories))))
+    ranks = target_ranks(scores, torch.from_numpy(valid.targets), history, n_rank=40)
+    assert ndcg_at_k(ranks, 10).mean().item() == pytest.approx(metrics["best_val_ndcg@10"])
+    again = load_run(run_dir).model.score(torch.from_numpy(left_pad(valid.histories, 20)))
+    assert torch.equal(scores, again)
+    assert list_runs("syn", tmp_path / "models") == [run_dir]
+    assert best_run("syn", tmp_path / "models") == run_dir
+
+    # the same config again is already done; a changed config starts afresh
+    mtime = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    run_train(processed, configs, tmp_path / "models")
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime
+    with pytest.raises(RecsysError, match="differs"):
+        run_train(processed, configs, tmp_path / "models", overrides={"lr": 0.01}, resume=True)
+    run_train(processed, configs, tmp_path / "models", max_epochs=1)
+    assert len(csv_rows(run_dir)) == 1
+
+
+@pytest.mark.parametrize("item_repr", ["text", "hybrid"])
+def test_text_models_train_with_features_and_cold_items(
+    processed, configs, tmp_path, monkeypatch, item_repr
+):
+    features = np.random.default_rng(0).normal(size=(45, 8)).astype(np.float32)
+    features[0] = 0
+    monkeypatch.setattr(train_stage, "load_features", lambda cfg, n, root: features)
+    overrides = {"item_repr": item_repr, "cold_items": 0.1, "max_epochs": 1}
+    run_dir = run_train(processed, configs, tmp_path / "models", overrides=overrides)
+    assert run_dir.name == "tiny-cold0.1"
+    model = load_run(run_dir).model
+    assert torch.equal(model.item_features, torch.from_numpy(features))  # carried in the ckpt
+    assert model.candidate_mask.sum() == 40 - 4  # 10% of 40 items held out of the softmax
+    scores = model.score(torch.tensor([[1, 2, 3]]))
+    assert scores.shape == (1, 45) and torch.isfinite(scores[0, 1:]).all()
+
+
+def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, tmp_path):
+    env = cli_env(processed, tmp_path / "models", configs)
+    run_dir = tmp_path / "models" / "syn" / "tiny-slow"
+    args = ["--config", "tiny-slow", "--accelerator", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.modeling.train", "--dataset", "syn", *args],
+        env=env,
+        cwd=PROJ_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run_dir / "logs" / "metrics.csv").exists() and len(csv_rows(run_dir)) >= 3:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists(), "no epoch finished before the kill"
+    before = csv_rows(run_dir)
+    done = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+
+    result = cli(args, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" in result.stderr
+    after = csv_rows(run_dir)
+    epochs = [int(r["epoch"]) for r in after]
+    assert epochs == list(range(len(after))) and len(after) > done + 1
+    # the epochs before the kill are kept as they were, not retrained
+    assert after[: done + 1] == [r for r in before if int(r["epoch"]) <= done]
+
+
+def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path):
+    env = cli_env(processed, tmp_path / "models", configs)
+    args = ["--config", "tiny", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    result = cli([*args, "--max-epochs", "1"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "models" / "syn" / "tiny"
+    assert [r["epoch"] for r in csv_rows(run_dir)] == ["0"]
+    assert load_run(run_dir).model.score(torch.tensor([[1, 2]])).shape == (1, 45)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "colour=red"], "unknown config key 'colour'"),
+        (["--set", "lr=fast"], "'lr'"),
+        (["--set", "item_repr=bert"], "item_repr must be one of"),
+        (["--set", "dropout"], "key=value"),
+        (["--config", "nope"], "config 'nope' not found"),
+    ],
+)
+def test_bad_config_is_a_one_line_error(processed, configs, tmp_path, args, message):
+    full = ["--config", "tiny", *args] if "--config" not in args else args
+    result = cli(full, cli_env(processed, tmp_path / "models", configs))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 0}, "'batch_size' must be > 0"),
+        ({"d_model": 30, "n_heads": 4}, "divisible"),
+        ({"schedule": "linear"}, "'schedule' must be one of"),
+        ({"cold_items": 1.0}, "'cold_items' must be in"),
+        ({"use_user": "yes"}, "true or false"),
+    ],
+)
+def test_bad_config_values_are_user_errors(configs, overrides, message):
+    with pytest.raises(RecsysError, match=message):
+        train_stage.resolve_config("tiny", "syn", overrides, configs)
+
+
+def test_bad_config_file_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("d_model: [1, 2\n")
+    with pytest.raises(RecsysError, match="not valid YAML"):
+        train_stage.resolve_config(str(bad), "syn")
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(RecsysError, match="mapping"):
+        train_stage.resolve_config(str(bad), "syn")
+
+
+def test_missing_inputs_name_the_make_target(processed, configs, tmp_path):
+    with pytest.raises(RecsysError, match="make data DATASET=other"):
+        train_stage.train(
+            "other", "tiny", processed_root=processed, models_dir=tmp_path, configs_dir=configs
+        )
+    with pytest.raises(RecsysError, match="make features DATASET=syn"):
+        run_train(processed, configs, tmp_path / "models", overrides={"item_repr": "text"})
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RecsysError, match="corrupt"):
+        load_run(run_dir)
+    with pytest.raises(RecsysError, match="does not exist"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(RecsysError, match="make train"):
+        best_run("syn", tmp_path)
+
+
+def test_shipped_configs_resolve():
+    for path in sorted((PROJ_ROOT / "configs").glob("*.yaml")):
+        config = train_stage.resolve_config(str(path), "ml-100k")
+        assert config["config_name"] == path.stem
