@@ -104,6 +104,13 @@ def train_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
     return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
 
 
+def user_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
+    """Each user's whole time-ordered sequence (every split): what a deployed model reads."""
+    users, starts, ends = _group_bounds(events["user_idx"].to_numpy())
+    items = events["item_idx"].to_numpy()
+    return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
+
+
 @dataclass
 class EvalExamples:
     """Next-item examples: ``histories[i]`` (time-ordered item ids) precedes ``targets[i]``."""

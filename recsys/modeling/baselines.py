@@ -1,0 +1,197 @@
+"""Non-neural baselines that a sequence model must beat, behind the trained model's interface.
+
+Each baseline is fitted on training sequences (lists of item ids, 1..n_items) and then answers
+``score(item_seq: LongTensor[B, L]) -> FloatTensor[B, n_catalogue + 1]`` for left-padded
+sequences, exactly like ``SeqRecModel.score``; column 0 (padding) is ``-inf``. Evaluation and
+prediction code can therefore treat baselines and trained runs alike.
+
+The three similarity baselines break exact ties (mostly items they cannot score at all) by
+training popularity, with a weight far below any real score difference: the usual
+"back off to popularity" that makes them usable recommenders, instead of leaving those items to
+the pessimistic tie rule of the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+#: Weight of the popularity tie-breaker (popularity is scaled into [0, 1) first).
+TIE_BREAK = 1e-6
+
+
+def _interactions(sequences: Sequence[np.ndarray], n_cols: int) -> sp.csr_matrix:
+    """Binary users x items matrix of the training sequences."""
+    rows = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+    cols = np.concatenate(sequences)
+    data = np.ones(len(cols), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(sequences), n_cols))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _multi_hot(item_seq: torch.Tensor, n_cols: int) -> sp.csr_matrix:
+    """Binary rows x items matrix of left-padded sequences (padding and ids >= n_cols dropped)."""
+    seq = item_seq.detach().cpu().numpy()
+    rows, cols = np.nonzero((seq > 0) & (seq < n_cols))
+    data = np.ones(len(rows), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (rows, seq[rows, cols])), shape=(len(seq), n_cols))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+class Baseline:
+    """Shared fitting state: catalogue size and training popularity."""
+
+    name = "baseline"
+
+    def __init__(self) -> None:
+        self.n_items = 0
+        self.n_catalogue = 0
+        self.popularity = np.zeros(1, dtype=np.float32)
+
+    def fit(self, sequences: Iterable[np.ndarray], n_items: int, n_catalogue: int) -> Baseline:
+        """Learn from training sequences of item ids in ``1..n_items``."""
+        seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
+        if not seqs or not sum(len(s) for s in seqs):
+            raise ValueError(f"{self.name}: no training interactions to fit on")
+        if max(int(s.max()) for s in seqs if len(s)) > n_items:
+            raise ValueError(f"{self.name}: training items must be in 1..{n_items}")
+        self.n_items, self.n_catalogue = n_items, n_catalogue
+        self.popularity = np.bincount(np.concatenate(seqs), minlength=n_catalogue + 1).astype(
+            np.float32
+        )
+        self.popularity[0] = 0.0
+        self._fit(seqs)
+        return self
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        """Baseline-specific fitting; popularity is already known."""
+
+    def _tie_break(self) -> np.ndarray:
+        return TIE_BREAK * self.popularity / (self.popularity.max() + 1.0)
+
+    def _scores(self, item_seq: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def score(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """Next-item scores for left-padded ``item_seq``: ``[B, n_catalogue + 1]``."""
+        if not self.n_catalogue:
+            raise RuntimeError(f"{self.name}: call fit() before score()")
+        item_seq = item_seq.long().clamp(0, self.n_catalogue)
+        scores = torch.from_numpy(np.ascontiguousarray(self._scores(item_seq), dtype=np.float32))
+        scores[:, 0] = float("-inf")
+        return scores.to(item_seq.device)
+
+
+class MostPopular(Baseline):
+    """The same list for everyone: items by training interaction count."""
+
+    name = "most-popular"
+
+    def _scores(self, item_seq: torch.Tensor) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (len(item_seq), len(self.popularity))).copy()
+
+
+class Transitions(Baseline):
+    """First-order Markov chain: how often each item followed the user's last item in training."""
+
+    name = "transitions"
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        src = np.concatenate([s[:-1] for s in sequences])
+        dst = np.concatenate([s[1:] for s in sequences])
+        size = self.n_catalogue + 1
+        data = np.ones(len(src), dtype=np.float32)
+        self.counts = sp.csr_matrix((data, (src, dst)), shape=(size, size))
+        self.counts.sum_duplicates()
+
+    def _scores(self, item_seq: torch.Tensor) -> np.ndarray:
+        last = item_seq[:, -1].cpu().numpy()
+        return self.counts[last].toarray() + self._tie_break()
+
+
+class ItemKNN(Baseline):
+    """Item-to-item cosine similarity of co-occurrence in users' training histories, summed over
+    the items of the input sequence; each item keeps its ``neighbors`` most similar items."""
+
+    name = "item-knn"
+
+    def __init__(self, neighbors: int = 200, block: int = 1024) -> None:
+        super().__init__()
+        self.neighbors = neighbors
+        self.block = block
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        users_items = _interactions(sequences, self.n_catalogue + 1)
+        items_users = users_items.T.tocsr()
+        norms = np.sqrt(np.asarray(users_items.sum(0)).ravel())
+        norms[norms == 0] = 1.0
+        keep = min(self.neighbors, users_items.shape[1] - 1)
+        rows, cols, vals = [], [], []
+        # Row blocks bound memory to block x catalogue, whatever the catalogue size.
+        for start in range(0, items_users.shape[0], self.block):
+            stop = min(start + self.block, items_users.shape[0])
+            block = (items_users[start:stop] @ users_items).toarray()
+            block /= norms[start:stop, None] * norms[None, :]
+            block[np.arange(stop - start), np.arange(start, stop)] = 0.0
+            top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+            top_vals = np.take_along_axis(block, top, axis=1)
+            nonzero = top_vals > 0
+            rows.append(np.nonzero(nonzero)[0] + start)
+            cols.append(top[nonzero])
+            vals.append(top_vals[nonzero])
+        size = self.n_catalogue + 1
+        self.similarity = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(size, size),
+        )
+
+    def _scores(self, item_seq: torch.Tensor) -> np.ndarray:
+        history = _multi_hot(item_seq, self.n_catalogue + 1)
+        return (history @ self.similarity).toarray() + self._tie_break()
+
+
+class EASE(Baseline):
+    """Embarrassingly Shallow Autoencoder (Steck, 2019): a closed-form item-item regression with
+    a zero diagonal, B = I - P / diag(P) with P = (X'X + lambda I)^-1. Dense in the number of
+    items, so meant for catalogues up to a few tens of thousands."""
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0) -> None:
+        super().__init__()
+        self.l2 = l2
+
+    def _fit(self, sequences: list[np.ndarray]) -> None:
+        users_items = _interactions(sequences, self.n_items + 1)
+        gram = torch.from_numpy((users_items.T @ users_items).toarray()).double()
+        gram += self.l2 * torch.eye(gram.shape[0], dtype=gram.dtype)
+        precision = torch.linalg.inv(gram)
+        weights = precision / (-precision.diagonal()).unsqueeze(0)
+        weights.fill_diagonal_(0.0)
+        self.weights = weights.float()
+
+    def _scores(self, item_seq: torch.Tensor) -> np.ndarray:
+        history = torch.from_numpy(_multi_hot(item_seq, self.n_items + 1).toarray())
+        scores = np.zeros((len(item_seq), self.n_catalogue + 1), dtype=np.float32)
+        scores[:, : self.n_items + 1] = (history @ self.weights).numpy()
+        return scores + self._tie_break()
+
+
+BASELINES: dict[str, type[Baseline]] = {
+    cls.name: cls for cls in (MostPopular, Transitions, ItemKNN, EASE)
+}
+
+
+def fit_baselines(
+    sequences: Sequence[np.ndarray], n_items: int, n_catalogue: int
+) -> dict[str, Baseline]:
+    """Every baseline with its default settings, fitted on the same training sequences."""
+    return {name: cls().fit(sequences, n_items, n_catalogue) for name, cls in BASELINES.items()}

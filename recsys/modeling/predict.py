@@ -1,0 +1,616 @@
+"""``python -m recsys.modeling.predict``: recommendations a person can read.
+
+* ``--user ID`` (repeatable) or ``--all-users``: each user's recent history and top-K, as rich
+  tables with titles, genres, year and scores; ``--output recs.parquet|.csv`` writes every
+  selected user's top-K instead (all users when no user is named).
+* ``--history "Toy Story (1995); Heat (1995)"`` (titles, matched fuzzily) or ``--items 1,2,3``
+  (original item ids): recommendations for an ad-hoc sequence.
+* ``--generate N --strategy greedy|sample|beam``: the model continues the sequence, feeding its
+  own picks back and never repeating an item: a "viewing session".
+
+Items already in the history are not recommended (``--keep-history`` allows them). Text and
+hybrid runs also rank item-table-only items (no interactions yet), because their item vectors
+come from text; id runs rank only the items they were trained on.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from loguru import logger
+
+from recsys.cli import fail, run
+from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
+from recsys.io import atomic_path, write_parquet
+from recsys.modeling import metrics as M
+from recsys.modeling.evaluate import (
+    BATCH_SIZE,
+    COLD_CAPABLE,
+    batched_scores,
+    context_length,
+    in_input_order,
+    load_trained,
+    resolve_device,
+    score_batch,
+)
+from recsys.processed import ProcessedData, left_pad, load_processed, user_sequences
+
+#: Fuzzy-match score (rapidfuzz WRatio, 0..100) below which a title counts as unknown.
+TITLE_CUTOFF = 85.0
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+
+class Strategy(str, enum.Enum):
+    greedy = "greedy"
+    sample = "sample"
+    beam = "beam"
+
+
+# ------------------------------------------------------------------------------ candidates
+
+
+def rankable_items(model: Any, n_items: int, n_catalogue: int) -> torch.Tensor:
+    """Bool ``[n_catalogue + 1]``: the items this model can meaningfully recommend.
+
+    Text and hybrid runs: every catalogue item (their vectors come from text). Id runs: the items
+    trained on (the model's ``candidate_mask``, which leaves out a cold-start run's cold items).
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "item_repr", "id") in COLD_CAPABLE:
+        mask = torch.ones(n_catalogue + 1, dtype=torch.bool)
+    elif hasattr(model, "candidate_mask"):
+        mask = model.candidate_mask.detach().cpu().clone()
+    else:
+        mask = torch.zeros(n_catalogue + 1, dtype=torch.bool)
+        mask[1 : n_items + 1] = True
+    mask[0] = False
+    return mask
+
+
+def check_k(k: int, candidates: torch.Tensor) -> None:
+    n_rankable = int(candidates.sum())
+    if not 1 <= k <= n_rankable:
+        raise fail(f"--k must be between 1 and the {n_rankable} rankable items, got {k}")
+
+
+def recommend(
+    model: Any,
+    histories: list[np.ndarray],
+    k: int,
+    candidates: torch.Tensor,
+    *,
+    users: np.ndarray | None = None,
+    keep_history: bool = False,
+    batch_size: int = BATCH_SIZE,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` items and their scores per history: two ``[U, k]`` tensors (0 = nothing left)."""
+    users = np.zeros(len(histories), dtype=np.int64) if users is None else users
+    seen, items, scores = [], [], []
+    batches = batched_scores(
+        model,
+        histories,
+        users,
+        keep_history=keep_history,
+        batch_size=batch_size,
+        device=device,
+    )
+    for rows, batch_scores, exclude in batches:
+        top = M.top_k_items(batch_scores, k, exclude, allowed=candidates)
+        seen.append(rows)
+        items.append(top.cpu())
+        scores.append(batch_scores.gather(1, top).masked_fill(top == 0, float("nan")).cpu())
+    return in_input_order(seen, items), in_input_order(seen, scores)
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+@dataclass
+class Step:
+    item: int
+    probability: float
+
+
+@dataclass
+class _Beam:
+    items: list[int]
+    log_prob: float
+    probabilities: list[float]
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    history: np.ndarray,
+    n_steps: int,
+    candidates: torch.Tensor,
+    *,
+    strategy: Strategy = Strategy.greedy,
+    temperature: float = 1.0,
+    seed: int = 0,
+    beam_width: int = 5,
+    user: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[Step]:
+    """Continue ``history`` by ``n_steps`` items, never repeating one (history included).
+
+    ``greedy`` takes the most likely item, ``sample`` draws from the softmax at ``temperature``
+    (seeded), ``beam`` keeps the ``beam_width`` most likely continuations by total log-probability.
+    Each step reports the probability the model gave its pick among the allowed items.
+    """
+    if n_steps < 1:
+        raise fail(f"--generate must be >= 1, got {n_steps}")
+    if temperature <= 0:
+        raise fail(f"--temperature must be > 0, got {temperature}")
+    if beam_width < 1:
+        raise fail(f"--beam-width must be >= 1, got {beam_width}")
+    history = np.asarray(history, dtype=np.int64)
+    allowed = candidates.clone()
+    allowed[history[history < len(allowed)]] = False
+    if n_steps > int(allowed.sum()):
+        raise fail(f"--generate {n_steps} is more than the {int(allowed.sum())} unseen items left")
+    width = beam_width if strategy is Strategy.beam else 1
+    scale = temperature if strategy is Strategy.sample else 1.0
+    gen = torch.Generator().manual_seed(seed)
+    beams = [_Beam([], 0.0, [])]
+    for step in range(n_steps):
+        seqs = [np.concatenate([history, beam.items]).astype(np.int64) for beam in beams]
+        length = min(len(history) + step, context_length(model) or len(history) + step)
+        item_seq = torch.from_numpy(left_pad(seqs, max(1, length))).to(device)
+        users = torch.full((len(beams),), user, dtype=torch.long, device=device)
+        scores = score_batch(model, item_seq, users).cpu()
+        mask = allowed.expand(len(beams), -1).clone()
+        for row, beam in enumerate(beams):
+            mask[row, beam.items] = False
+        log_probs = torch.log_softmax(scores.masked_fill(~mask, float("-inf")) / scale, dim=1)
+        if strategy is Strategy.sample:
+            picks = torch.multinomial(log_probs.exp(), 1, generator=gen)
+        else:
+            picks = log_probs.topk(min(width, int(mask[0].sum())), dim=1).indices
+        expanded = [
+            _Beam(
+                beam.items + [int(item)],
+                beam.log_prob + float(log_probs[row, item]),
+                beam.probabilities + [float(log_probs[row, item].exp())],
+            )
+            for row, beam in enumerate(beams)
+            for item in picks[row]
+        ]
+        beams = sorted(expanded, key=lambda b: b.log_prob, reverse=True)[:width]
+    best = beams[0]
+    return [Step(item, p) for item, p in zip(best.items, best.probabilities)]
+
+
+# --------------------------------------------------------------------------------- lookups
+
+_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
+_ARTICLE = re.compile(r"^(.*), (the|a|an|les|la|le|il|el|der|die|das)$", re.IGNORECASE)
+
+
+def title_key(title: str) -> tuple[str, str | None]:
+    """A title as people type it: lower case, "Usual Suspects, The" -> "the usual suspects",
+    year split off ("Heat (1995)" -> ("heat", "1995"))."""
+    text = str(title).strip()
+    year_match = _YEAR.search(text)
+    year = year_match.group(1) if year_match else None
+    text = _YEAR.sub("", text)
+    article = _ARTICLE.match(text)
+    if article:
+        text = f"{article.group(2)} {article.group(1)}"
+    return re.sub(r"\s+", " ", text).strip().lower(), year
+
+
+class Catalogue:
+    """The item table, looked up by internal index, original id or title."""
+
+    def __init__(self, items: pd.DataFrame) -> None:
+        self.items = items.set_index("item_idx", drop=False).sort_index()
+        keys = [title_key(t) for t in self.items["title"].fillna("")]
+        self.keys = [k for k, _ in keys]
+        self.keyed = [f"{k} ({y})" if y else k for k, y in keys]
+        self.popularity = self.items.get("n_interactions", pd.Series(0, index=self.items.index))
+        self.by_id = {str(v): int(i) for i, v in zip(self.items.index, self.items["item_id"])}
+
+    def item_ids(self, text: str) -> tuple[list[int], list[str]]:
+        """``"1,2,3"`` (original item ids) -> internal indices, and one warning per unknown id."""
+        found, warnings = [], []
+        for raw in (part.strip() for part in text.split(",")):
+            if not raw:
+                continue
+            if raw in self.by_id:
+                found.append(self.by_id[raw])
+            else:
+                warnings.append(f"unknown item id {raw!r}; it is not in the item table")
+        return found, warnings
+
+    def nearest(self, query: str, limit: int = 3) -> list[str]:
+        from rapidfuzz import fuzz, process, utils
+
+        hits = process.extract(
+            query, list(self.items["title"]), scorer=fuzz.WRatio, processor=utils.default_process
+        )
+        return [title for title, _, _ in hits[:limit]]
+
+    def match_title(self, query: str) -> int | None:
+        """The item a typed title means: exact key (year optional), else the best fuzzy match."""
+        from rapidfuzz import fuzz, process
+
+        key, year = title_key(query)
+        wanted = f"{key} ({year})" if year else key
+        pool = self.keyed if year else self.keys
+        exact = [i for i, candidate in enumerate(pool) if candidate == wanted]
+        if exact:
+            return int(self.items.index[max(exact, key=lambda i: self.popularity.iloc[i])])
+        hits = process.extract(wanted, pool, scorer=fuzz.WRatio, limit=5)
+        hits = [h for h in hits if h[1] >= TITLE_CUTOFF]
+        if not hits:
+            return None
+        best = max(
+            hits, key=lambda h: (h[1], fuzz.ratio(wanted, h[0]), self.popularity.iloc[h[2]])
+        )
+        return int(self.items.index[best[2]])
+
+    def titles(self, text: str) -> tuple[list[int], list[str]]:
+        """``"Title; Title"`` -> internal indices, and one line per title it does not know."""
+        found, warnings = [], []
+        for query in (part.strip() for part in text.split(";")):
+            if not query:
+                continue
+            match = self.match_title(query)
+            if match is None:
+                nearest = ", ".join(f'"{title}"' for title in self.nearest(query))
+                warnings.append(f"unknown title {query!r}; nearest: {nearest}")
+            else:
+                found.append(match)
+                if self.items.at[match, "title"] != query:
+                    logger.info(f"{query!r} -> {self.items.at[match, 'title']}")
+        return found, warnings
+
+    def describe(self, item_idx: int) -> dict[str, Any]:
+        row = self.items.loc[item_idx]
+        year = row.get("year")
+        return {
+            "item_id": row["item_id"],
+            "title": row["title"],
+            "genres": str(row.get("genres") or "").replace("|", ", "),
+            "year": "" if year is None or pd.isna(year) else str(int(year)),
+        }
+
+
+def resolve_users(data: ProcessedData, user_ids: list[str]) -> list[tuple[str, int]]:
+    """Original user ids -> (id, user_idx); an unknown id is a user error."""
+    lookup = {str(u): int(i) for u, i in zip(data.users["user_id"], data.users["user_idx"])}
+    unknown = [u for u in user_ids if str(u) not in lookup]
+    if unknown:
+        examples = ", ".join(list(lookup)[:3])
+        raise fail(
+            f"unknown user id {unknown[0]!r} for {data.name!r}; ids are the dataset's original "
+            f"user ids, e.g. {examples}"
+        )
+    return [(str(u), lookup[str(u)]) for u in user_ids]
+
+
+def adhoc_history(catalogue: Catalogue, titles: str | None, item_ids: str | None) -> np.ndarray:
+    """The sequence of ``--history`` or ``--items``, unknown entries reported and dropped."""
+    text = titles if titles is not None else item_ids
+    option = "--history" if titles is not None else "--items"
+    if not str(text).strip(" ;,"):
+        raise fail(f"{option} is empty; give at least one item")
+    found, warnings = catalogue.titles(text) if titles is not None else catalogue.item_ids(text)
+    if not found:
+        raise fail(f"{option}: nothing known in it: " + " / ".join(warnings))
+    for line in warnings:
+        logger.warning(line)
+    return np.asarray(found, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def recommendations_frame(
+    catalogue: Catalogue, user_ids: list[str], items: torch.Tensor, scores: torch.Tensor
+) -> pd.DataFrame:
+    """One row per (user, rank): user_id, rank, item_id, title, score."""
+    rows = []
+    for user_id, user_items, user_scores in zip(user_ids, items.tolist(), scores.tolist()):
+        for rank, (item, score) in enumerate(zip(user_items, user_scores), start=1):
+            if item:
+                info = catalogue.describe(item)
+                rows.append(
+                    {
+                        "user_id": user_id,
+                        "rank": rank,
+                        "item_id": info["item_id"],
+                        "title": info["title"],
+                        "score": score,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def write_recommendations(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        return write_parquet(frame, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
+def item_table(
+    title: str, catalogue: Catalogue, items: list[int], values: dict[str, list[str]] | None = None
+):
+    """A rich table of items (title, genres, year) plus optional value columns."""
+    from rich.table import Table
+
+    values = values or {}
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    for column in ("title", "genres"):
+        table.add_column(column)
+    table.add_column("year", justify="right")
+    for column in values:
+        table.add_column(column, justify="right")
+    for row, item in enumerate(items):
+        info = catalogue.describe(item)
+        extra = [column[row] for column in values.values()]
+        table.add_row(str(row + 1), str(info["title"]), info["genres"], info["year"], *extra)
+    return table
+
+
+def show(
+    console: Any,
+    catalogue: Catalogue,
+    label: str,
+    history: np.ndarray,
+    n_history: int,
+    picks_title: str,
+    picks: list[int],
+    values: dict[str, list[str]],
+) -> None:
+    """Print the recent history and the picks of one user or sequence."""
+    recent = [int(i) for i in history[-n_history:]] if n_history else []
+    if recent:
+        heading = f"{label}: history (last {len(recent)} of {len(history)})"
+        console.print(item_table(heading, catalogue, recent))
+    console.print(item_table(f"{label}: {picks_title}", catalogue, picks, values))
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def load_model(
+    dataset: str, run_dir: Path | None, models_dir: Path | None, device: torch.device
+) -> tuple[Any, Path]:
+    """The model of ``run_dir`` (default: the dataset's best run), checked against ``dataset``."""
+    from recsys.modeling.runs import best_run
+
+    run_dir = Path(run_dir) if run_dir else best_run(dataset, models_dir)
+    if not run_dir.is_dir():
+        raise fail(
+            f"--run {run_dir} is not a folder; pass a run folder like models/{dataset}/sasrec-ce"
+        )
+    return load_trained(run_dir, dataset, "cpu").scorer.to(device), run_dir
+
+
+@dataclass
+class Request:
+    """One sequence to recommend for: a dataset user (``user_idx`` > 0) or an ad-hoc one."""
+
+    label: str
+    user_id: str | None
+    user_idx: int
+    history: np.ndarray
+
+
+def check_options(
+    users: list[str],
+    all_users: bool,
+    history: str | None,
+    items: str | None,
+    output: Path | None,
+    n_generate: int,
+    n_history: int,
+) -> bool:
+    """Reject contradictory options; returns whether every user is meant."""
+    sources = [bool(users) or all_users, history is not None, items is not None]
+    if sum(sources) > 1:
+        raise fail("give one of --user/--all-users, --history or --items, not several")
+    if users and all_users:
+        raise fail("give --user IDs or --all-users, not both")
+    if output is not None:
+        if output.suffix not in OUTPUT_SUFFIXES:
+            raise fail(f"--output {output}: use a .parquet or .csv file name")
+        if history is not None or items is not None or n_generate:
+            raise fail("--output writes users' top-K; drop --history, --items and --generate")
+    elif not any(sources):
+        raise fail("say whom to recommend for: --user ID, --all-users, --history or --items")
+    if n_history < 0:
+        raise fail(f"--show-history must be >= 0, got {n_history}")
+    return all_users or not any(sources)
+
+
+def build_requests(
+    data: ProcessedData,
+    catalogue: Catalogue,
+    users: list[str],
+    all_users: bool,
+    history: str | None,
+    items: str | None,
+) -> list[Request]:
+    """The sequences asked for: an ad-hoc one, or the named (or all) users' whole histories."""
+    if history is not None or items is not None:
+        return [Request("your sequence", None, 0, adhoc_history(catalogue, history, items))]
+    if all_users:
+        chosen = [(str(u), int(i)) for u, i in zip(data.users["user_id"], data.users["user_idx"])]
+    else:
+        chosen = resolve_users(data, users)
+    sequences = user_sequences(data.events)
+    empty = np.zeros(0, dtype=np.int64)
+    requests = [Request(f"user {u}", u, i, sequences.get(i, empty)) for u, i in chosen]
+    if not all_users:
+        for request in requests:
+            if not len(request.history):
+                raise fail(f"{request.label} has an empty history; nothing to recommend from")
+    return requests
+
+
+def predict(
+    dataset: str,
+    *,
+    users: list[str] | None = None,
+    all_users: bool = False,
+    history: str | None = None,
+    items: str | None = None,
+    k: int = 10,
+    run_dir: Path | None = None,
+    output: Path | None = None,
+    n_generate: int = 0,
+    strategy: Strategy = Strategy.greedy,
+    temperature: float = 1.0,
+    seed: int = 0,
+    beam_width: int = 5,
+    keep_history: bool = False,
+    n_history: int = 10,
+    processed_dir: Path | None = None,
+    models_dir: Path | None = None,
+    device: str = "auto",
+    console: Any = None,
+) -> pd.DataFrame | None:
+    """Run one prediction request; returns the written frame when ``output`` is given."""
+    from rich.console import Console
+
+    users = list(users or [])
+    all_users = check_options(users, all_users, history, items, output, n_generate, n_history)
+    console = console or Console()
+    torch_device = resolve_device(device)
+    data = load_processed(dataset, processed_dir)
+    catalogue = Catalogue(data.items)
+    model, run_dir = load_model(dataset, run_dir, models_dir, torch_device)
+    candidates = rankable_items(model, data.n_items, data.n_catalogue)
+    check_k(k, candidates)
+    requests = build_requests(data, catalogue, users, all_users, history, items)
+    if output is None:
+        console.print(f"run: {run_dir}")
+
+    if n_generate:
+        for request in requests:
+            steps = generate(
+                model,
+                request.history,
+                n_generate,
+                candidates,
+                strategy=strategy,
+                temperature=temperature,
+                seed=seed,
+                beam_width=beam_width,
+                user=request.user_idx,
+                device=torch_device,
+            )
+            show(
+                console,
+                catalogue,
+                request.label,
+                request.history,
+                n_history,
+                f"generated session ({strategy.value})",
+                [s.item for s in steps],
+                {"p": [f"{s.probability:.3f}" for s in steps]},
+            )
+        return None
+
+    top, scores = recommend(
+        model,
+        [r.history for r in requests],
+        k,
+        candidates,
+        users=np.asarray([r.user_idx for r in requests], dtype=np.int64),
+        keep_history=keep_history,
+        device=torch_device,
+    )
+    if output is not None:
+        frame = recommendations_frame(catalogue, [r.user_id for r in requests], top, scores)
+        write_recommendations(frame, output)
+        logger.info(f"wrote top-{k} of {len(requests)} users to {output}")
+        return frame
+    for request, row_items, row_scores in zip(requests, top.tolist(), scores.tolist()):
+        picks = [i for i in row_items if i]
+        show(
+            console,
+            catalogue,
+            request.label,
+            request.history,
+            n_history,
+            f"top {k} recommendations",
+            picks,
+            {"score": [f"{s:.3f}" for s in row_scores[: len(picks)]]},
+        )
+    return None
+
+
+@app.command()
+def main(
+    dataset: str = typer.Option(DEFAULT_DATASET, help="Processed dataset."),
+    user: list[str] = typer.Option([], "--user", help="Original user id (repeatable)."),
+    all_users: bool = typer.Option(False, "--all-users", help="Every user of the dataset."),
+    history: str | None = typer.Option(
+        None, help='Ad-hoc sequence of titles: "Toy Story (1995); Heat (1995)".'
+    ),
+    items: str | None = typer.Option(None, help="Ad-hoc sequence of original item ids: 1,2,3."),
+    k: int = typer.Option(10, "--k", help="Recommendations per user."),
+    run_dir: Path | None = typer.Option(
+        None, "--run", help="Run folder (default: the dataset's best run)."
+    ),
+    output: Path | None = typer.Option(
+        None, help="Write every selected user's top-K to this .parquet or .csv file."
+    ),
+    generate_n: int = typer.Option(
+        0, "--generate", help="Continue the sequence by N items instead of ranking."
+    ),
+    strategy: Strategy = typer.Option(Strategy.greedy, help="How --generate picks items."),
+    temperature: float = typer.Option(1.0, help="Softmax temperature for --strategy sample."),
+    seed: int = typer.Option(0, help="Seed for --strategy sample."),
+    beam_width: int = typer.Option(5, help="Beams kept by --strategy beam."),
+    keep_history: bool = typer.Option(
+        False, "--keep-history", help="Allow items already in the history."
+    ),
+    show_history: int = typer.Option(10, help="How many recent history items to print."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    processed_dir: Path = typer.Option(PROCESSED_DATA_DIR, help="Folder of processed datasets."),
+    models_dir: Path = typer.Option(MODELS_DIR, help="Folder of trained runs."),
+) -> None:
+    """Print readable recommendations, or write them to a file."""
+    predict(
+        dataset,
+        users=user,
+        all_users=all_users,
+        history=history,
+        items=items,
+        k=k,
+        run_dir=run_dir,
+        output=output,
+        n_generate=generate_n,
+        strategy=strategy,
+        temperature=temperature,
+        seed=seed,
+        beam_width=beam_width,
+        keep_history=keep_history,
+        n_history=show_history,
+        processed_dir=processed_dir,
+        models_dir=models_dir,
+        device=device,
+    )
+
+
+if __name__ == "__main__":
+    run(app)
