@@ -28,9 +28,10 @@ import torch
 
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
-from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k, target_ranks
+from recsys.modeling.evaluate import rank_examples, split_examples
+from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_run
-from recsys.processed import eval_examples, left_pad, load_processed
+from recsys.processed import load_processed
 
 DATASETS = ("ml-100k", "ml-latest-small")
 CONFIGS = ("sasrec-ce", "gpt-hybrid", "gpt-text")
@@ -68,24 +69,14 @@ def flops_per_token(model_config: dict[str, Any], mean_context: float) -> float:
 
 
 def test_metrics(run_dir: Path, processed_root: Path | None = None) -> dict[str, float]:
-    """NDCG@10 and HR@10 of the run's best checkpoint on the test split."""
+    """NDCG@10 and HR@10 of the run's best checkpoint on the test split, ranked as evaluate does."""
     trained = load_run(run_dir)
     data = load_processed(trained.dataset, processed_root)
-    test = eval_examples(data.events, "test")
-    model, max_len = trained.model, trained.model.config.max_len
-    ndcg, hit = [], []
-    for start in range(0, len(test.targets), 256):
-        histories = test.histories[start : start + 256]
-        items = torch.from_numpy(left_pad(histories, max_len))
-        history = torch.from_numpy(left_pad(histories, max(1, max(map(len, histories)))))
-        targets = torch.from_numpy(test.targets[start : start + 256])
-        ranks = target_ranks(model.score(items), targets, history, n_rank=data.n_items)
-        ndcg.append(ndcg_at_k(ranks, 10))
-        hit.append(hit_rate_at_k(ranks, 10))
+    ranked = rank_examples(trained.model, split_examples(data, "test"), data.n_items)
     return {
-        "test_ndcg@10": torch.cat(ndcg).mean().item(),
-        "test_hr@10": torch.cat(hit).mean().item(),
-        "n_test": len(test.targets),
+        "test_ndcg@10": ndcg_at_k(ranked.ranks, 10).mean().item(),
+        "test_hr@10": hit_rate_at_k(ranked.ranks, 10).mean().item(),
+        "n_test": len(ranked.users),
     }
 
 

@@ -96,19 +96,16 @@ def _group_bounds(user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return user_idx[starts], starts, ends
 
 
-def train_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
-    """Each user's time-ordered training items (split == train)."""
-    train = events[events["split"] == TRAIN]
-    users, starts, ends = _group_bounds(train["user_idx"].to_numpy())
-    items = train["item_idx"].to_numpy()
-    return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
-
-
 def user_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
     """Each user's whole time-ordered sequence (every split): what a deployed model reads."""
     users, starts, ends = _group_bounds(events["user_idx"].to_numpy())
     items = events["item_idx"].to_numpy()
     return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
+
+
+def train_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
+    """Each user's time-ordered training items (split == train)."""
+    return user_sequences(events[events["split"] == TRAIN])
 
 
 @dataclass

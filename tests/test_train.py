@@ -204,6 +204,7 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, t
     assert (run_dir / "checkpoints" / "last.ckpt").exists(), "no epoch finished before the kill"
     before = csv_rows(run_dir)
     done = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert done >= int(before[-1]["epoch"]) - 1, "the kill lost more than one epoch"
 
     result = cli(args, env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -213,6 +214,17 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, t
     assert epochs == list(range(len(after))) and len(after) > done + 1
     # the epochs before the kill are kept as they were, not retrained
     assert after[: done + 1] == [r for r in before if int(r["epoch"]) <= done]
+
+
+def test_last_checkpoint_follows_every_epoch_even_when_validation_does_not_improve(
+    processed, configs, tmp_path
+):
+    # lr this small leaves the float32 weights unchanged, so epoch 0 stays the best
+    run_dir = run_train(processed, configs, tmp_path / "models", overrides={"lr": 1e-12})
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0
+    assert last["epoch"] == TINY["max_epochs"] - 1
 
 
 def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path):

@@ -399,16 +399,19 @@ def fit(
     )
     if progress_bar is None:
         progress_bar = sys.stderr.isatty() and not os.environ.get("CI")
+    # Two checkpoints: the best on the validation metric, and the latest epoch for resuming.
+    # (Lightning's save_last only rewrites last.ckpt when the monitored metric improves.)
+    checkpoints = {"filename": "best", "monitor": METRIC, "mode": "max"}, {"filename": "last"}
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best",
-            monitor=METRIC,
-            mode="max",
-            save_top_k=1,
-            save_last=True,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
+        *(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+                **kwargs,
+            )
+            for kwargs in checkpoints
         ),
         EarlyStopping(monitor=METRIC, mode="max", patience=cfg["patience"]),
         RunRecorder(
