@@ -69,7 +69,7 @@ def flops_per_token(model_config: dict[str, Any], mean_context: float) -> float:
 
 
 def test_metrics(run_dir: Path, processed_root: Path | None = None) -> dict[str, float]:
-    """NDCG@10 and HR@10 of the run's best checkpoint on the test split, ranked as evaluate does."""
+    """Test NDCG@10 and HR@10 of the run's best checkpoint, ranked as evaluate ranks."""
     trained = load_run(run_dir)
     data = load_processed(trained.dataset, processed_root)
     ranked = rank_examples(trained.model, split_examples(data, "test"), data.n_items)

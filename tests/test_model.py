@@ -95,8 +95,9 @@ def test_each_loss_runs_and_decreases(loss, sampler):
 
 @pytest.mark.parametrize("item_repr", ["id", "text", "hybrid"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
-def test_causality_later_items_never_change_earlier_outputs(item_repr, positions):
-    model = make_model(item_repr=item_repr, positions=positions).eval()
+@pytest.mark.parametrize("origin", ["start", "end"])
+def test_causality_later_items_never_change_earlier_outputs(item_repr, positions, origin):
+    model = make_model(item_repr=item_repr, positions=positions, position_origin=origin).eval()
     items, _ = random_batch()
     changed = items.clone()
     changed[:, 8:] = (changed[:, 8:] % N_ITEMS) + 1  # every later item differs
@@ -107,8 +108,9 @@ def test_causality_later_items_never_change_earlier_outputs(item_repr, positions
 
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
-def test_left_padding_does_not_change_scores(positions):
-    model = make_model(item_repr="hybrid", positions=positions).eval()
+@pytest.mark.parametrize("origin", ["start", "end"])
+def test_left_padding_does_not_change_scores(positions, origin):
+    model = make_model(item_repr="hybrid", positions=positions, position_origin=origin).eval()
     histories = [torch.tensor([3, 7, 1, 9]).numpy(), torch.tensor([5, 2]).numpy()]
     short = model.score(torch.from_numpy(left_pad(histories, 4)))
     long = model.score(torch.from_numpy(left_pad(histories, 16)))
@@ -116,8 +118,10 @@ def test_left_padding_does_not_change_scores(positions):
 
 
 def test_training_positions_match_scoring_the_prefix():
-    """What position t learns to predict is exactly what score() gives for the prefix up to t."""
-    model = make_model().eval()
+    """What position t learns to predict is exactly what score() gives for the prefix up to t
+    (with positions counted from the start; counted from the end, a position moves as items
+    are appended, as in SASRec)."""
+    model = make_model(position_origin="start").eval()
     sequence = torch.tensor([[0, 0, 4, 8, 15, 16, 23]])
     with torch.no_grad():
         every_position = model(sequence)

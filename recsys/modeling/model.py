@@ -6,10 +6,10 @@ input item representation, which is a learned id embedding (``id``), a learned p
 frozen text vectors (``text``) or their sum (``hybrid``). Because a text item's row comes from
 its features, ``text`` and ``hybrid`` can score items never seen in training.
 
-Positions are counted from each sequence's first real item, and padded keys are masked out of
-attention, so the output at a position depends only on the real items up to it: the same
-history scores the same however much left padding it has, and a training position's output is
-exactly what ``score`` gives for that prefix.
+Positions count real items only (from the first one, or back from the most recent one), and
+padded keys are masked out of attention, so the same history scores the same however much left
+padding it has, and no position's output depends on the items after it. Counted from the
+start, a training position's output is exactly what ``score`` gives for that prefix.
 
 No I/O here: the features arrive as a tensor and are kept as a buffer, so a checkpoint alone
 rebuilds the model.
@@ -29,6 +29,7 @@ ITEM_REPRS = ("id", "text", "hybrid")
 LOSSES = ("ce", "sampled", "bce", "bpr")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 POSITIONS = ("learned", "sinusoidal")
+POSITION_ORIGINS = ("start", "end")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class ModelConfig:
     dropout: float = 0.2
     attn_dropout: float = 0.0  # on attention weights; > 0 makes CPU attention ~5x slower
     positions: str = "learned"
+    # Count positions from the sequence's first item (``start``) or back from its most recent
+    # one (``end``: SASRec's right-aligned positions, where the position says how recent it is).
+    position_origin: str = "start"
     item_repr: str = "id"
     feature_dim: int = 0  # width of the frozen text vectors (text and hybrid)
     scale_embeddings: bool = True  # multiply input item vectors by sqrt(d_model), as SASRec
@@ -60,6 +64,7 @@ class ModelConfig:
             "loss": LOSSES,
             "sampler": SAMPLERS,
             "positions": POSITIONS,
+            "position_origin": POSITION_ORIGINS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -233,7 +238,10 @@ class SeqRecModel(nn.Module):
         x = F.embedding(item_seq, table)
         if self.config.scale_embeddings:
             x = x * math.sqrt(self.config.d_model)
-        positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)
+        if self.config.position_origin == "start":
+            positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)
+        else:
+            positions = (real.long().flip(1).cumsum(dim=1).flip(1) - 1).clamp(min=0)
         if self.config.positions == "learned":
             x = x + self.pos_emb(positions)
         else:

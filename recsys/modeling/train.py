@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.2,
     "attn_dropout": 0.0,
     "positions": "learned",  # learned | sinusoidal
+    "position_origin": "start",  # start | end (count back from the most recent item)
     "scale_embeddings": True,
     "use_user": False,
     "train_windows": "all",  # all | last (the most recent max_len items per user only)
@@ -71,8 +72,8 @@ CHOICES = {
     "train_windows": ("all", "last"),
 }
 MODEL_KEYS = (
-    "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions item_repr "
-    "scale_embeddings use_user loss sampler n_negatives"
+    "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin "
+    "item_repr scale_embeddings use_user loss sampler n_negatives"
 ).split()
 
 
