@@ -360,9 +360,8 @@ def significance(
 
 
 def split_kind(stats: dict[str, Any]) -> str:
-    """The split protocol's name (stats.json holds it as a string or as ``{"kind": ...}``)."""
-    split = stats.get("split", "leave-one-out")
-    return str(split.get("kind", "unknown")) if isinstance(split, dict) else str(split)
+    """The split protocol's name, from stats.json's ``{"split": {"kind": ...}}``."""
+    return str(stats.get("split", {}).get("kind", "unknown"))
 
 
 def _header(data: ProcessedData, n_users: int, keep_history: bool, n_bootstrap: int) -> dict:

@@ -73,11 +73,12 @@ def write_synthetic_processed(
     write_parquet(items, folder / "items.parquet")
     write_parquet(users, folder / "users.parquet")
     stats = {
+        "dataset": name,
         "n_users": n_users,
         "n_items": n_items,
         "n_catalogue": n_catalogue,
-        "n_events": len(events),
-        "split": "leave-one-out",
+        "n_interactions": len(events),
+        "split": {"kind": "leave-one-out"},
         "synthetic": True,
     }
     write_json(stats, folder / "stats.json")
