@@ -305,3 +305,19 @@ def test_shipped_configs_resolve():
     for path in sorted((PROJ_ROOT / "configs").glob("*.yaml")):
         config = train_stage.resolve_config(str(path), "ml-100k")
         assert config["config_name"] == path.stem
+
+
+def test_best_run_prefers_runs_trained_on_the_whole_catalogue(tmp_path):
+    def fake_run(name: str, val_ndcg: float, cold_items: float) -> Path:
+        run_dir = tmp_path / "syn" / name
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"")
+        (run_dir / "metrics.json").write_text(f'{{"best_val_ndcg@10": {val_ndcg}}}')
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"cold_items": cold_items}))
+        return run_dir
+
+    cold = fake_run("sasrec-ce-cold0.1", 0.30, 0.1)
+    assert best_run("syn", tmp_path) == cold  # the only run serves
+    whole = fake_run("sasrec-ce", 0.20, 0.0)
+    fake_run("gpt-text", 0.10, 0.0)
+    assert best_run("syn", tmp_path) == whole

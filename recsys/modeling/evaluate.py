@@ -227,20 +227,6 @@ def load_trained(run_dir: Path, dataset: str, device: torch.device | str = "cpu"
     )
 
 
-def cold_fraction(run_dir: Path) -> float:
-    """The ``cold_items`` fraction a run was trained with, from its config.yaml (0 if absent)."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return 0.0
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise fail(f"{path} is not valid YAML ({err}); delete the run or retrain it")
-    return float(config.get("cold_items") or 0.0)
-
-
 def trained_candidates(
     dataset: str,
     models_dir: Path | None,
@@ -248,7 +234,7 @@ def trained_candidates(
     device: torch.device | str,
 ) -> list[Candidate]:
     """Trained runs of ``dataset`` whose cold-start fraction equals ``cold_items``."""
-    from recsys.modeling.runs import list_runs
+    from recsys.modeling.runs import cold_fraction, list_runs
 
     runs = [p for p in list_runs(dataset, models_dir) if cold_fraction(p) == cold_items]
     return [load_trained(p, dataset, device) for p in runs]

@@ -96,10 +96,29 @@ def best_val_ndcg(run_dir: Path) -> float:
     return float(metrics["best_val_ndcg@10"])
 
 
+def cold_fraction(run_dir: Path) -> float:
+    """The ``cold_items`` fraction a run was trained with, from its config.yaml (0 if absent)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return 0.0
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise fail(f"{path} is not valid YAML ({err}); delete the run or retrain it")
+    return float(config.get("cold_items") or 0.0)
+
+
 def best_run(dataset: str, models_dir: Path | None = None) -> Path:
-    """The run of ``dataset`` with the highest best validation NDCG@10."""
+    """The run of ``dataset`` with the highest best validation NDCG@10.
+
+    Runs trained on the whole catalogue come first: a cold-start run's validation skips the
+    held-out items, so its number is not comparable and it should not serve by default.
+    """
     runs = list_runs(dataset, models_dir)
     if not runs:
         root = Path(models_dir or MODELS_DIR) / dataset
         raise fail(f"no trained runs in {root}; run 'make train DATASET={dataset}' first")
-    return max(runs, key=best_val_ndcg)
+    whole_catalogue = [run for run in runs if cold_fraction(run) == 0.0]
+    return max(whole_catalogue or runs, key=best_val_ndcg)
