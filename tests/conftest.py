@@ -1,4 +1,5 @@
-"""Shared fixtures: the MovieLens mirror for integration tests."""
+"""Shared fixtures: the MovieLens mirror for integration tests, and the tiny trained world
+that the evaluation and prediction tests share."""
 
 from __future__ import annotations
 
@@ -20,3 +21,20 @@ def mirror() -> Path:
             pytest.fail(f"CI must have the MovieLens mirror, but {path} has no ml-100k")
         pytest.skip(f"no MovieLens mirror at {path}; set RECSYS_DATA_MIRROR to run this test")
     return path
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """Processed synthetic data with an ``id`` and a cold-start ``text`` run, built once."""
+    from evaluate_helpers import tiny_world
+
+    return tiny_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def data(world):
+    from evaluate_helpers import DATASET
+
+    from recsys.processed import load_processed
+
+    return load_processed(DATASET, world.processed)

@@ -73,14 +73,9 @@ def _train(
         )
 
 
-_WORLD: dict[str, World] = {}
-
-
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     """Processed ``synthetic`` (60 items + 5 item-table-only items), an ``id`` run and a ``text``
     run trained with 10% cold items, and a copy of the data named ``other``."""
-    if "world" in _WORLD:
-        return _WORLD["world"]
     root = tmp_path_factory.mktemp("evaluate-world")
     processed, models = root / "processed", root / "models"
     folder = write_synthetic_processed(
@@ -102,5 +97,4 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> World:
         {"item_repr": "text", "cold_items": COLD_FRACTION},
         features,
     )
-    _WORLD["world"] = World(processed, models, id_run, text_run, features)
-    return _WORLD["world"]
+    return World(processed, models, id_run, text_run, features)

@@ -10,25 +10,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from evaluate_helpers import COLD_FRACTION, DATASET, N_ITEMS, tiny_world
+from evaluate_helpers import COLD_FRACTION, DATASET, N_ITEMS
 
 from recsys.cli import RecsysError
 from recsys.io import read_json
 from recsys.modeling import evaluate as E
 from recsys.modeling.baselines import EASE, MostPopular
-from recsys.processed import eval_examples, load_processed, train_sequences
+from recsys.processed import eval_examples, train_sequences
 
 BOOT = 50  # resamples: enough to exercise the intervals, cheap enough for unit tests
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def data(world):
-    return load_processed(DATASET, world.processed)
 
 
 def fitted(cls, data):

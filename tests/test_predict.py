@@ -11,25 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES, tiny_world
+from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from rich.console import Console
 
 from recsys.cli import RecsysError
 from recsys.modeling import predict as P
 from recsys.modeling.evaluate import load_trained
-from recsys.processed import load_processed, user_sequences
+from recsys.processed import user_sequences
 
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def data(world):
-    return load_processed(DATASET, world.processed)
 
 
 @pytest.fixture(scope="module")
