@@ -31,7 +31,7 @@ from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import rank_examples, split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_run
-from recsys.processed import load_processed
+from recsys.processed import ProcessedData, load_processed
 
 DATASETS = ("ml-100k", "ml-latest-small")
 CONFIGS = ("sasrec-ce", "gpt-hybrid", "gpt-text")
@@ -68,11 +68,9 @@ def flops_per_token(model_config: dict[str, Any], mean_context: float) -> float:
     return 3.0 * (n_layers * per_layer + output)
 
 
-def test_metrics(run_dir: Path, processed_root: Path | None = None) -> dict[str, float]:
-    """Test NDCG@10 and HR@10 of the run's best checkpoint, ranked as evaluate ranks."""
-    trained = load_run(run_dir)
-    data = load_processed(trained.dataset, processed_root)
-    ranked = rank_examples(trained.model, split_examples(data, "test"), data.n_items)
+def test_metrics(model: torch.nn.Module, data: ProcessedData) -> dict[str, float]:
+    """Test NDCG@10 and HR@10 of a trained model, ranked as evaluate ranks."""
+    ranked = rank_examples(model, split_examples(data, "test"), data.n_items)
     return {
         "test_ndcg@10": ndcg_at_k(ranked.ranks, 10).mean().item(),
         "test_hr@10": hit_rate_at_k(ranked.ranks, 10).mean().item(),
@@ -111,7 +109,7 @@ def summarize(run_dir: Path, peak_gflops: float, processed_root: Path | None = N
     flops = flops_per_token(model_config, mean_context) * metrics["tokens_per_s"]
     return {
         **metrics,
-        **test_metrics(run_dir, processed_root),
+        **test_metrics(trained.model, data),
         "config": trained.config,
         "train_gflops_per_s": flops / 1e9,
         "share_of_matmul_peak": flops / 1e9 / peak_gflops,
