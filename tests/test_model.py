@@ -65,9 +65,10 @@ def train_steps(model: SeqRecModel, steps: int, lr: float = 1e-2) -> list[float]
     return losses
 
 
-def test_overfits_one_batch_to_near_zero_loss():
+@pytest.mark.parametrize("block", ["pre-ln", "sasrec"])
+def test_overfits_one_batch_to_near_zero_loss(block):
     torch.manual_seed(0)
-    losses = train_steps(make_model(d_model=32), steps=250)
+    losses = train_steps(make_model(d_model=32, block=block), steps=250)
     assert losses[0] > 3.0  # about log(30) at the start
     assert losses[-1] < 0.05
 
@@ -96,8 +97,11 @@ def test_each_loss_runs_and_decreases(loss, sampler):
 @pytest.mark.parametrize("item_repr", ["id", "text", "hybrid"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("origin", ["start", "end"])
-def test_causality_later_items_never_change_earlier_outputs(item_repr, positions, origin):
-    model = make_model(item_repr=item_repr, positions=positions, position_origin=origin).eval()
+@pytest.mark.parametrize("block", ["pre-ln", "sasrec"])
+def test_causality_later_items_never_change_earlier_outputs(item_repr, positions, origin, block):
+    model = make_model(
+        item_repr=item_repr, positions=positions, position_origin=origin, block=block
+    ).eval()
     items, _ = random_batch()
     changed = items.clone()
     changed[:, 8:] = (changed[:, 8:] % N_ITEMS) + 1  # every later item differs
@@ -109,8 +113,11 @@ def test_causality_later_items_never_change_earlier_outputs(item_repr, positions
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("origin", ["start", "end"])
-def test_left_padding_does_not_change_scores(positions, origin):
-    model = make_model(item_repr="hybrid", positions=positions, position_origin=origin).eval()
+@pytest.mark.parametrize("block", ["pre-ln", "sasrec"])
+def test_left_padding_does_not_change_scores(positions, origin, block):
+    model = make_model(
+        item_repr="hybrid", positions=positions, position_origin=origin, block=block
+    ).eval()
     histories = [torch.tensor([3, 7, 1, 9]).numpy(), torch.tensor([5, 2]).numpy()]
     short = model.score(torch.from_numpy(left_pad(histories, 4)))
     long = model.score(torch.from_numpy(left_pad(histories, 16)))
@@ -199,6 +206,7 @@ def test_checkpoint_dict_round_trip_gives_identical_scores(tmp_path):
     [
         ({"item_repr": "bert"}, "item_repr must be one of"),
         ({"loss": "hinge"}, "loss must be one of"),
+        ({"block": "post-ln"}, "block must be one of"),
         ({"d_model": 30, "n_heads": 4}, "divisible"),
         ({"dropout": 1.5}, "dropout"),
         ({"item_repr": "text", "feature_dim": 0}, "needs text features"),

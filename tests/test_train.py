@@ -17,7 +17,7 @@ import yaml
 
 from recsys.cli import RecsysError
 from recsys.modeling import train as train_stage
-from recsys.modeling.lightning import BucketSampler, SequenceWindows
+from recsys.modeling.lightning import BucketSampler, SeqDataModule, SeqRecModule, SequenceWindows
 from recsys.modeling.metrics import ndcg_at_k, target_ranks
 from recsys.modeling.runs import best_run, list_runs, load_run
 from recsys.modeling.synthetic import write_synthetic_processed
@@ -48,7 +48,7 @@ def configs(tmp_path) -> Path:
     folder.mkdir()
     (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     (folder / "tiny-slow.yaml").write_text(
-        yaml.safe_dump({**TINY, "max_epochs": 40, "patience": 5})
+        yaml.safe_dump({**TINY, "max_epochs": 40, "patience": 5, "ema_decay": 0.9})
     )
     return folder
 
@@ -110,6 +110,38 @@ def test_windows_predict_every_training_item_once():
     ]
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+@pytest.mark.parametrize("weighting", ["batch", "token"])
+def test_token_weighting_gives_every_training_target_the_same_weight(weighting):
+    """Length-bucketed batches hold very different numbers of targets; with ``token`` weighting
+    an epoch's summed loss is the plain sum over targets (over the mean batch), as with
+    unbucketed batches, instead of each batch's mean counting the same."""
+    rng = np.random.default_rng(0)
+    sequences = {u: rng.integers(1, 21, size=n) for u, n in enumerate([3, 4, 30, 45, 5, 60], 1)}
+    data = SeqDataModule(sequences, np.array([1]), [np.array([1])], np.array([2]), 16, 2)
+    config = {**train_stage.DEFAULTS, "loss_weighting": weighting}
+    model_config = {"n_items": 20, "n_catalogue": 20, "max_len": 16, "d_model": 8}
+    module = SeqRecModule(config, {**model_config, "dropout": 0.0})
+    module._mean_batch_targets = data.mean_batch_targets()
+    batches = list(data.train_dataloader())
+    assert data.mean_batch_targets() == data.train_set.n_targets() / len(batches)
+    returned, target_sums, counts = [], [], []
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            returned.append(module.training_step(batch, index).item())
+            n_targets = int((batch["targets"] > 0).sum())
+            target_sums.append(
+                module.model.loss(batch["items"], batch["targets"]).item() * n_targets
+            )
+            counts.append(n_targets)
+    assert len(set(counts)) > 1
+    if weighting == "token":
+        expected = sum(target_sums) / data.mean_batch_targets()
+    else:
+        expected = sum(t / n for t, n in zip(target_sums, counts))
+    assert sum(returned) == pytest.approx(expected, rel=1e-5)
+
+
 def test_bucket_sampler_is_seeded_and_splits_ranks_evenly(monkeypatch):
     lengths = np.random.default_rng(0).integers(2, 50, size=103)
     sampler = BucketSampler(lengths, batch_size=8, seed=3)
@@ -126,8 +158,10 @@ def test_bucket_sampler_is_seeded_and_splits_ranks_evenly(monkeypatch):
     assert set(per_rank[0]) | set(per_rank[1]) == set(range(103))
 
 
-def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_path):
-    run_dir = run_train(processed, configs, tmp_path / "models")
+@pytest.mark.parametrize("ema_decay", [0.0, 0.8])
+def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_path, ema_decay):
+    overrides = {"ema_decay": ema_decay}
+    run_dir = run_train(processed, configs, tmp_path / "models", overrides=overrides)
     assert run_dir == tmp_path / "models" / "syn" / "tiny"
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["dataset"] == "syn" and saved["d_model"] == 16 and saved["loss"] == "ce"
@@ -140,8 +174,13 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
     assert metrics["best_epoch"] == int(best["epoch"]) and metrics["epochs_run"] == 3
     for key in ("seconds_per_epoch", "tokens_per_s", "peak_rss_mb", "n_params", "time_to_best_s"):
         assert metrics[key] > 0
-    for name in ("best", "last"):
-        torch.load(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=True)
+    checkpoint = {
+        name: torch.load(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=True)
+        for name in ("best", "last")
+    }
+    if ema_decay:  # the saved weights are the average; the raw ones are kept for resuming
+        saved, raw = checkpoint["last"]["state_dict"], checkpoint["last"]["current_model_state"]
+        assert not torch.equal(saved["model.item_emb.weight"], raw["model.item_emb.weight"])
 
     # the loaded best model reproduces the best epoch's validation NDCG@10 exactly
     trained = load_run(run_dir)
@@ -158,11 +197,12 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
 
     # the same config again is already done; a changed config starts afresh
     mtime = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
-    run_train(processed, configs, tmp_path / "models")
+    run_train(processed, configs, tmp_path / "models", overrides=overrides)
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime
     with pytest.raises(RecsysError, match="differs"):
-        run_train(processed, configs, tmp_path / "models", overrides={"lr": 0.01}, resume=True)
-    run_train(processed, configs, tmp_path / "models", max_epochs=1)
+        changed = {**overrides, "lr": 0.01}
+        run_train(processed, configs, tmp_path / "models", overrides=changed, resume=True)
+    run_train(processed, configs, tmp_path / "models", overrides=overrides, max_epochs=1)
     assert len(csv_rows(run_dir)) == 1
 
 
@@ -262,6 +302,9 @@ def test_bad_config_is_a_one_line_error(processed, configs, tmp_path, args, mess
         ({"d_model": 30, "n_heads": 4}, "divisible"),
         ({"schedule": "linear"}, "'schedule' must be one of"),
         ({"cold_items": 1.0}, "'cold_items' must be in"),
+        ({"ema_decay": 1.0}, "'ema_decay' must be in"),
+        ({"loss_weighting": "user"}, "'loss_weighting' must be one of"),
+        ({"block": "post-ln"}, "block must be one of"),
         ({"use_user": "yes"}, "true or false"),
     ],
 )

@@ -219,6 +219,11 @@ class SeqDataModule(pl.LightningDataModule):
         self.max_len, self.batch_size = max_len, batch_size
         self.seed, self.num_workers = seed, num_workers
 
+    def mean_batch_targets(self) -> float:
+        """Training targets per batch, averaged over an epoch (``loss_weighting: token``)."""
+        n_batches = max(1, math.ceil(len(self.train_set) / self.batch_size))
+        return max(1.0, self.train_set.n_targets() / n_batches)
+
     def _loader(self, dataset: Dataset, sampler: Sampler, collate) -> DataLoader:
         return DataLoader(
             dataset,
@@ -291,6 +296,7 @@ class SeqRecModule(pl.LightningModule):
             self.model.candidate_mask[torch.as_tensor(cold_items, dtype=torch.long)] = False
         self._sums: dict[str, Tensor] = {}
         self.epoch_metrics: dict[str, float] = {}
+        self._mean_batch_targets = 1.0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["recsys"] = {"config": self.config, "model_config": self.model_config}
@@ -328,7 +334,12 @@ class SeqRecModule(pl.LightningModule):
         self._add("train_loss", loss * n_targets)
         self._add("train_tokens", n_targets)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=int(n_targets))
+        if self.config["loss_weighting"] == "token":
+            return loss * n_targets / self._mean_batch_targets
         return loss
+
+    def on_train_start(self) -> None:
+        self._mean_batch_targets = self.trainer.datamodule.mean_batch_targets()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         n_items = self.model.config.n_items

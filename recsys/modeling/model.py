@@ -30,6 +30,7 @@ LOSSES = ("ce", "sampled", "bce", "bpr")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 POSITIONS = ("learned", "sinusoidal")
 POSITION_ORIGINS = ("start", "end")
+BLOCKS = ("pre-ln", "sasrec")
 
 
 @dataclass
@@ -49,6 +50,9 @@ class ModelConfig:
     # Count positions from the sequence's first item (``start``) or back from its most recent
     # one (``end``: SASRec's right-aligned positions, where the position says how recent it is).
     position_origin: str = "start"
+    # ``pre-ln``: GPT's x + attn(ln(x)); ``sasrec``: Kang & McAuley's block, whose residual
+    # stream restarts from the normalised query, so raw item embeddings do not run through.
+    block: str = "pre-ln"
     item_repr: str = "id"
     feature_dim: int = 0  # width of the frozen text vectors (text and hybrid)
     scale_embeddings: bool = True  # multiply input item vectors by sqrt(d_model), as SASRec
@@ -65,6 +69,7 @@ class ModelConfig:
             "sampler": SAMPLERS,
             "positions": POSITIONS,
             "position_origin": POSITION_ORIGINS,
+            "block": BLOCKS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -112,9 +117,15 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, query: Tensor | None = None) -> Tensor:
+        """Attention of ``query`` (default: ``x`` itself) over keys and values from ``x``."""
         batch, length, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
+        if query is None:
+            q, k, v = self.qkv(x).split(width, dim=2)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(query, weight[:width], bias[:width])
+            k, v = F.linear(x, weight[width:], bias[width:]).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
@@ -136,16 +147,24 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+    With ``block="sasrec"``: q = ln(x); x = q + attn(q, x); x = ln(x); x + mlp(x).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.sasrec = config.block == "sasrec"
         self.ln_1 = nn.LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        if self.sasrec:
+            query = self.ln_1(x)
+            x = self.ln_2(query + self.attn(x, attn_mask, query))
+            return x + self.mlp(x)
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 

@@ -50,8 +50,12 @@ DEFAULTS: dict[str, Any] = {
     "attn_dropout": 0.0,
     "positions": "learned",  # learned | sinusoidal
     "position_origin": "start",  # start | end (count back from the most recent item)
+    "block": "pre-ln",  # pre-ln (GPT) | sasrec
     "scale_embeddings": True,
     "use_user": False,
+    # token: every training target weighs the same in an epoch, as with unbucketed batches;
+    # batch: each (length-bucketed) batch's mean loss weighs the same.
+    "loss_weighting": "token",
     "train_windows": "all",  # all | last (the most recent max_len items per user only)
     "lr": 0.001,
     "weight_decay": 0.0,
@@ -60,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 1.0,
     "min_lr_ratio": 0.1,
     "grad_clip": 1.0,
+    "ema_decay": 0.0,  # > 0: validate and save an exponential moving average of the weights
     "batch_size": 128,
     "max_epochs": 200,
     "patience": 20,
@@ -70,9 +75,10 @@ DEFAULTS: dict[str, Any] = {
 CHOICES = {
     "schedule": ("cosine", "constant"),
     "train_windows": ("all", "last"),
+    "loss_weighting": ("batch", "token"),
 }
 MODEL_KEYS = (
-    "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin "
+    "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler n_negatives"
 ).split()
 
@@ -166,8 +172,9 @@ def resolve_config(
     for key in ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers"):
         if resolved[key] < 0:
             raise fail(f"config key {key!r} must be >= 0, got {resolved[key]!r}")
-    if not 0.0 <= resolved["cold_items"] < 1.0:
-        raise fail(f"config key 'cold_items' must be in [0, 1), got {resolved['cold_items']!r}")
+    for key in ("cold_items", "ema_decay"):
+        if not 0.0 <= resolved[key] < 1.0:
+            raise fail(f"config key {key!r} must be in [0, 1), got {resolved[key]!r}")
     _check_model_keys(resolved)
     return {"dataset": dataset, "config_name": path.stem, **resolved}
 
@@ -365,7 +372,12 @@ def fit(
     """Build the Lightning objects and run ``Trainer.fit`` (resuming from last.ckpt if asked)."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        EMAWeightAveraging,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
     from lightning.pytorch.loggers import CSVLogger
 
     from recsys.modeling.lightning import (
@@ -421,6 +433,9 @@ def fit(
             {"dataset": cfg["dataset"], "run": run_dir.name, "item_repr": cfg["item_repr"]},
         ),
     ]
+    if cfg["ema_decay"] > 0:
+        # Validation, checkpoints and the final weights use the average; resuming restores both.
+        callbacks.append(EMAWeightAveraging(use_buffers=False, decay=cfg["ema_decay"]))
     if progress_bar:
         callbacks.append(RichProgressBar())
     loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
