@@ -8,7 +8,7 @@ which costs ~5x on CPU), trained with full softmax
 cross-entropy at every position, Adam at a constant rate, early stopping on validation NDCG@10.
 Deliberately a bare loop: it is a reference, not part of the product.
 
-``python -m benchmarks.reference_sasrec ml-100k [--epochs 200]``
+``python -m benchmarks.reference_sasrec ml-100k [--epochs 200] [--seed 42]``
 """
 
 from __future__ import annotations
@@ -146,5 +146,6 @@ if __name__ == "__main__":
     parser.add_argument("dataset")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    print(json.dumps(main(args.dataset, args.epochs, args.patience), indent=1))
+    print(json.dumps(main(args.dataset, args.epochs, args.patience, args.seed), indent=1))
