@@ -112,7 +112,7 @@ def test_windows_predict_every_training_item_once():
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 @pytest.mark.parametrize("weighting", ["batch", "token"])
-def test_token_weighting_gives_every_training_target_the_same_weight(weighting):
+def test_loss_weighting_sums_an_epoch_as_configured(weighting):
     """Length-bucketed batches hold very different numbers of targets; with ``token`` weighting
     an epoch's summed loss is the plain sum over targets (over the mean batch), as with
     unbucketed batches, instead of each batch's mean counting the same."""
