@@ -12,7 +12,15 @@ thin Typer command:
   every text field) in ``data/interim/<dataset>/``. Exact duplicate rows and interactions whose
   item is not in the item table are dropped and counted (``--strict`` refuses the latter).
 * ``main``: filter, map ids to contiguous integers (0 = padding), order each user's events by
-  time (ties keep file order), split, and write the contract of :mod:`recsys.processed`.
+  time, split, and write the contract of :mod:`recsys.processed`. A user's events with the same
+  timestamp are put in a seeded random order (``--ties shuffle``, the default) because the file
+  order often follows the item id (ml-latest-small is sorted by user, then movie id), which
+  would let the split's last item be guessed from the numbering; ``--ties file`` keeps the file
+  order, as some papers do. stats.json records the policy and how many targets were tied.
+
+Sequence files (``amazon-beauty``, and ``custom --format sequences``) hold one user per line,
+``user item item ...`` in time order and no timestamps: an event's position in its line stands in
+for its time, so no two events of a user tie.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Annotated, Any, Callable, Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import typer
 from loguru import logger
@@ -59,6 +68,9 @@ MANIFEST_FILE = ".recsys-manifest.json"
 INTERIM_MANIFEST = "manifest.json"
 INTERACTIONS_FILE = "interactions.parquet"
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
+# What the timestamp column holds (interim manifest and stats.json).
+UNIX_TIME = "unix seconds"
+POSITION_TIME = "position in the user's sequence (the file has no timestamps)"
 MIRROR_ENV = "RECSYS_DATA_MIRROR"
 HTTP_TIMEOUT_S = 60
 HASH_BLOCK = 8 << 20
@@ -66,6 +78,8 @@ HASH_BLOCK = 8 << 20
 UNIT_SEPARATOR = b"\x1f"
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/{}.zip"
 HM_URL = "https://www.kaggle.com/competitions/h-and-m-personalized-fashion-recommendations/data"
+# amazon-beauty's items.tsv after item_id; the asin (Amazon's own id) maps items to the source.
+AMAZON_ITEM_COLUMNS = ("asin", "title", "brand", "categories")
 HM_TEXT_COLUMNS = [
     "prod_name",
     "product_type_name",
@@ -102,6 +116,8 @@ class DatasetSpec:
     file_md5: dict[str, str] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)
     homepage: str | None = None
+    #: False for sequence files: the order in the line is the time order, there is no clock.
+    has_timestamps: bool = True
 
     @property
     def archive_name(self) -> str | None:
@@ -210,6 +226,21 @@ DATASETS: dict[str, DatasetSpec] = {
             required=("transactions_train.csv", "articles.csv"),
             companions=("customers.csv",),
             homepage=HM_URL,
+        ),
+        DatasetSpec(
+            name="amazon-beauty",
+            parser="amazon-beauty",
+            required=("Beauty.txt", "items.tsv"),
+            # No public download: the files come from a mirror or are placed by hand.
+            file_md5={
+                "Beauty.txt": "cb03635343187f36526ed4ba48102b53",
+                "items.tsv": "25c11e338d887cd1157e1334005a1c9c",
+            },
+            hints={
+                "Beauty.txt": "the 5-core Amazon Beauty sequences of S3-Rec/ICLRec",
+                "items.tsv": "item_id, asin, title, brand, categories",
+            },
+            has_timestamps=False,
         ),
         DatasetSpec(name="custom", parser="custom"),
     ]
@@ -340,6 +371,12 @@ def _missing_message(
     )
     verb = "is" if len(missing) == 1 else "are"
     looked = f"{target}/" + (f" and the mirror {mirror_root / spec.name}/" if mirror_root else "")
+    if spec.url is None and spec.homepage is None:
+        return (
+            f"{spec.name}: {names} {verb} missing from {looked}; there is no public download: "
+            f"put {' and '.join(missing)} in {target}/, or in <mirror>/{spec.name}/ with "
+            f"--mirror <mirror> or {MIRROR_ENV}=<mirror>"
+        )
     if spec.url is None:
         return (
             f"{spec.name}: {names} {verb} missing from {looked}; download them from "
@@ -588,6 +625,72 @@ def read_ratings(
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
+def read_sequences(path: Path) -> pd.DataFrame:
+    """A sequences file as canonical interactions: one user per line, ``user item item ...``.
+
+    The order in a line is the time order and there are no timestamps, so an event's position in
+    its line (1, 2, ...) becomes its timestamp: a user's events never tie, and no tie policy can
+    reorder them. Ids must be plain non-negative integers (as in the benchmark files), each user
+    has one line, and every line has at least one item; anything else is a one-line error naming
+    the line. Splitting and the id check run in Arrow's C kernels, not per token in Python.
+    """
+    path = Path(path)
+    layout = "each line must be 'user item item ...' (integer ids, whitespace-separated)"
+    if not path.is_file():
+        raise fail(f"{path} does not exist; check the path")
+    data = path.read_bytes()
+    if not data.strip():
+        raise fail(f"{path} is empty; {layout}")
+    try:
+        text = data.decode("utf8")
+    except UnicodeDecodeError as err:
+        raise fail(f"{path} is not UTF-8 text (byte {err.start:,}); {layout}")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    trimmed = pc.utf8_trim_whitespace(pa.array(lines, pa.string()))
+    tokens = pc.split_pattern_regex(trimmed, r"\s+")
+    counts = pc.list_value_length(tokens).to_numpy().astype(np.int64)
+    counts[pc.equal(trimmed, "").to_numpy(False)] = 0  # '' splits into one empty token
+    short = np.flatnonzero(counts < 2)
+    if short.size:
+        row = int(short[0])
+        what = (
+            "is empty" if counts[row] == 0 else f"has the user {lines[row].strip()} but no items"
+        )
+        raise fail(f"{path} line {row + 1} {what}; {layout}")
+    flat = pc.list_flatten(tokens)
+    plain = pc.match_substring_regex(flat, r"^(0|[1-9][0-9]{0,17})$").to_numpy(False)
+    ends = np.cumsum(counts)
+    if not plain.all():
+        first = int(np.argmin(plain))
+        row = int(np.searchsorted(ends, first, side="right"))
+        raise fail(
+            f"{path} line {row + 1}: {flat[first].as_py()!r} is not a plain integer id; {layout}"
+        )
+    ids = pc.cast(flat, pa.int64()).to_numpy()
+    starts = ends - counts
+    users = ids[starts]
+    repeated = pd.Series(users).duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.argmax(repeated))
+        earlier = int(np.flatnonzero(users == users[row])[0])
+        raise fail(
+            f"{path} line {row + 1}: user {users[row]} already has line {earlier + 1}; "
+            "give each user one line with all their items in time order"
+        )
+    position = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, counts)
+    is_item = position > 0
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(users, counts - 1),
+            "item_id": ids[is_item],
+            "timestamp": position[is_item],
+            "rating": np.full(int(is_item.sum()), np.nan, dtype=np.float32),
+        }
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Parsers: raw folder -> (interactions, items)
 # --------------------------------------------------------------------------------------------
@@ -721,8 +824,23 @@ def aggregate_tags(tags: pd.DataFrame) -> pd.Series:
     return grouped.groupby("movieId", sort=True)["tag"].agg("|".join)
 
 
+def parse_amazon_beauty(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Amazon Beauty 5-core: ``Beauty.txt`` sequences and ``items.tsv`` (title, brand, categories).
+
+    items.tsv is read with quoting off: its titles hold unbalanced double quotes.
+    """
+    interactions = read_sequences(raw / "Beauty.txt")
+    columns = {"item_id": pa.int64(), **dict.fromkeys(AMAZON_ITEM_COLUMNS, pa.string())}
+    table = read_delimited(raw / "items.tsv", columns, "\t", header=True, quoted=False)
+    raw_items = table.to_pandas()
+    items = pd.DataFrame({"item_id": raw_items["item_id"]})
+    for name in AMAZON_ITEM_COLUMNS:
+        items[name] = _text(raw_items[name])
+    return interactions, items
+
+
 def parse_hm(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """H&M: purchases (day resolution, so ties keep file order) and article descriptions."""
+    """H&M: purchases (day resolution, so many same-day ties) and article descriptions."""
     ids = pa.dictionary(pa.int32(), pa.string())
     transactions = read_delimited(
         raw / "transactions_train.csv",
@@ -752,6 +870,9 @@ def parse_hm(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return interactions, items
 
 
+CUSTOM_FORMATS = ("events", "sequences")
+
+
 @dataclass(frozen=True)
 class CustomSource:
     """Where a custom dataset's files are and which columns mean what."""
@@ -766,6 +887,9 @@ class CustomSource:
     title_col: str = "title"
     text_cols: tuple[str, ...] | None = None
     delimiter: str = ","
+    #: ``events``: one interaction per row, columns mapped above. ``sequences``: one user per
+    #: line, ``user item item ...`` in time order (see :func:`read_sequences`).
+    format: str = "events"
 
     def raw_files(self) -> list[Path]:
         return [p for p in (self.interactions, self.items) if p is not None]
@@ -837,13 +961,35 @@ def _ids(values: pd.Series) -> np.ndarray:
 
 def parse_custom(source: CustomSource) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Interactions (and optionally items) from user files, mapped by the column options."""
+    if source.format not in CUSTOM_FORMATS:
+        raise fail(
+            f"unknown --format {source.format!r}; choose events (one interaction per row) or "
+            "sequences (one line per user: 'user item item ...')"
+        )
+    if source.format == "sequences":
+        interactions = read_sequences(source.interactions)
+    else:
+        interactions = _custom_events(source)
+    if source.items is None:
+        ids = pd.unique(interactions["item_id"])
+        return interactions, pd.DataFrame({"item_id": ids, "title": [str(i) for i in ids]})
+    items = _custom_items(source.items, source)
+    if interactions["item_id"].dtype.kind != items["item_id"].dtype.kind:
+        # e.g. numeric ids in one file and zero-padded strings in the other: compare as text.
+        interactions["item_id"] = interactions["item_id"].astype(str)
+        items["item_id"] = items["item_id"].astype(str)
+    return interactions, items
+
+
+def _custom_events(source: CustomSource) -> pd.DataFrame:
+    """A custom interactions table (CSV or parquet), one event per row, mapped to our columns."""
     wanted = {source.user_col: pa.string(), source.item_col: pa.string(), source.time_col: None}
     wanted |= {source.rating_col: None} if source.rating_col else {}
     raw = _read_any(source.interactions, wanted, source.delimiter)
     for column in (source.user_col, source.item_col):
         if raw[column].isna().any() or (raw[column].astype(str).str.strip() == "").any():
             raise fail(f"{source.interactions}: column {column!r} has empty ids")
-    interactions = pd.DataFrame(
+    return pd.DataFrame(
         {
             "user_id": _ids(raw[source.user_col]),
             "item_id": _ids(raw[source.item_col]),
@@ -855,30 +1001,28 @@ def parse_custom(source: CustomSource) -> tuple[pd.DataFrame, pd.DataFrame]:
             ),
         }
     )
-    if source.items is None:
-        ids = pd.unique(interactions["item_id"])
-        return interactions, pd.DataFrame({"item_id": ids, "title": [str(i) for i in ids]})
+
+
+def _custom_items(path: Path, source: CustomSource) -> pd.DataFrame:
+    """The custom item table at ``path``: ids as written, title and the chosen text columns."""
     id_col = source.items_id_col or source.item_col
     columns = dict.fromkeys([id_col, source.title_col, *(source.text_cols or ())], pa.string())
     raw_items = _read_any(
-        source.items, columns if source.text_cols is not None else None, source.delimiter
+        path, columns if source.text_cols is not None else None, source.delimiter
     )
     for column in (id_col, source.title_col):
         if column not in raw_items.columns:
-            raise fail(f"{source.items} has no column {column!r}; fix --items-id-col/--title-col")
+            raise fail(f"{path} has no column {column!r}; fix --items-id-col/--title-col")
     items = pd.DataFrame({"item_id": _ids(raw_items[id_col])})
-    if interactions["item_id"].dtype.kind != items["item_id"].dtype.kind:
-        # e.g. numeric ids in one file and zero-padded strings in the other: compare as text.
-        interactions["item_id"] = interactions["item_id"].astype(str)
-        items["item_id"] = items["item_id"].astype(str)
     items["title"] = _text(raw_items[source.title_col])
     for name in raw_items.columns:
         if name not in (id_col, source.title_col):
             items[name] = _text(raw_items[name])
-    return interactions, items
+    return items
 
 
 PARSERS: dict[str, Callable[[Path], tuple[pd.DataFrame, pd.DataFrame]]] = {
+    "amazon-beauty": parse_amazon_beauty,
     "ml-100k": parse_ml_100k,
     "ml-dat": parse_ml_dat,
     "ml-csv": parse_ml_csv,
@@ -905,7 +1049,8 @@ def clean(
 ) -> tuple[pd.DataFrame, pd.DataFrame, CleanReport]:
     """Drop exact duplicate rows and interactions whose item is not in the item table.
 
-    Row order (the raw file order) is kept: it breaks timestamp ties later.
+    Row order (the raw file order) is kept: ``--ties file`` orders same-time events by it, and
+    ``--ties shuffle`` draws its seeded order over it, so both are reproducible.
     """
     duplicated_ids = items["item_id"].duplicated()
     if duplicated_ids.any():
@@ -981,6 +1126,7 @@ def interim(
         used = custom.raw_files()
         manifest = None
         items_file = str(custom.items or custom.interactions)
+        timed = custom.format == "events"
     else:
         raw = Path(raw_root or RAW_DATA_DIR) / spec.name
         manifest = read_manifest(raw)
@@ -992,6 +1138,7 @@ def interim(
         interactions, items = PARSERS[spec.parser](raw)
         used = [raw / name for name in spec.required + spec.extras if (raw / name).is_file()]
         items_file = str(raw / spec.item_table)
+        timed = spec.has_timestamps
     interactions, items, report = clean(interactions, items, strict, items_file)
     if interactions.empty:
         raise fail(f"{spec.name}: no interactions are left after cleaning; check the raw files")
@@ -1001,6 +1148,7 @@ def interim(
         "dataset": spec.name,
         "interactions": len(interactions),
         "items": len(items),
+        "time": UNIX_TIME if timed else POSITION_TIME,
         **asdict(report),
         **_raw_provenance(used, manifest),
     }
@@ -1017,6 +1165,7 @@ def interim(
 # --------------------------------------------------------------------------------------------
 
 SPLITS = ("leave-one-out", "temporal")
+TIES = ("shuffle", "file")
 
 
 @dataclass(frozen=True)
@@ -1030,13 +1179,19 @@ class FilterSettings:
 
 @dataclass(frozen=True)
 class SplitSettings:
-    """Leave-one-out, or a global temporal split at cut-off times (or at event-count fractions)."""
+    """Leave-one-out, or a global temporal split at cut-off times (or at event-count fractions).
+
+    ``ties`` orders a user's events that share a timestamp, which decides which of them is the
+    held-out last item: ``shuffle`` (seeded by ``ties_seed``) or ``file`` (raw file order).
+    """
 
     kind: str = "leave-one-out"
     valid_start: str | None = None
     test_start: str | None = None
     valid_frac: float = 0.1
     test_frac: float = 0.1
+    ties: str = "shuffle"
+    ties_seed: int = 0
 
 
 def filter_mask(
@@ -1083,6 +1238,13 @@ def check_settings(filters: FilterSettings, split: SplitSettings) -> None:
     """Refuse option combinations that cannot produce a usable split, before any work."""
     if split.kind not in SPLITS:
         raise fail(f"unknown --split {split.kind!r}; choose leave-one-out or temporal")
+    if split.ties not in TIES:
+        raise fail(
+            f"unknown --ties {split.ties!r}; choose shuffle (same-time events in a seeded random "
+            "order) or file (in raw file order)"
+        )
+    if split.ties_seed < 0:
+        raise fail(f"--ties-seed must be a non-negative integer, got {split.ties_seed}")
     if filters.min_user_interactions < 1 or filters.min_item_interactions < 1:
         raise fail("--min-user-interactions and --min-item-interactions must be at least 1")
     if filters.k_core is not None and filters.k_core < 1:
@@ -1194,6 +1356,43 @@ def _split_counts(user_idx: np.ndarray, split_codes: np.ndarray) -> dict[str, di
     }
 
 
+def event_order(
+    user_idx: np.ndarray, timestamps: np.ndarray, ties: str = "shuffle", seed: int = 0
+) -> np.ndarray:
+    """Row order by user, then time; a user's same-time events in ``ties`` order.
+
+    ``file`` keeps the given row order among them (the sort is stable). ``shuffle`` breaks them
+    by a seeded random key per row: only events that share user and timestamp change places.
+    """
+    if ties == "file":
+        return np.lexsort((timestamps, user_idx))
+    key = np.random.default_rng(seed).permutation(len(user_idx))
+    return np.lexsort((key, timestamps, user_idx))
+
+
+def tie_counts(
+    user_idx: np.ndarray, timestamps: np.ndarray, split_codes: np.ndarray
+) -> dict[str, int]:
+    """How many evaluation targets share their timestamp with the event before them.
+
+    For such a user the order of the tied pair, not time, decides which item is held out. Rows
+    are sorted by user then time; a split's target is its first event of each user.
+    """
+    same_user = np.r_[False, user_idx[1:] == user_idx[:-1]]
+    tied_prev = same_user & np.r_[False, timestamps[1:] == timestamps[:-1]]
+    in_group = tied_prev | np.r_[tied_prev[1:], False]
+
+    def tied_targets(code: int) -> int:
+        first = (split_codes == code) & ~(same_user & np.r_[False, split_codes[:-1] == code])
+        return int((first & tied_prev).sum())
+
+    return {
+        "users_test_target_tied": tied_targets(TEST),
+        "users_valid_target_tied": tied_targets(VALID),
+        "events_in_tied_groups": int(in_group.sum()),
+    }
+
+
 def build_processed(
     interactions: pd.DataFrame,
     items: pd.DataFrame,
@@ -1202,9 +1401,9 @@ def build_processed(
 ) -> Processed:
     """Filter, give contiguous ids, order each user's events by time, split, and count.
 
-    ``interactions`` must be in raw file order: the stable sort keeps that order among events
-    with equal timestamps. Users and items are numbered in order of their original ids; items
-    without kept interactions follow as cold items (n_items+1..n_catalogue).
+    ``interactions`` must be in raw file order: ``split.ties`` orders same-time events from it
+    (see :func:`event_order`). Users and items are numbered in order of their original ids;
+    items without kept interactions follow as cold items (n_items+1..n_catalogue).
     """
     check_settings(filters, split)
     user_codes, _ = pd.factorize(interactions["user_id"], sort=False)
@@ -1225,8 +1424,7 @@ def build_processed(
     user_idx = (user_local + 1).astype(np.int32)
     item_idx = (item_local + 1).astype(np.int32)
     timestamps = kept["timestamp"].to_numpy(np.int64)
-    order = np.argsort(timestamps, kind="stable")
-    order = order[np.argsort(user_idx[order], kind="stable")]
+    order = event_order(user_idx, timestamps, split.ties, split.ties_seed)
     user_idx, item_idx, timestamps = user_idx[order], item_idx[order], timestamps[order]
     split_codes, split_used = assign_splits(user_idx, timestamps, split)
     events = pd.DataFrame(
@@ -1251,6 +1449,11 @@ def build_processed(
         "sequence_length": _length_stats(np.bincount(user_idx, minlength=n_users + 1)[1:]),
         "time_range": {"first": _iso(timestamps.min()), "last": _iso(timestamps.max())},
         "split": {**split_used, **_split_counts(user_idx, split_codes)},
+        "ties": {
+            "policy": split.ties,
+            "seed": split.ties_seed if split.ties == "shuffle" else None,
+            **tie_counts(user_idx, timestamps, split_codes),
+        },
         "filter": {
             **asdict(filters),
             "order": "k-core until stable" if filters.k_core else "items, then users",
@@ -1305,24 +1508,36 @@ def process(
             f"cannot read the interim files in {source} ({_arrow_message(err)}); "
             f"run 'python -m recsys.dataset interim --dataset {spec.name}' again"
         )
+    time = info.get("time", UNIX_TIME)
+    if time == POSITION_TIME and split.kind == "temporal":
+        raise fail(
+            f"{spec.name} has no timestamps (each user's line is in time order, nothing more), "
+            "so --split temporal has no common clock to cut at; use --split leave-one-out"
+        )
     result = build_processed(interactions, items, filters, split)
     stats = {
         "dataset": spec.name,
         **result.stats,
+        "time": time,
         "interim": {k: info.get(k) for k in asdict(CleanReport())},
         "raw_source": info.get("raw_source"),
         "raw_files": info.get("raw_files", {}),
     }
+    if time == POSITION_TIME:
+        stats["time_range"] = None  # positions 1, 2, ... are not dates
     out = ensure_dir(processed_folder(spec.name, processed_root))
     write_together(
         out,
         {EVENTS_FILE: result.events, ITEMS_FILE: result.items, USERS_FILE: result.users},
         stats,
     )
+    ties = stats["ties"]
     logger.info(
         f"{spec.name}: {stats['n_users']:,} users, {stats['n_items']:,} items "
         f"({stats['n_catalogue']:,} in the catalogue), {stats['n_interactions']:,} events, "
-        f"split {split.kind} -> {out}"
+        f"split {split.kind}; {ties['users_test_target_tied']:,} test and "
+        f"{ties['users_valid_target_tied']:,} valid targets share their timestamp with the "
+        f"event before (--ties {split.ties}) -> {out}"
     )
     return out
 
@@ -1379,6 +1594,14 @@ TextColsOpt = Annotated[
     typer.Option(help="custom: comma-separated text columns to keep (default: all others)."),
 ]
 DelimiterOpt = Annotated[str, typer.Option(help="custom: CSV delimiter.")]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="custom: events (one interaction per row, the columns above) or sequences (one "
+        "line per user: 'user item item ...' in time order, integer ids, no timestamps).",
+    ),
+]
 
 
 def _custom_source(  # one argument per CLI option: the mapping of a custom dataset
@@ -1392,6 +1615,7 @@ def _custom_source(  # one argument per CLI option: the mapping of a custom data
     title_col: str,
     text_cols: str | None,
     delimiter: str,
+    format_: str,
 ) -> CustomSource | None:
     if interactions is None:
         return None
@@ -1410,6 +1634,7 @@ def _custom_source(  # one argument per CLI option: the mapping of a custom data
             else None
         ),
         delimiter=delimiter,
+        format=format_,
     )
 
 
@@ -1465,6 +1690,14 @@ def main_command(
     test_frac: Annotated[
         float, typer.Option(help="temporal, no --test-start: share of latest events for test.")
     ] = 0.1,
+    ties: Annotated[
+        str,
+        typer.Option(
+            help="Order of a user's events with the same timestamp: shuffle (seeded random) or "
+            "file (raw file order, which often follows the item id)."
+        ),
+    ] = "shuffle",
+    ties_seed: Annotated[int, typer.Option(help="Seed of --ties shuffle.")] = 0,
     strict: StrictOpt = False,
     raw_dir: RawDirOpt = None,
     interim_dir: InterimDirOpt = None,
@@ -1481,10 +1714,13 @@ def main_command(
     title_col: TitleColOpt = "title",
     text_cols: TextColsOpt = None,
     delimiter: DelimiterOpt = ",",
+    format_: FormatOpt = "events",
 ) -> None:
     """Filter, index and split into data/processed/<dataset>/ (events, items, users, stats)."""
     filters = FilterSettings(min_user_interactions, min_item_interactions, k_core)
-    split_settings = SplitSettings(split, valid_start, test_start, valid_frac, test_frac)
+    split_settings = SplitSettings(
+        split, valid_start, test_start, valid_frac, test_frac, ties, ties_seed
+    )
     check_settings(filters, split_settings)
     custom = _custom_source(
         interactions,
@@ -1497,6 +1733,7 @@ def main_command(
         title_col,
         text_cols,
         delimiter,
+        format_,
     )
     if custom is not None:
         interim(dataset, raw_root=raw_dir, interim_root=interim_dir, strict=strict, custom=custom)

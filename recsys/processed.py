@@ -4,14 +4,18 @@
 
 * ``events.parquet``: one row per interaction, columns ``user_idx`` (int32, 1..n_users),
   ``item_idx`` (int32, 1..n_items), ``timestamp`` (int64), ``split`` (int8: 0 train, 1 valid,
-  2 test). Rows are sorted by user, then time; ties keep the raw file order. Flat rows (not lists)
-  so a reader can stream row groups for catalogues too large for memory.
+  2 test). Rows are sorted by user, then time. A user's events with the same timestamp are in a
+  seeded random order by default, or in raw file order (``main --ties file``); ``stats.json``
+  records which, and how many valid/test targets tie with the event before them. Sequence files
+  without timestamps store each event's position in the user's line as its timestamp. Flat rows
+  (not lists) so a reader can stream row groups for catalogues too large for memory.
 * ``items.parquet``: ``item_idx`` (int32, 1..n_catalogue), the original ``item_id``, ``title`` and
   every text field of the interim item table, plus ``n_interactions``. Items ``1..n_items`` have
   interactions; ``n_items+1..n_catalogue`` are in the item table only (cold: rankable by text
   models).
 * ``users.parquet``: ``user_idx`` (int32, 1..n_users) and the original ``user_id``.
-* ``stats.json``: counts, density, sequence-length percentiles and the split/filter settings.
+* ``stats.json``: counts, density, sequence-length percentiles, the split/filter settings and
+  the tie policy with its counts.
 
 Index 0 is padding everywhere.
 """
@@ -164,3 +168,24 @@ def cold_item_set(n_items: int, fraction: float, seed: int = 0) -> np.ndarray:
     n_cold = int(round(fraction * n_items))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(np.arange(1, n_items + 1), size=n_cold, replace=False))
+
+
+def cut_at(sequences: dict[int, np.ndarray], removed: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Each user's sequence cut into ``(user, piece)`` runs at the ``removed`` items.
+
+    ``a b X c d`` becomes ``[a b]`` and ``[c d]``: dropping ``X`` and joining its neighbours
+    would invent the transition ``b -> c`` that never happened. Every model fitted without the
+    cold items (trained runs and baselines) reads these same pieces; a piece of one item gives a
+    sequence model no target but still counts as an interaction for a baseline.
+    """
+    if not len(removed):
+        return list(sequences.items())
+    pieces = []
+    for user, seq in sequences.items():
+        bounds = np.r_[-1, np.flatnonzero(np.isin(seq, removed)), len(seq)]
+        pieces.extend(
+            (user, seq[start + 1 : stop])
+            for start, stop in zip(bounds[:-1], bounds[1:])
+            if stop - start > 1
+        )
+    return pieces

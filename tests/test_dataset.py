@@ -585,7 +585,7 @@ def test_custom_errors_name_the_column(tmp_path):
 
 def test_processed_ids_order_and_leave_one_out(tmp_path):
     make_raw(tmp_path)
-    out = build(tmp_path)
+    out = build(tmp_path, split=ds.SplitSettings(ties="file"))
     data = load_processed("ml-100k", tmp_path / "processed")
     # Users 1, 2 have >= 3 events; user 3 (2 events) is filtered out by the default minimum.
     assert data.users["user_id"].tolist() == [1, 2]
@@ -607,6 +607,13 @@ def test_processed_ids_order_and_leave_one_out(tmp_path):
     assert stats["raw_files"]["u.data"]["md5"] == md5(ml100k_files()["u.data"])
     assert stats["sequence_length"]["min"] == 3 and stats["sequence_length"]["max"] == 4
     assert stats["density"] == pytest.approx(7 / (2 * 4))
+    assert stats["ties"] == {
+        "policy": "file",
+        "seed": None,
+        "users_test_target_tied": 0,
+        "users_valid_target_tied": 1,  # user 1: valid item 20 at 100, like item 10 before it
+        "events_in_tied_groups": 2,
+    }
 
 
 def test_timestamp_ties_keep_file_order_at_scale():
@@ -621,10 +628,84 @@ def test_timestamp_ties_keep_file_order_at_scale():
         }
     )
     items = pd.DataFrame({"item_id": np.arange(n), "title": "t"})
-    events = ds.build_processed(interactions, items).events
+    events = ds.build_processed(interactions, items, split=ds.SplitSettings(ties="file")).events
     rows = events["item_idx"].to_numpy() - 1  # items are numbered in id order = file row
     expected = interactions.sort_values(["user_id", "timestamp"], kind="stable").index
     np.testing.assert_array_equal(rows, expected)
+
+
+def tied_log(n: int = 400, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Interactions with many same-second ties; item id = file row, so ids reveal file order."""
+    rng = np.random.default_rng(seed)
+    interactions = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 5, n),
+            "item_id": np.arange(n),
+            "timestamp": rng.integers(0, 60, n),  # ~300 (user, second) cells: many ties
+            "rating": 1.0,
+        }
+    )
+    return interactions, pd.DataFrame({"item_id": np.arange(n), "title": "t"})
+
+
+def tied_groups(events: pd.DataFrame) -> pd.Series:
+    """The set of items of each (user, timestamp) group."""
+    return events.groupby(["user_idx", "timestamp"])["item_idx"].agg(frozenset)
+
+
+def shuffled(seed: int | None) -> pd.DataFrame:
+    split = ds.SplitSettings(ties="file") if seed is None else ds.SplitSettings(ties_seed=seed)
+    return ds.build_processed(*tied_log(), split=split).events
+
+
+def test_tie_shuffle_is_seeded_and_moves_only_tied_events():
+    file_order, first, again, other = shuffled(None), shuffled(0), shuffled(0), shuffled(1)
+    pd.testing.assert_frame_equal(first, again)  # same seed, same order
+    assert not first["item_idx"].equals(other["item_idx"])  # another seed, another order
+    assert not first["item_idx"].equals(file_order["item_idx"])
+    for events in (first, other):
+        # Users and timestamps sit exactly where the file order puts them: only the items of
+        # a (user, timestamp) group trade places, and the time order is never violated.
+        for column in ("user_idx", "timestamp", "split"):
+            np.testing.assert_array_equal(events[column], file_order[column])
+        pd.testing.assert_series_equal(tied_groups(events), tied_groups(file_order))
+        alone = ~file_order.duplicated(["user_idx", "timestamp"], keep=False).to_numpy()
+        assert alone.any()
+        np.testing.assert_array_equal(
+            events["item_idx"].to_numpy()[alone], file_order["item_idx"].to_numpy()[alone]
+        )
+
+
+def test_tie_shuffle_is_not_file_order_within_groups():
+    """Within tied groups the shuffled order is not the file (= id) order: the leak is gone."""
+    events = shuffled(0)
+    keys = ["user_idx", "timestamp"]
+    groups = events[events.duplicated(keys, keep=False)].groupby(keys)["item_idx"]
+    increasing = groups.agg(lambda s: bool(np.all(np.diff(s.to_numpy()) > 0)))
+    assert len(increasing) > 20 and increasing.mean() < 0.5
+
+
+def test_tie_counts_on_a_hand_made_log():
+    rows = {  # user: timestamps in file order
+        "a": [1, 2, 2],  # test ties with valid
+        "b": [5, 5, 5, 6],  # valid ties with the train event before it
+        "c": [1, 2, 3],  # no ties
+        "d": [7, 7, 7],  # both tie
+    }
+    interactions = pd.DataFrame(
+        [(user, f"{user}{k}", t, 1.0) for user, ts in rows.items() for k, t in enumerate(ts)],
+        columns=ds.INTERACTION_COLUMNS,
+    )
+    items = pd.DataFrame({"item_id": interactions["item_id"], "title": "t"})
+    for split in (ds.SplitSettings(ties="file"), ds.SplitSettings(ties_seed=3)):
+        stats = ds.build_processed(interactions, items, split=split).stats
+        assert stats["ties"] == {
+            "policy": split.ties,
+            "seed": None if split.ties == "file" else 3,
+            "users_test_target_tied": 2,
+            "users_valid_target_tied": 2,
+            "events_in_tied_groups": 8,
+        }
 
 
 def test_density_uses_items_with_interactions():
@@ -691,6 +772,8 @@ def test_temporal_split_by_date_and_by_fraction(tmp_path):
             "leave no test events",
         ),
         (ds.FilterSettings(), ds.SplitSettings("temporal", test_start="soon"), "neither unix"),
+        (ds.FilterSettings(), ds.SplitSettings(ties="random"), "unknown --ties 'random'"),
+        (ds.FilterSettings(), ds.SplitSettings(ties_seed=-1), "--ties-seed must be a non-neg"),
         (ds.FilterSettings(50), ds.SplitSettings(), "filtering left no interactions"),
     ],
 )
@@ -813,6 +896,18 @@ def test_cli_unwritable_output_folder(tmp_path):
     assert blocker.read_text() == "a file where a folder should be"
     proc = run_cli(tmp_path, "main", "--dataset", "ml-100k", "--split", "random")
     assert_one_line_error(proc, "unknown --split 'random'")
+
+
+def test_cli_ties_option(tmp_path):
+    make_raw(tmp_path / "data")
+    ds.interim(SPEC, tmp_path / "data" / "raw", tmp_path / "data" / "interim")
+    proc = run_cli(tmp_path, "main", "--dataset", "ml-100k", "--ties", "random")
+    assert_one_line_error(proc, "unknown --ties 'random'", "choose shuffle", "or file")
+    assert not (tmp_path / "data" / "processed").exists()
+    proc = run_cli(tmp_path, "main", "--dataset", "ml-100k", "--ties-seed", "7")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "data" / "processed" / "ml-100k" / "stats.json").read_text())
+    assert (stats["ties"]["policy"], stats["ties"]["seed"]) == ("shuffle", 7)
 
 
 def test_cli_custom_dataset_with_column_mapping(tmp_path):

@@ -1,4 +1,4 @@
-"""Integration tests of the data pipeline on the MovieLens mirror (../shared/data)."""
+"""Integration tests of the data pipeline on the data mirror (../shared/data)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from recsys import dataset as ds
-from recsys.processed import TEST, VALID, load_processed
+from recsys.processed import TEST, VALID, load_processed, user_sequences
 
 pytestmark = pytest.mark.integration
 PROJ_ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,59 @@ def test_ml_latest_small_from_mirror(mirror, tmp_path):
     assert toy_story["genres"] == "Adventure|Animation|Children|Comedy|Fantasy"
     assert "pixar" in toy_story["tags"].split("|")
     assert toy_story["imdb_id"] == "0114709"
+
+
+def test_ml_latest_small_ties_no_longer_follow_the_movie_id(mirror, tmp_path):
+    """ratings.csv is sorted by user, then movie id: in file order every tied test item has the
+    larger id; the default seeded shuffle breaks that link."""
+    _, data = run_chain("ml-latest-small", mirror, tmp_path)
+    ties = data.stats["ties"]
+    assert (ties["policy"], ties["seed"]) == ("shuffle", 0)
+    events, ids = data.events, data.items.set_index("item_idx")["item_id"]
+    valid = events[events["split"] == VALID].set_index("user_idx")
+    test = events[events["split"] == TEST].set_index("user_idx")
+    tied = test.index[test["timestamp"].to_numpy() == valid.loc[test.index, "timestamp"]]
+    assert len(tied) == ties["users_test_target_tied"] > 50
+    larger = (
+        ids.loc[test.loc[tied, "item_idx"]].to_numpy()
+        > ids.loc[valid.loc[tied, "item_idx"]].to_numpy()
+    )
+    assert 0.25 < larger.mean() < 0.75  # file order: 1.0
+
+
+@pytest.fixture
+def beauty_mirror(mirror) -> Path:
+    if not (mirror / "amazon-beauty").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have amazon-beauty in the mirror, but {mirror} lacks it")
+        pytest.skip(f"no amazon-beauty in the mirror {mirror}")
+    return mirror
+
+
+def test_amazon_beauty_from_mirror(beauty_mirror, tmp_path):
+    raw, data = run_chain("amazon-beauty", beauty_mirror, tmp_path)
+    manifest = ds.read_manifest(raw)
+    assert sorted(manifest["files"]) == ["Beauty.txt", "items.tsv"]
+    assert all(entry["verified"] for entry in manifest["files"].values())
+    assert (data.n_users, data.n_items, data.n_catalogue) == (22_363, 12_101, 12_101)
+    assert len(data.events) == 198_502
+    assert data.stats["filter"]["interactions_removed"] == 0
+    assert (
+        data.stats["sequence_length"]["min"] == 5 and data.stats["sequence_length"]["max"] == 204
+    )
+    assert data.stats["ties"]["events_in_tied_groups"] == 0
+    assert_leave_one_out(data.events)
+    # Each user's processed sequence is their line of Beauty.txt, in the line's order.
+    lines = (beauty_mirror / "amazon-beauty" / "Beauty.txt").read_text().split("\n")[:-1]
+    user_of = data.users.set_index("user_idx")["user_id"]
+    item_of = data.items.set_index("item_idx")["item_id"].to_numpy()
+    written = {int(parts[0]): parts[1:] for parts in map(str.split, lines)}
+    for user_idx, seq in user_sequences(data.events).items():
+        assert written[int(user_of[user_idx])] == [str(i) for i in item_of[seq - 1]]
+    item = data.items.set_index("item_id").loc[1]
+    assert item["asin"] == "B004756YJA" and item["brand"] == "OPI"
+    assert item["categories"] == "Beauty > Makeup > Nails > Nail Polish"
+    assert (data.items["title"].str.count('"') % 2 == 1).sum() > 0  # unbalanced quotes kept
 
 
 def test_ml_1m_mirror_without_ratings_is_one_line_saying_what_to_do(mirror, tmp_path):
