@@ -9,16 +9,22 @@ PYTHON = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 POETRY = .tools/bin/poetry
 
-# Dataset for every stage: ml-100k, ml-1m, ml-20m, ml-32m, ml-latest-small, hm, custom
+# Dataset for every stage: ml-100k, ml-1m, ml-20m, ml-32m, ml-latest-small, amazon-beauty, hm, custom
 DATASET ?= ml-1m
 # Training configs (files in configs/) that `make train` runs, in order
 CONFIGS ?= sasrec-ce gpt-hybrid gpt-text
+# Seeds `make train` runs each config with, e.g. SEEDS=42,1,2 (one run per seed; empty: the config's)
+SEEDS ?=
+# The config `make tune` tunes, and how many finished trials its study should hold in the end
+TUNE_CONFIG ?= sasrec-ce
+TRIALS ?= 20
 # Which benchmark `make bench` runs: all, data, features, train, evaluate
 BENCH ?= all
 # Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
 DATA_ARGS ?=
 FEATURES_ARGS ?=
 TRAIN_ARGS ?=
+TUNE_ARGS ?=
 EVALUATE_ARGS ?=
 PREDICT_ARGS ?= --user 1
 PLOTS_ARGS ?=
@@ -102,17 +108,29 @@ features: requirements
 	$(PYTHON) -m recsys.features text --dataset $(DATASET)
 	$(PYTHON) -m recsys.features embed --dataset $(DATASET) $(FEATURES_ARGS)
 
-## Train every config in CONFIGS on DATASET (resumes an interrupted run)
+## Train every config in CONFIGS on DATASET, once per seed in SEEDS (resumes an interrupted run)
 .PHONY: train
 train: requirements
 	for config in $(CONFIGS); do \
-	  $(PYTHON) -m recsys.modeling.train --dataset $(DATASET) --config $$config $(TRAIN_ARGS) || exit 1; \
+	  $(PYTHON) -m recsys.modeling.train --dataset $(DATASET) --config $$config \
+	    $(if $(SEEDS),--seeds $(SEEDS)) $(TRAIN_ARGS) || exit 1; \
 	done
 
-## Score the trained runs and the baselines on valid and test; writes reports/metrics/DATASET.json
+## Tune TUNE_CONFIG on DATASET's validation split up to TRIALS trials (resumable); writes configs/tuned/
+.PHONY: tune
+tune: requirements
+	$(PYTHON) -m recsys.modeling.tune --dataset $(DATASET) --config $(TUNE_CONFIG) \
+	  --trials $(TRIALS) $(TUNE_ARGS)
+
+## Score the trained runs (a config's seeds together) and the baselines; writes reports/metrics/DATASET.json
 .PHONY: evaluate
 evaluate: requirements
 	$(PYTHON) -m recsys.modeling.evaluate --dataset $(DATASET) $(EVALUATE_ARGS)
+
+## Browse the runs trained with TRAIN_ARGS="--logger mlflow" at http://127.0.0.1:5000
+.PHONY: mlflow-ui
+mlflow-ui: requirements
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${RECSYS_MLFLOW_URI:-sqlite:///mlflow.db}" --host 127.0.0.1
 
 ## Print readable recommendations from the best run (PREDICT_ARGS="--user 1 --k 10")
 .PHONY: predict
@@ -157,5 +175,6 @@ export PRINT_HELP_PYSCRIPT
 ## List the targets with one line each
 help:
 	@$(PYTHON_INTERPRETER) -c "${PRINT_HELP_PYSCRIPT}" < $(MAKEFILE_LIST)
-	@echo; echo "Variables: DATASET=$(DATASET) CONFIGS='$(CONFIGS)' BENCH=$(BENCH);"
-	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS TRAIN_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS"
+	@echo; echo "Variables: DATASET=$(DATASET) CONFIGS='$(CONFIGS)' SEEDS=$(SEEDS) BENCH=$(BENCH);"
+	@echo "  TUNE_CONFIG=$(TUNE_CONFIG) TRIALS=$(TRIALS);"
+	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS TRAIN_ARGS TUNE_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS"

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from recsys.cli import fail
 
 
@@ -101,3 +103,19 @@ def read_json(path: Path) -> Any:
         raise fail(
             f"{path} is not valid JSON ({err}); delete it and re-run the stage that writes it"
         )
+
+
+def read_yaml(path: Path, what_to_do: str = "fix it or delete it") -> Any:
+    """Read YAML (None for an empty file); a missing or corrupt file is a user error.
+
+    A corrupt file must never read as "no value": callers would act on the missing value (a run
+    folder read as "config changed" deletes its checkpoints).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise fail(f"{path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise fail(f"{path} is not valid YAML ({first}); {what_to_do}")

@@ -33,6 +33,7 @@ from recsys.config import (
     MODELS_DIR,
     PROCESSED_DATA_DIR,
     PROJ_ROOT,
+    TUNING_DIR,
 )
 from recsys.io import atomic_dir, read_json
 from recsys.processed import STATS_FILE
@@ -45,7 +46,15 @@ GENERATED_DIR = DOCS_DIR / "generated"
 SITE_DIR = PROJ_ROOT / "site"
 MKDOCS_CONFIG = PROJ_ROOT / "mkdocs.yml"
 
-PAGES = ("index", "results", "embeddings", "recommendations", "training", "reproducibility")
+PAGES = (
+    "index",
+    "results",
+    "embeddings",
+    "recommendations",
+    "training",
+    "tuning",
+    "reproducibility",
+)
 FIGURES = ("metrics", "tsne", "curves", "recs")
 MAIN_METRICS = ("hr", "ndcg", "mrr", "coverage", "popularity")
 METRIC_NAMES = {
@@ -141,6 +150,7 @@ class DatasetReport:
     figures: dict[str, Path] = field(default_factory=dict)
     tsne: dict[str, Any] | None = None
     recs: dict[str, Any] | None = None
+    studies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def metric_columns(self) -> list[str]:
@@ -165,6 +175,12 @@ class DatasetReport:
         """The training configs (configs/<name>.yaml) the runs came from."""
         names = (info.config.get("config_name", info.name) for info in self.runs)
         return list(dict.fromkeys(str(n) for n in names))
+
+    @property
+    def seeded_models(self) -> list[dict[str, Any]]:
+        """The configs of the metrics file trained with several seeds (a mean over them)."""
+        models = (self.metrics or {}).get("models", [])
+        return [m for m in models if (m.get("n_seeds") or 1) > 1]
 
     @property
     def all_cutoffs(self) -> list[str]:
@@ -198,6 +214,7 @@ def collect(
     models_dir: Path = MODELS_DIR,
     processed_dir: Path = PROCESSED_DATA_DIR,
     configs_dir: Path = CONFIGS_DIR,
+    tuning_dir: Path = TUNING_DIR,
 ) -> DatasetReport:
     """Read every stage output of ``dataset`` that exists; a corrupt one is a user error."""
     metrics_path = metrics_dir / f"{dataset}.json"
@@ -209,6 +226,8 @@ def collect(
     run_dirs = sorted(p.parent for p in (models_dir / dataset).glob("*/config.yaml"))
     runs = [_read_run(run_dir, configs_dir) for run_dir in run_dirs]
     figure_dir = figures_dir / dataset
+    studies = read_studies(tuning_dir / dataset)
+    figure_names = [*FIGURES, *(name for s in studies for name in s["figures"].values())]
     return DatasetReport(
         name=dataset,
         metrics_path=metrics_path,
@@ -217,12 +236,27 @@ def collect(
         runs=runs,
         figures={
             name: figure_dir / f"{name}.png"
-            for name in FIGURES
+            for name in figure_names
             if all((figure_dir / f"{name}.{ext}").exists() for ext in ("png", "svg"))
         },
         tsne=_optional_json(figure_dir / "tsne_knn_agreement.json"),
         recs=_optional_json(figure_dir / "recs.json"),
+        studies=studies,
     )
+
+
+def read_studies(folder: Path) -> list[dict[str, Any]]:
+    """The tuner's study summaries (``reports/tuning/<dataset>/<study>.json``), by name."""
+    studies = []
+    for path in sorted(folder.glob("*.json")):
+        study = read_json(path)
+        trials, figures = (
+            study.get(k) if isinstance(study, dict) else None for k in ("trials", "figures")
+        )
+        if not isinstance(trials, list) or not isinstance(figures, dict):
+            raise fail(f"{path} is not a tuning summary; re-run 'make tune' or delete it")
+        studies.append(study)
+    return studies
 
 
 def raw_files(stats: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -396,10 +430,11 @@ def make_report(
     assets_dir: Path = ASSETS_DIR,
     config_file: Path = MKDOCS_CONFIG,
     configs_dir: Path = CONFIGS_DIR,
+    tuning_dir: Path = TUNING_DIR,
 ) -> list[DatasetReport]:
     """Collect, render and (unless ``site_dir`` is None) build: the whole ``make report``."""
     reports = [
-        collect(d, metrics_dir, figures_dir, models_dir, processed_dir, configs_dir)
+        collect(d, metrics_dir, figures_dir, models_dir, processed_dir, configs_dir, tuning_dir)
         for d in dict.fromkeys(datasets)
     ]
     for report in reports:
@@ -436,6 +471,7 @@ def main(
     docs_dir: Path = typer.Option(GENERATED_DIR, help="where the generated pages go"),
     site_dir: Path = typer.Option(SITE_DIR, help="where the built site goes"),
     configs_dir: Path = typer.Option(CONFIGS_DIR, help="training configs, for exact commands"),
+    tuning_dir: Path = typer.Option(TUNING_DIR, help="tuning study summaries (make tune)"),
 ) -> None:
     """Generate the report pages and build the site with mkdocs --strict."""
     datasets = dataset or default_datasets(metrics_dir)
@@ -448,6 +484,7 @@ def main(
         docs_dir,
         site_dir if build else None,
         configs_dir=configs_dir,
+        tuning_dir=tuning_dir,
     )
     typer.echo(
         f"report for {', '.join(datasets)}: "

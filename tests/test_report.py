@@ -86,6 +86,40 @@ def test_missing_sections_of_a_metrics_file_are_said_so(tmp_path: Path) -> None:
     assert 'EVALUATE_ARGS="--cold-items 0.1"' in results
 
 
+def test_results_show_seeds_and_the_spread_of_a_config_run_with_several(tmp_path: Path) -> None:
+    dirs = folders(tmp_path)
+    metrics = metrics_report("toy")
+    seeded = metrics["models"][1]  # sasrec-ce, now the mean of three seeds
+    seeded.update(n_seeds=3, seeds=[42, 1, 2], runs=["a-seed42", "a-seed1", "a-seed2"])
+    for split in ("test", "valid"):
+        for i, key in enumerate(("ndcg@10", "hr@10")):
+            seeded[split][key].update(std=0.0071 + i / 1000, min=0.2391 + i, max=0.2547 + i)
+    metrics["models"][0].update(n_seeds=1, seeds=[42], runs=["gpt-hybrid"])
+    metrics["significance"].update(model="sasrec-ce", n_seeds=3)
+    write_json(metrics, dirs["metrics_dir"] / "toy.json")
+    results = report.render_pages([report.collect("toy", **dirs)])["results"]
+    lines = results.splitlines()
+
+    def main_row(name: str, kind: str) -> str:
+        return next(line for line in lines if line.startswith(f"| {name} | {kind} |"))
+
+    assert "| 23,456 | 3 | " in main_row("sasrec-ce", "trained")
+    assert "| 12,345 | 1 | " in main_row("gpt-hybrid", "trained")
+    assert "| — | — | " in main_row("ease", "baseline")  # a baseline has no params and no seeds
+    assert (
+        "| sasrec-ce | 3 | test | 0.0071 | 0.2391..0.2547 | 0.0081 | 1.2391..1.2547 |" in results
+    )
+    assert "| sasrec-ce | 3 | valid | 0.0071 |" in results
+    assert "sasrec-ce (mean of 3 seeds) against ease" in results
+    shown = set(FOUR_DECIMALS.findall(results))
+    assert shown and shown <= numbers_in(metrics)
+
+    del metrics["models"][1]["n_seeds"]
+    write_json(metrics, dirs["metrics_dir"] / "toy.json")
+    results = report.render_pages([report.collect("toy", **dirs)])["results"]
+    assert "run with one seed" in results and "SEEDS=42,1,2" in results
+
+
 def write_run(models_dir: Path, dataset: str, name: str, **changes: object) -> Path:
     """A run folder as training writes it: the resolved config of configs/sasrec-ce.yaml."""
     from recsys.modeling.train import resolve_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,3 +365,133 @@ def test_best_run_prefers_runs_trained_on_the_whole_catalogue(tmp_path):
     whole = fake_run("sasrec-ce", 0.20, 0.0)
     fake_run("gpt-text", 0.10, 0.0)
     assert best_run("syn", tmp_path) == whole
+
+
+def test_corrupt_run_config_fails_and_deletes_nothing(processed, configs, tmp_path):
+    models = tmp_path / "models"
+    run_dir = run_train(processed, configs, models, max_epochs=1)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    for text, message in [("d_model: [16\n", "is not valid YAML"), ("- 1\n", "is not a mapping")]:
+        (run_dir / "config.yaml").write_text(text)
+        files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+        for resume in (None, True):
+            with pytest.raises(RecsysError, match=rf"config.yaml {message}.*--no-resume"):
+                run_train(processed, configs, models, max_epochs=1, resume=resume)
+        assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files
+    # the way out the message names: --no-resume starts the run afresh
+    run_train(processed, configs, models, max_epochs=1, resume=False)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["config_name"] == "tiny"
+
+
+def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, tmp_path):
+    models = tmp_path / "models"
+    options = dict(
+        processed_root=processed,
+        models_dir=models,
+        configs_dir=configs,
+        progress_bar=False,
+        accelerator="cpu",
+        max_epochs=1,
+    )
+    runs = train_stage.train_seeds("syn", "tiny", [42, 7], **options)
+    assert [r.name for r in runs] == ["tiny-seed42", "tiny-seed7"]
+    for run_dir, seed in zip(runs, (42, 7)):
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert (saved["seed"], saved["config_name"]) == (seed, "tiny")
+    weights = [load_run(r).model.item_emb.weight for r in runs]
+    assert not torch.equal(*weights)
+    kept = (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    shutil.rmtree(runs[1])
+    assert train_stage.train_seeds("syn", "tiny", [42, 7], **options) == runs
+    assert (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns == kept  # done: skipped
+    assert (runs[1] / "checkpoints" / "last.ckpt").is_file()  # retrained on its own
+    assert not (models / "syn" / "tiny").exists()  # no seeds: the plain name, as before
+    with pytest.raises(RecsysError, match="both set the seed"):
+        train_stage.train_seeds("syn", "tiny", [1], overrides={"seed": 3}, **options)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("a,b", "integers"), ("", "integers"), ("1,,2", "integers"), ("3,1,3", "repeats")],
+)
+def test_bad_seeds_are_user_errors(text, message):
+    with pytest.raises(RecsysError, match=f"--seeds expects.*{message}"):
+        train_stage.parse_seeds(text)
+
+
+def test_parse_seeds_keeps_the_order():
+    assert train_stage.parse_seeds("42, 1,2") == [42, 1, 2]
+    with pytest.raises(RecsysError, match=r"2\*\*32"):
+        train_stage.parse_seeds("-1")
+
+
+def test_bad_seeds_and_logger_on_the_command_line_are_one_line(processed, configs, tmp_path):
+    env = cli_env(processed, tmp_path / "models", configs)
+    for args, message in [
+        (["--seeds", "a,b"], "--seeds expects"),
+        (["--logger", "wandb"], "--logger must be one of"),
+    ]:
+        result = cli(["--config", "tiny", *args], env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "models").exists()
+
+
+def test_loggers_are_csv_unless_asked_and_a_missing_package_fails_first(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from recsys.modeling import tracking
+
+    loggers = tracking.make_loggers("csv", tmp_path, {"dataset": "syn"}, resume=False)
+    assert [type(lg) for lg in loggers] == [CSVLogger]
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RecsysError, match="tensorboard is not installed"):
+        tracking.check_logger("tensorboard")
+    with pytest.raises(RecsysError, match="mlflow is not installed"):
+        tracking.check_logger("mlflow")
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # inside mlflow's store
+def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
+    processed, configs, tmp_path, monkeypatch
+):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from recsys.modeling import tracking
+
+    uri = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
+    (tmp_path / "tracking").mkdir()
+    monkeypatch.setenv("RECSYS_MLFLOW_URI", uri)
+    run_dir = run_train(processed, configs, tmp_path / "models", max_epochs=2, tracker="mlflow")
+    stored = train_stage.read_json(run_dir / tracking.RUN_FILE)
+    assert stored["tracking_uri"] == uri
+    client = MlflowClient(uri)
+    run = client.get_run(stored["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "syn"
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.005" and run.data.params["seed"] == "42"
+    assert run.data.params["config_name"] == "tiny"
+    history = client.get_metric_history(run.info.run_id, "val_ndcg_at_10")
+    epochs = [float(r["val_ndcg@10"]) for r in csv_rows(run_dir)]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(epochs)
+    for name in ("train_loss", "val_loss", "val_hr_at_10"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "logs")}
+    assert {"config.yaml", "metrics.json", "logs/metrics.csv"} <= artifacts
+    assert list((tmp_path / "tracking" / "mlruns" / "syn").rglob("metrics.csv"))
+
+    # a resumed run continues its tracking run; a fresh one gets its own
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    resumed = tracking.make_loggers("mlflow", run_dir, saved, resume=True)[-1]
+    assert resumed.run_id == run.info.run_id
+    assert tracking.make_loggers("mlflow", run_dir, saved, resume=False)[-1]._run_id is None
+
+    assert tracking.log_evaluation(run_dir, {"test_ndcg@10": 0.25, "valid_hr@10": 0.5})
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert (metrics["test_ndcg_at_10"], metrics["valid_hr_at_10"]) == (0.25, 0.5)
+    # a fresh start forgets the old tracking run; an untracked run logs nothing
+    run_train(processed, configs, tmp_path / "models", max_epochs=1)
+    assert not (run_dir / tracking.RUN_FILE).exists()
+    assert not tracking.log_evaluation(run_dir, {"test_ndcg@10": 0.25})

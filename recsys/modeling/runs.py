@@ -15,7 +15,7 @@ from typing import Any
 
 from recsys.cli import fail
 from recsys.config import MODELS_DIR
-from recsys.io import read_json
+from recsys.io import read_json, read_yaml
 
 BEST_CKPT = Path("checkpoints") / "best.ckpt"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
@@ -98,15 +98,10 @@ def best_val_ndcg(run_dir: Path) -> float:
 
 def cold_fraction(run_dir: Path) -> float:
     """The ``cold_items`` fraction a run was trained with, from its config.yaml (0 if absent)."""
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return 0.0
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise fail(f"{path} is not valid YAML ({err}); delete the run or retrain it")
+    config = read_yaml(path, "delete the run or retrain it") or {}
     return float(config.get("cold_items") or 0.0)
 
 

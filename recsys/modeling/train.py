@@ -6,6 +6,11 @@ A run folder holds ``config.yaml`` (the resolved config), ``checkpoints/{best,la
 ``metrics.json`` and ``logs/metrics.csv``. Running the same resolved config again resumes from
 ``last.ckpt`` (an interrupted run loses at most one epoch) or, if it finished, does nothing;
 a different config starts the run afresh.
+
+``--seeds 42,1,2`` trains one run per seed, one after another, into ``<run>-seed<N>/``: one run
+cannot tell two configs apart when the seed alone moves the metric, and evaluation reports the
+mean and spread over a config's seeds. ``--logger`` adds TensorBoard or MLflow tracking to the
+CSV log (:mod:`recsys.modeling.tracking`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from loguru import logger
 
 from recsys.cli import fail, run
 from recsys.config import CONFIGS_DIR, MODELS_DIR
-from recsys.io import ensure_dir, read_json, write_text
+from recsys.io import ensure_dir, read_json, read_yaml, write_text
+from recsys.modeling import tracking
 from recsys.modeling.runs import LAST_CKPT
 
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads made
@@ -152,10 +158,7 @@ def resolve_config(
 ) -> dict[str, Any]:
     """Defaults, then the config file, then overrides; validated, with ``dataset`` added."""
     path = config_path(config, configs_dir)
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise fail(f"config {path} is not valid YAML ({str(err).splitlines()[0]}); fix it")
+    loaded = read_yaml(path, "fix it") or {}
     if not isinstance(loaded, dict):
         raise fail(f"config {path} must be a mapping of key: value, got {type(loaded).__name__}")
     resolved = dict(DEFAULTS)
@@ -200,28 +203,48 @@ def default_run_name(config: dict[str, Any]) -> str:
     return f"{name}-cold{config['cold_items']:g}" if config["cold_items"] > 0 else name
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"42,1,2"`` -> ``[42, 1, 2]``: distinct seeds in ``[0, 2**32)``, in the order given."""
+    usage = "--seeds expects distinct comma-separated integers such as 42,1,2"
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise fail(f"{usage}, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise fail(f"{usage}; {text!r} repeats a seed")
+    if any(not 0 <= seed < 2**32 for seed in seeds):
+        raise fail(f"{usage} in [0, 2**32), got {text!r}")
+    return seeds
+
+
 # -------------------------------------------------------------------------------------- data
-def _without(items: Any, cold: Any) -> Any:
-    import numpy as np
-
-    return items[~np.isin(items, cold)] if len(cold) else items
-
-
 def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> dict[str, Any]:
-    """Sequences, validation examples, features and counts for one dataset and config."""
+    """Sequences, validation examples, features and counts for one dataset and config.
+
+    Cold items leave training by cutting each sequence where they were (see
+    :func:`recsys.processed.cut_at`), so ``sequences`` is a list of ``(user, piece)``. Validation
+    follows the evaluation protocol: histories keep every item the user met, cold ones included,
+    and only examples with a warm target count.
+    """
     import numpy as np
     import torch
 
-    from recsys.processed import cold_item_set, eval_examples, load_processed, train_sequences
+    from recsys.processed import (
+        cold_item_set,
+        cut_at,
+        eval_examples,
+        load_processed,
+        train_sequences,
+    )
 
     data = load_processed(config["dataset"], processed_root)
     cold = cold_item_set(data.n_items, config["cold_items"], config["seed"])
-    sequences = {u: _without(s, cold) for u, s in train_sequences(data.events).items()}
+    sequences = cut_at(train_sequences(data.events), cold)
     valid = eval_examples(data.events, "valid")
     keep = ~np.isin(valid.targets, cold)
-    histories = [_without(h, cold) for h, k in zip(valid.histories, keep) if k]
+    histories = [h for h, k in zip(valid.histories, keep) if k]
     counts = np.zeros(data.n_catalogue + 1, dtype=np.float64)
-    for seq in sequences.values():
+    for _, seq in sequences:
         np.add.at(counts, seq[1:], 1.0)
     features = None
     if config["item_repr"] != "id":
@@ -265,17 +288,26 @@ def load_features(config: dict[str, Any], n_catalogue: int, processed_root: Path
 
 
 # ------------------------------------------------------------------------------------- train
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved config a run folder was trained with; None when it has no config.yaml.
+
+    A corrupt file is an error, never "the config changed": that would delete the checkpoints.
+    """
+    path = run_dir / "config.yaml"
+    if not path.is_file():
         return None
+    hint = "fix or delete it, or train with --no-resume to start the run afresh"
+    saved = read_yaml(path, hint)
+    if not isinstance(saved, dict):
+        raise fail(f"{path} is not a mapping of config keys; {hint}")
+    return saved
 
 
 def _start_fresh(run_dir: Path) -> None:
     for name in ("checkpoints", "logs"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    (run_dir / "metrics.json").unlink(missing_ok=True)
+    for name in ("metrics.json", tracking.RUN_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _is_global_zero() -> bool:
@@ -288,7 +320,7 @@ def _is_global_zero() -> bool:
 
 def plan_resume(run_dir: Path, config: dict[str, Any], resume: bool | None) -> str:
     """``fresh``, ``resume`` or ``done`` for this run folder and resolved config."""
-    saved = _read_yaml(run_dir / "config.yaml")
+    saved = None if resume is False else saved_config(run_dir)
     has_last = (run_dir / LAST_CKPT).is_file()
     same = saved == config
     if resume is False or not has_last:
@@ -325,13 +357,29 @@ def train(
     models_dir: Path | None = None,
     configs_dir: Path | None = None,
     progress_bar: bool | None = None,
+    callbacks: list[Any] | None = None,
+    seed: int | None = None,
+    tracker: str = "csv",
 ) -> Path:
-    """Train one config on one dataset; returns the run folder."""
+    """Train one config on one dataset; returns the run folder.
+
+    ``callbacks`` are extra Lightning callbacks (the tuner's pruning callback, for one).
+    ``seed`` sets the config's seed and names the run ``<run>-seed<N>`` (one run of several
+    seeds); ``tracker`` is the ``--logger``: csv, tensorboard or mlflow.
+    """
     overrides = dict(overrides or {})
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
+    if seed is not None:
+        if "seed" in overrides:
+            raise fail("--seeds and --set seed=... both set the seed; use one of them")
+        overrides["seed"] = seed
+    tracking.check_logger(tracker)
     cfg = resolve_config(config, dataset, overrides, configs_dir)
-    run_dir = Path(models_dir or MODELS_DIR) / dataset / (run_name or default_run_name(cfg))
+    name = run_name or default_run_name(cfg)
+    if seed is not None:
+        name = f"{name}-seed{seed}"
+    run_dir = Path(models_dir or MODELS_DIR) / dataset / name
     plan = plan_resume(run_dir, cfg, resume)
     if plan == "done":
         logger.info(f"{run_dir} is already trained with this config; --no-resume retrains it")
@@ -348,8 +396,13 @@ def train(
         "strategy": strategy,
         "precision": precision,
     }
-    fit(cfg, inputs, run_dir, plan == "resume", hardware, progress_bar)
+    fit(cfg, inputs, run_dir, plan == "resume", hardware, progress_bar, callbacks, tracker)
     return run_dir
+
+
+def train_seeds(dataset: str, config: str, seeds: list[int], **kwargs: Any) -> list[Path]:
+    """One run per seed, one after another; each resumes or is skipped on its own."""
+    return [train(dataset, config, seed=seed, **kwargs) for seed in seeds]
 
 
 def _parse_devices(devices: str) -> Any:
@@ -368,17 +421,13 @@ def fit(
     resume: bool,
     hardware: dict[str, Any],
     progress_bar: bool | None,
+    extra_callbacks: list[Any] | None = None,
+    tracker: str = "csv",
 ) -> None:
     """Build the Lightning objects and run ``Trainer.fit`` (resuming from last.ckpt if asked)."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import (
-        EarlyStopping,
-        EMAWeightAveraging,
-        ModelCheckpoint,
-        RichProgressBar,
-    )
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     from recsys.modeling.lightning import (
         METRIC,
@@ -386,6 +435,7 @@ def fit(
         RunRecorder,
         SeqDataModule,
         SeqRecModule,
+        ema_averaging,
     )
 
     # Lightning's info lines and known-harmless warnings drown the one-line-per-epoch log.
@@ -435,18 +485,13 @@ def fit(
     ]
     if cfg["ema_decay"] > 0:
         # Validation, checkpoints and the final weights use the average; resuming restores both.
-        callbacks.append(EMAWeightAveraging(use_buffers=False, decay=cfg["ema_decay"]))
+        callbacks.append(ema_averaging(cfg["ema_decay"]))
+    callbacks.extend(extra_callbacks or [])
     if progress_bar:
         callbacks.append(RichProgressBar())
-    loggers: list[Any] = [CSVLogger(run_dir, name="logs")]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(run_dir, name="logs/tensorboard"))
-    except ImportError:
-        pass
+    loggers = tracking.make_loggers(tracker, run_dir, cfg, resume)
+    if _is_global_zero():
+        tracking.start(loggers, run_dir, cfg)
     if hardware["precision"] is None:
         gpu = torch.cuda.is_available() and hardware["accelerator"] in ("auto", "gpu", "cuda")
         hardware["precision"] = "bf16-mixed" if gpu else "32-true"
@@ -468,6 +513,8 @@ def fit(
     if ckpt_path:
         logger.info(f"resuming {run_dir.name} from {ckpt_path}")
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.is_global_zero:
+        tracking.finish(loggers, run_dir)
 
 
 @app.command()
@@ -484,21 +531,31 @@ def main(
     max_epochs: int | None = typer.Option(None, help="Override the config's max_epochs"),
     run_name: str | None = typer.Option(None, help="Run folder name (default: config name)"),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu"),
+    seeds: str | None = typer.Option(
+        None, help="One run per seed, e.g. 42,1,2, into RUN-seedN/ (default: the config's seed)"
+    ),
+    logger_: str = typer.Option(
+        "csv", "--logger", help="csv; tensorboard or mlflow also track the run there"
+    ),
 ) -> None:
-    """Train CONFIG on DATASET into models/DATASET/RUN/."""
-    run_dir = train(
-        dataset,
-        config,
-        parse_sets(set_),
-        resume,
-        devices,
-        strategy,
-        precision,
-        max_epochs,
-        run_name,
-        accelerator,
+    """Train CONFIG on DATASET into models/DATASET/RUN/ (one run per seed with --seeds)."""
+    options = dict(
+        overrides=parse_sets(set_),
+        resume=resume,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=max_epochs,
+        run_name=run_name,
+        accelerator=accelerator,
+        tracker=logger_,
     )
-    logger.info(f"run folder: {run_dir}")
+    if seeds is None:
+        run_dirs = [train(dataset, config, **options)]
+    else:
+        run_dirs = train_seeds(dataset, config, parse_seeds(seeds), **options)
+    for run_dir in run_dirs:
+        logger.info(f"run folder: {run_dir}")
 
 
 if __name__ == "__main__":
