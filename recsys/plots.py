@@ -324,7 +324,7 @@ def gather_tsne_inputs(
         spaces.append(Space("learned", description, table))
         cold = float(trained.config.get("cold_items", 0) or 0)
         if cold > 0:
-            held_out = cold_item_set(data.n_items, cold, int(trained.config.get("seed", 0)))
+            held_out = cold_item_set(data.n_items, cold, int(trained.config.get("cold_seed", 0)))
             item_idx = np.setdiff1d(item_idx, held_out)
             notes.append(f"{len(held_out)} cold-start items the run never saw are left out")
     else:

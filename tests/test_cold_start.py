@@ -45,7 +45,8 @@ def config(**overrides) -> dict:
         "dataset": DATASET,
         "config_name": "test",
         "cold_items": FRACTION,
-        "seed": SEED,
+        "cold_seed": SEED,
+        "seed": SEED + 1,
         **overrides,
     }
 
@@ -168,7 +169,7 @@ def test_a_trained_hybrid_run_ranks_cold_items_by_their_text(
     path = tmp_path / "hybrid.yaml"
     path.write_text(
         f"item_repr: hybrid\nd_model: 16\nn_layers: 1\nmax_len: 20\nmax_epochs: 1\n"
-        f"batch_size: 64\ncold_items: {FRACTION}\nseed: {SEED}\n"
+        f"batch_size: 64\ncold_items: {FRACTION}\ncold_seed: {SEED}\n"
     )
     run_dir = train_module.train(
         DATASET, str(path), processed_root=processed, models_dir=tmp_path, progress_bar=False
@@ -180,3 +181,16 @@ def test_a_trained_hybrid_run_ranks_cold_items_by_their_text(
     assert torch.equal(table[cold], text[cold])
     warm = int(np.setdiff1d(np.arange(1, N_ITEMS + 1), cold)[0])
     assert model.id_trained[warm] and not torch.equal(table[warm], text[warm])
+
+
+def test_seeds_of_one_config_hold_out_the_same_cold_items() -> None:
+    from recsys.cli import RecsysError
+    from recsys.modeling.evaluate import cold_seed
+
+    def run(**config) -> Candidate:
+        return Candidate(name="r", kind="trained", scorer=None, config=config)
+
+    assert cold_seed([run(seed=42, cold_seed=5), run(seed=1, cold_seed=5)]) == 5
+    assert cold_seed([run(seed=42), run(seed=1)]) == train_module.DEFAULTS["cold_seed"]
+    with pytest.raises(RecsysError, match="different cold_seed values"):
+        cold_seed([run(seed=42, cold_seed=0), run(seed=42, cold_seed=1)])

@@ -133,14 +133,14 @@ def test_without_text_features_the_learned_space_is_drawn_alone(
             return torch.randn(data.n_catalogue + 1, 8, generator=torch.Generator().manual_seed(0))
 
     def fake_load_run(run_dir: Path) -> runs.TrainedRun:
-        config = {"item_repr": "id", "cold_items": 0.1, "seed": 42}
+        config = {"item_repr": "id", "cold_items": 0.1, "seed": 42, "cold_seed": 3}
         return runs.TrainedRun(model=Table(), config=config, dataset="toy", run_dir=run_dir)
 
     monkeypatch.setattr(runs, "load_run", fake_load_run)
     inputs = plots.gather_tsne_inputs(data, tmp_path / "sasrec-ce", None, processed)
     assert [s.name for s in inputs.spaces] == ["learned"]
     assert inputs.notes[0].startswith("no text features, so only the learned space is drawn")
-    cold = set(cold_item_set(data.n_items, 0.1, 42))
+    cold = set(cold_item_set(data.n_items, 0.1, 3))
     assert len(inputs.item_idx) == data.n_items - len(cold) and not cold & set(inputs.item_idx)
     assert inputs.spaces[0].vectors.shape == (len(inputs.item_idx), 8)
 

@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
     "patience": 20,
     "seed": 42,
     "cold_items": 0.0,
+    # Draws the cold items; apart from ``seed`` so that every seed of a config (and every
+    # config) holds out the same items and their cold-start numbers can be averaged.
+    "cold_seed": 0,
     "num_workers": 0,
 }
 CHOICES = {
@@ -238,7 +241,7 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     )
 
     data = load_processed(config["dataset"], processed_root)
-    cold = cold_item_set(data.n_items, config["cold_items"], config["seed"])
+    cold = cold_item_set(data.n_items, config["cold_items"], config["cold_seed"])
     sequences = cut_at(train_sequences(data.events), cold)
     valid = eval_examples(data.events, "valid")
     keep = ~np.isin(valid.targets, cold)
