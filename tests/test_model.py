@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.modeling.model import ModelConfig, SeqRecModel
+import torch.nn.functional as F
+
+from recsys.modeling.model import BLOCKS, ModelConfig, SeqRecModel, SoftmaxCrossEntropy
 from recsys.modeling.runs import model_from_checkpoint
 from recsys.processed import left_pad
 
@@ -65,7 +67,7 @@ def train_steps(model: SeqRecModel, steps: int, lr: float = 1e-2) -> list[float]
     return losses
 
 
-@pytest.mark.parametrize("block", ["pre-ln", "sasrec"])
+@pytest.mark.parametrize("block", BLOCKS)
 def test_overfits_one_batch_to_near_zero_loss(block):
     torch.manual_seed(0)
     losses = train_steps(make_model(d_model=32, block=block), steps=250)
@@ -97,7 +99,7 @@ def test_each_loss_runs_and_decreases(loss, sampler):
 @pytest.mark.parametrize("item_repr", ["id", "text", "hybrid"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("origin", ["start", "end"])
-@pytest.mark.parametrize("block", ["pre-ln", "sasrec"])
+@pytest.mark.parametrize("block", BLOCKS)
 def test_causality_later_items_never_change_earlier_outputs(item_repr, positions, origin, block):
     model = make_model(
         item_repr=item_repr, positions=positions, position_origin=origin, block=block
@@ -113,7 +115,7 @@ def test_causality_later_items_never_change_earlier_outputs(item_repr, positions
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("origin", ["start", "end"])
-@pytest.mark.parametrize("block", ["pre-ln", "sasrec"])
+@pytest.mark.parametrize("block", BLOCKS)
 def test_left_padding_does_not_change_scores(positions, origin, block):
     model = make_model(
         item_repr="hybrid", positions=positions, position_origin=origin, block=block
@@ -156,6 +158,27 @@ def test_text_model_scores_cold_items_from_their_features():
     assert not torch.isclose(scores[N_CATALOGUE], scores[N_ITEMS + 1])
 
 
+@pytest.mark.parametrize("cold", [3, N_ITEMS])
+def test_hybrid_gives_an_item_never_trained_on_its_text_part_alone(cold):
+    model = make_model(item_repr="hybrid")
+    counts = torch.zeros(N_CATALOGUE + 1)
+    counts[1 : N_ITEMS + 1] = 2.0
+    counts[cold] = 0.0
+    model.set_item_counts(counts)
+    table, text = model.item_table(), model.text_proj(model.item_features)
+    warm = torch.tensor([i for i in range(1, N_ITEMS + 1) if i != cold])
+    assert torch.equal(table[cold], text[cold])
+    assert torch.equal(table[N_ITEMS + 1 :], text[N_ITEMS + 1 :])  # item-table-only items too
+    assert torch.equal(table[warm], model.item_emb.weight[warm] + text[warm])
+    assert not torch.allclose(model.item_emb.weight[cold], torch.zeros(16))  # the row exists
+    items = torch.tensor([[1, 2, cold], [cold, 4, 5]])
+    model.loss(items, torch.tensor([[2, cold, 6], [4, 5, 6]])).backward()
+    assert model.item_emb.weight.grad[cold].abs().sum() == 0  # read, yet never trained
+    id_model = make_model(item_repr="id")
+    id_model.set_item_counts(counts)
+    assert torch.equal(id_model.item_table(), id_model.item_emb.weight)
+
+
 def test_cold_candidates_are_excluded_from_the_training_softmax():
     """An item switched off as a candidate (cold) gets no gradient unless it is an input."""
     items, targets = random_batch()
@@ -192,12 +215,16 @@ def test_param_groups_decay_only_linear_matrices():
 
 def test_checkpoint_dict_round_trip_gives_identical_scores(tmp_path):
     model = make_model(item_repr="hybrid").eval()
+    counts = torch.ones(N_CATALOGUE + 1)
+    counts[[0, 4, 9]] = 0.0
+    model.set_item_counts(counts)
     path = tmp_path / "model.ckpt"
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "recsys": {"model_config": model.config.to_dict()}}, path)
     restored = model_from_checkpoint(torch.load(path, weights_only=True))
     items = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
     assert torch.equal(model.score(items), restored.score(items))
+    assert torch.equal(restored.id_trained, counts > 0)  # what serving needs to rank cold items
     assert not restored.training
 
 
@@ -227,3 +254,50 @@ def test_feature_shape_mismatch_is_rejected():
 def test_too_long_sequence_is_rejected():
     with pytest.raises(ValueError, match="max_len"):
         make_model().score(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_fused_cross_entropy_matches_autograd_over_the_candidates():
+    torch.manual_seed(0)
+    hidden, table = torch.randn(40, 8), torch.randn(N_CATALOGUE + 1, 8)
+    candidates = torch.ones(N_CATALOGUE + 1, dtype=torch.bool)
+    candidates[[0, 3, 17]] = False  # padding and two held-out items
+    targets = torch.multinomial(candidates.float(), 40, replacement=True)
+    bias = torch.zeros(N_CATALOGUE + 1).masked_fill(~candidates, float("-inf"))
+    results = []
+    for fused in (True, False):
+        h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
+        if fused:
+            loss = SoftmaxCrossEntropy.apply(h, w, bias, targets)
+        else:
+            column = candidates.long().cumsum(0) - 1
+            loss = F.cross_entropy(h @ w[candidates].T, column[targets])
+        loss.backward()
+        results.append((loss.detach(), h.grad, w.grad))
+    for fused, reference in zip(*results):
+        assert torch.allclose(fused, reference, atol=1e-6, rtol=1e-5)
+    assert results[0][2][[0, 3, 17]].abs().sum() == 0  # non-candidates get no gradient
+
+
+def test_fused_cross_entropy_refuses_a_second_backward():
+    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    loss = SoftmaxCrossEntropy.apply(h, w, torch.zeros(6), torch.tensor([1, 2, 3, 4]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated twice"):
+        loss.backward()
+
+
+def test_gated_block_gates_both_residual_branches_and_uses_swiglu():
+    model = make_model(block="gated")
+    block = model.blocks[0]
+    assert {"gate", "up", "proj"} <= {name for name, _ in block.mlp.named_children()}
+    items, targets = random_batch()
+    model.loss(items, targets).backward()
+    for gate in (block.attn_gate, block.mlp_gate, block.mlp.gate):
+        assert gate.weight.grad is not None and gate.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # closing the gates leaves the stream as it came in
+        for gate in (block.attn_gate, block.mlp_gate):
+            gate.weight.zero_()
+            gate.bias.fill_(-1e4)
+    x = torch.randn(2, 5, 16)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(block(x, mask), x)

@@ -10,15 +10,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch.plugins import MixedPrecision, Precision
 
 from recsys.cli import RecsysError
 from recsys.modeling import train as train_stage
-from recsys.modeling.lightning import BucketSampler, SeqDataModule, SeqRecModule, SequenceWindows
+from recsys.modeling.lightning import (
+    BucketSampler,
+    SeqDataModule,
+    SeqRecModule,
+    SequenceWindows,
+    ema_averaging,
+)
 from recsys.modeling.metrics import ndcg_at_k, target_ranks
 from recsys.modeling.runs import best_run, list_runs, load_run
 from recsys.modeling.synthetic import write_synthetic_processed
@@ -495,3 +503,42 @@ def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
     run_train(processed, configs, tmp_path / "models", max_epochs=1)
     assert not (run_dir / tracking.RUN_FILE).exists()
     assert not tracking.log_evaluation(run_dir, {"test_ndcg@10": 0.25})
+
+
+def tiny_module(configs: Path, **overrides) -> SeqRecModule:
+    cfg = train_stage.resolve_config("tiny", "syn", overrides, configs)
+    sizes = {"n_items": 10, "n_catalogue": 10, "n_users": 3, "feature_dim": 0}
+    return SeqRecModule(cfg, {**{k: cfg[k] for k in train_stage.MODEL_KEYS}, **sizes})
+
+
+def test_ema_callback_is_the_exponential_average_of_the_weights(configs):
+    module = tiny_module(configs)
+    callback = ema_averaging(0.8)
+    callback.setup(None, module, "fit")
+    start = [p.detach().clone() for p in module.parameters()]
+    callback._average_model.update_parameters(module)  # the first update copies the weights
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(1.0)
+    callback._average_model.update_parameters(module)
+    for average, first in zip(callback._average_model.module.parameters(), start):
+        assert torch.allclose(average, first + 0.2, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_adamw_is_fused_where_lightning_allows_clipping_with_it(configs, mixed):
+    module = tiny_module(configs)
+    plugin = MixedPrecision("bf16-mixed", "cpu") if mixed else Precision()
+    module.trainer = SimpleNamespace(
+        precision_plugin=plugin, estimated_stepping_batches=10, max_epochs=2
+    )
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is (None if mixed else True)
+    assert optimizer.defaults["foreach"] is (True if mixed else None)
+
+
+def test_bf16_mixed_precision_trains_with_gradient_clipping(processed, configs, tmp_path):
+    run_dir = run_train(processed, configs, tmp_path / "models", precision="bf16-mixed")
+    rows = csv_rows(run_dir)
+    assert len(rows) == 3 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])

@@ -27,9 +27,12 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from loguru import logger
 from torch import Tensor
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recsys.io import atomic_path, write_json, write_text
@@ -53,16 +56,25 @@ CSV_COLUMNS = (
 
 # -------------------------------------------------------------------------------------- data
 class SequenceWindows(Dataset):
-    """Training windows over users' sequences; item ``i`` predicts item ``i + 1``."""
+    """Training windows over users' sequences; item ``i`` predicts item ``i + 1``.
+
+    ``sequences`` maps users to sequences, or lists ``(user, sequence)`` pairs where a user may
+    have several (cold-start training cuts sequences at the held-out items).
+    """
 
     def __init__(
-        self, sequences: dict[int, np.ndarray], max_len: int, last_only: bool = False
+        self,
+        sequences: dict[int, np.ndarray] | list[tuple[int, np.ndarray]],
+        max_len: int,
+        last_only: bool = False,
     ) -> None:
-        users = [u for u, seq in sequences.items() if len(seq) >= 2]
-        lengths = np.array([len(sequences[u]) for u in users], dtype=np.int64)
+        pairs = sequences.items() if isinstance(sequences, dict) else sequences
+        kept = [(u, seq) for u, seq in pairs if len(seq) >= 2]
+        users = [u for u, _ in kept]
+        lengths = np.array([len(seq) for _, seq in kept], dtype=np.int64)
         self.items = (
-            np.concatenate([sequences[u] for u in users]).astype(np.int64)
-            if users
+            np.concatenate([seq for _, seq in kept]).astype(np.int64)
+            if kept
             else np.zeros(0, dtype=np.int64)
         )
         offsets = np.r_[0, np.cumsum(lengths)]
@@ -203,7 +215,7 @@ class SeqDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train_sequences: dict[int, np.ndarray],
+        train_sequences: dict[int, np.ndarray] | list[tuple[int, np.ndarray]],
         valid_users: np.ndarray,
         valid_histories: list[np.ndarray],
         valid_targets: np.ndarray,
@@ -291,7 +303,7 @@ class SeqRecModule(pl.LightningModule):
         self.config, self.model_config = dict(config), dict(model_config)
         self.model = SeqRecModel(ModelConfig.from_dict(model_config), item_features)
         if item_counts is not None:
-            self.model.item_counts.copy_(item_counts.float())
+            self.model.set_item_counts(item_counts)
         if cold_items is not None and len(cold_items):
             self.model.candidate_mask[torch.as_tensor(cold_items, dtype=torch.long)] = False
         self._sums: dict[str, Tensor] = {}
@@ -303,11 +315,15 @@ class SeqRecModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.config
+        # Fused: one kernel per tensor instead of a dozen small ops, which add up over many
+        # small steps. Lightning refuses gradient clipping with it under mixed precision.
+        fused = not isinstance(self.trainer.precision_plugin, MixedPrecision)
         optimizer = torch.optim.AdamW(
             self.model.param_groups(cfg["weight_decay"]),
             lr=cfg["lr"],
             betas=(0.9, cfg["adam_beta2"]),
-            fused=False,
+            fused=fused or None,
+            foreach=None if fused else True,
         )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
@@ -333,7 +349,8 @@ class SeqRecModule(pl.LightningModule):
         n_targets = (batch["targets"] > 0).sum()
         self._add("train_loss", loss * n_targets)
         self._add("train_tokens", n_targets)
-        self.log("loss", loss.detach(), prog_bar=True, batch_size=int(n_targets))
+        # No per-step self.log: with many small steps its bookkeeping is a visible share of the
+        # step; the epoch's exact train_loss is logged with the validation metrics.
         if self.config["loss_weighting"] == "token":
             return loss * n_targets / self._mean_batch_targets
         return loss
@@ -372,6 +389,15 @@ class SeqRecModule(pl.LightningModule):
         self.epoch_metrics = metrics
         self.log_dict(metrics, prog_bar=False, sync_dist=False)
         self._sums = {}
+
+
+def ema_averaging(decay: float) -> WeightAveraging:
+    """EMA of the weights, updated after every step with one foreach ``lerp`` over all tensors.
+
+    Lightning's ``EMAWeightAveraging`` computes ``decay * ema + (1 - decay) * weight`` tensor by
+    tensor, two temporaries each per step; this is the same average without them.
+    """
+    return WeightAveraging(use_buffers=False, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 # --------------------------------------------------------------------------------- recording

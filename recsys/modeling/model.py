@@ -4,7 +4,8 @@ The model reads a LEFT-padded item sequence and, at every position, predicts the
 the dot product of its last hidden state with the output item table. The table is tied to the
 input item representation, which is a learned id embedding (``id``), a learned projection of
 frozen text vectors (``text``) or their sum (``hybrid``). Because a text item's row comes from
-its features, ``text`` and ``hybrid`` can score items never seen in training.
+its features, ``text`` and ``hybrid`` can score items never seen in training; ``hybrid`` gives such
+an item (no training target) its text part alone, as its id row was never trained.
 
 Positions count real items only (from the first one, or back from the most recent one), and
 padded keys are masked out of attention, so the same history scores the same however much left
@@ -24,13 +25,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 ITEM_REPRS = ("id", "text", "hybrid")
 LOSSES = ("ce", "sampled", "bce", "bpr")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 POSITIONS = ("learned", "sinusoidal")
 POSITION_ORIGINS = ("start", "end")
-BLOCKS = ("pre-ln", "sasrec")
+BLOCKS = ("pre-ln", "sasrec", "gated")
 
 
 @dataclass
@@ -51,7 +53,8 @@ class ModelConfig:
     # one (``end``: SASRec's right-aligned positions, where the position says how recent it is).
     position_origin: str = "start"
     # ``pre-ln``: GPT's x + attn(ln(x)); ``sasrec``: Kang & McAuley's block, whose residual
-    # stream restarts from the normalised query, so raw item embeddings do not run through.
+    # stream restarts from the normalised query, so raw item embeddings do not run through;
+    # ``gated``: eSASRec's (LiGR) block, pre-ln with sigmoid-gated residuals and a SwiGLU MLP.
     block: str = "pre-ln"
     item_repr: str = "id"
     feature_dim: int = 0  # width of the frozen text vectors (text and hybrid)
@@ -146,25 +149,50 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer, 2020): proj(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = config.d_ff or 4 * config.d_model
+        self.gate = nn.Linear(config.d_model, hidden, bias=False)
+        self.up = nn.Linear(config.d_model, hidden, bias=False)
+        self.proj = nn.Linear(hidden, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.silu(self.gate(x)) * self.up(x)))
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
 
     With ``block="sasrec"``: q = ln(x); x = q + attn(q, x); x = ln(x); x + mlp(x).
+    With ``block="gated"`` (LiGR, as in eSASRec, Tikhonov et al. 2025): each residual branch is
+    scaled per channel by a sigmoid gate of the stream, x + sigmoid(g(x)) * f(ln(x)), and the
+    MLP is a SwiGLU.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.sasrec = config.block == "sasrec"
-        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.kind = config.block
+        d = config.d_model
+        self.ln_1 = nn.LayerNorm(d)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model)
-        self.mlp = MLP(config)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = SwiGLU(config) if self.kind == "gated" else MLP(config)
+        if self.kind == "gated":
+            self.attn_gate = nn.Linear(d, d)
+            self.mlp_gate = nn.Linear(d, d)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        if self.sasrec:
+        if self.kind == "sasrec":
             query = self.ln_1(x)
             x = self.ln_2(query + self.attn(x, attn_mask, query))
             return x + self.mlp(x)
+        if self.kind == "gated":
+            x = x + torch.sigmoid(self.attn_gate(x)) * self.attn(self.ln_1(x), attn_mask)
+            return x + torch.sigmoid(self.mlp_gate(x)) * self.mlp(self.ln_2(x))
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
@@ -177,6 +205,42 @@ def sinusoidal_table(length: int, width: int) -> Tensor:
     table[:, 0::2] = torch.sin(position * freq)
     table[:, 1::2] = torch.cos(position * freq)[:, : width // 2]
     return table
+
+
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the scores ``hidden @ table.T + bias`` [N, C] at ``targets`` [N].
+
+    The same loss and gradients as ``F.cross_entropy(hidden @ table.T + bias, targets)``, with
+    one [N, C] tensor instead of four: autograd would keep the scores and their log-softmax and
+    make a one-hot gradient and a softmax gradient, each a pass over memory. With short
+    sequences and a large catalogue these passes, not the model, are most of a training step.
+    Here the saved log-probabilities become the gradient in place, ``softmax - one_hot``, so
+    the graph can be backpropagated once only (no ``retain_graph``). ``bias`` is -inf for the
+    columns that are not candidates.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, table: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+        scores = torch.addmm(bias, hidden, table.T)  # autocast may make these bf16
+        log_probs = torch.log_softmax(scores.float(), dim=1)
+        ctx.save_for_backward(hidden, table, targets, log_probs)
+        ctx.dtype, ctx.used = scores.dtype, False
+        return -log_probs.gather(1, targets[:, None]).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.used:
+            raise RuntimeError("SoftmaxCrossEntropy cannot be backpropagated twice")
+        ctx.used = True
+        hidden, table, targets, log_probs = ctx.saved_tensors
+        d_scores = log_probs.exp_()
+        d_scores[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+        d_scores = d_scores.to(ctx.dtype)
+        scale = grad / max(1, len(targets))
+        d_hidden = (d_scores @ table.to(ctx.dtype)) * scale
+        d_table = (d_scores.T @ hidden.to(ctx.dtype)) * scale
+        return d_hidden, d_table, None, None
 
 
 class SeqRecModel(nn.Module):
@@ -218,6 +282,9 @@ class SeqRecModel(nn.Module):
         self.register_buffer("candidate_mask", candidates)
         # Training-target counts for popularity negatives and logQ; set by the trainer.
         self.register_buffer("item_counts", candidates.float(), persistent=False)
+        # Items trained on (count > 0): a hybrid model describes every other item by its text
+        # alone, since its id row never moved from the random init. Saved with the weights.
+        self.register_buffer("id_trained", candidates.clone())
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
             if name.endswith("proj.weight") and "text_proj" not in name:
@@ -234,6 +301,11 @@ class SeqRecModel(nn.Module):
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
 
+    def set_item_counts(self, counts: Tensor) -> None:
+        """Training-target counts per item: popularity for sampling, and which ids are trained."""
+        self.item_counts.copy_(counts.float())
+        self.id_trained.copy_(counts > 0)
+
     # ----------------------------------------------------------------------------- encoder
     def item_table(self) -> Tensor:
         """Item representations [n_catalogue + 1, d_model]: the input and output table."""
@@ -242,7 +314,10 @@ class SeqRecModel(nn.Module):
             table = self.item_emb.weight
         if self.config.item_repr in ("text", "hybrid"):
             text = self.text_proj(self.item_features)
-            table = text if table is None else table + text
+            if table is None:
+                table = text
+            else:  # an untrained id row would only add noise: such items are their text
+                table = table * self.id_trained[:, None].to(table.dtype) + text
         return table
 
     def encode(
@@ -309,10 +384,9 @@ class SeqRecModel(nn.Module):
 
     def full_softmax_loss(self, hidden: Tensor, targets: Tensor, table: Tensor) -> Tensor:
         """Cross-entropy over every candidate item (the default and usually the best)."""
-        candidates = self.candidate_mask.nonzero().squeeze(1)
-        column = self.candidate_mask.long().cumsum(0) - 1  # item id -> candidate column
-        logits = hidden @ table[candidates].T
-        return F.cross_entropy(logits.float(), column[targets])
+        bias = torch.zeros_like(self.candidate_mask, dtype=table.dtype)
+        bias.masked_fill_(~self.candidate_mask, float("-inf"))  # padding and held-out items
+        return SoftmaxCrossEntropy.apply(hidden, table, bias, targets)
 
     def _draw(self, weights: Tensor, count: int) -> Tensor:
         return torch.multinomial(weights, count, replacement=True)

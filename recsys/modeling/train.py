@@ -33,9 +33,9 @@ from recsys.io import ensure_dir, read_json, read_yaml, write_text
 from recsys.modeling import tracking
 from recsys.modeling.runs import LAST_CKPT
 
-# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads made
-# training steps 2x slower (measured: 594 vs 1083-1358 ms/step at load 4 on 2 cores). It must be
-# set before torch loads its OpenMP runtime; nothing above imports torch.
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads slow
+# every training step. It must be set before torch loads its OpenMP runtime; nothing above
+# imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "attn_dropout": 0.0,
     "positions": "learned",  # learned | sinusoidal
     "position_origin": "start",  # start | end (count back from the most recent item)
-    "block": "pre-ln",  # pre-ln (GPT) | sasrec
+    "block": "pre-ln",  # pre-ln (GPT) | sasrec | gated (eSASRec)
     "scale_embeddings": True,
     "use_user": False,
     # token: every training target weighs the same in an epoch, as with unbucketed batches;
