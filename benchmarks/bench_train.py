@@ -1,14 +1,16 @@
 """Training benchmark: quality and speed of the shipped configs on this machine.
 
-For each dataset (ml-100k, ml-latest-small) and config (sasrec-ce, gpt-hybrid, gpt-text) it
-trains a fresh run into a scratch folder, then scores the best checkpoint on the leave-one-out
-TEST split (full ranking over items 1..n_items, history masked, pessimistic ties), and reports
-epochs to best, seconds per epoch, tokens/s, peak RSS, parameters and training FLOP/s as a share
-of the measured fp32 matmul rate. It also times epochs on a synthetic dataset of ML-1M's shape.
+For each dataset and config it trains one fresh run per seed into a scratch folder and records
+validation and speed figures (epochs to best, seconds per epoch, tokens/s, peak RSS, parameters,
+training FLOP/s as a share of the measured fp32 matmul rate). The config is chosen on the mean
+best validation NDCG@10 over seeds; only then is each run's best checkpoint scored on the TEST
+split, once (full ranking over items 1..n_items, history masked, pessimistic ties). The plain
+reference (``benchmarks/reference_sasrec.py``) runs with the same seeds, chosen on validation by
+its own early stopping. It also times epochs on a synthetic dataset of ML-1M's shape.
 
-``python -m benchmarks train`` (all), or ``python -m benchmarks.bench_train ml-100k sasrec-ce
---set lr=0.002 --seeds 42,1,2`` for one tuning run per seed. The full bench writes
-``reports/bench/train.json``.
+``make bench BENCH=train`` writes ``reports/bench/train.json``. One comparison, e.g.
+``python -m benchmarks.bench_train --datasets ml-100k --configs sasrec-ce --set lr=0.002
+--seeds 42,1,2 --output reports/bench/train-lr.json``, picks nothing by test.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_run
 from recsys.processed import ProcessedData, load_processed
 
-DATASETS = ("ml-100k", "ml-latest-small")
+DATASETS = ("ml-100k", "ml-latest-small", "amazon-beauty")
 CONFIGS = ("sasrec-ce", "gpt-hybrid", "gpt-text")
+SEEDS = (42, 1, 2)
 ML1M_SHAPE = {"n_users": 6040, "n_items": 3706, "n_events": 1_000_209}
 
 
@@ -69,13 +72,13 @@ def flops_per_token(model_config: dict[str, Any], mean_context: float) -> float:
     return 3.0 * (n_layers * per_layer + output)
 
 
-def test_metrics(model: torch.nn.Module, data: ProcessedData) -> dict[str, float]:
-    """Test NDCG@10 and HR@10 of a trained model, ranked as evaluate ranks."""
-    ranked = rank_examples(model, split_examples(data, "test"), data.n_items)
+def split_metrics(model: torch.nn.Module, data: ProcessedData, split: str) -> dict[str, float]:
+    """NDCG@10 and HR@10 of a trained model on one split, ranked as evaluate ranks."""
+    ranked = rank_examples(model, split_examples(data, split), data.n_items)
     return {
-        "test_ndcg@10": ndcg_at_k(ranked.ranks, 10).mean().item(),
-        "test_hr@10": hit_rate_at_k(ranked.ranks, 10).mean().item(),
-        "n_test": len(ranked.users),
+        f"{split}_ndcg@10": ndcg_at_k(ranked.ranks, 10).mean().item(),
+        f"{split}_hr@10": hit_rate_at_k(ranked.ranks, 10).mean().item(),
+        f"n_{split}": len(ranked.users),
     }
 
 
@@ -110,7 +113,6 @@ def summarize(run_dir: Path, peak_gflops: float, processed_root: Path | None = N
     flops = flops_per_token(model_config, mean_context) * metrics["tokens_per_s"]
     return {
         **metrics,
-        **test_metrics(trained.model, data),
         "config": trained.config,
         "train_gflops_per_s": flops / 1e9,
         "share_of_matmul_peak": flops / 1e9 / peak_gflops,
@@ -141,72 +143,166 @@ def ml1m_epoch_time(peak_gflops: float, epochs: int = 1) -> dict[str, Any]:
     }
 
 
-def one_run(args: argparse.Namespace) -> None:
-    """Train one (dataset, config, --set ...), once per seed, and print its val and test figures.
+def mean_and_spread(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    spread = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return {
+        "mean": float(array.mean()),
+        "sd": spread,
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }
 
-    Test NDCG@10 on ml-100k's 943 users moves by about 0.01 with the seed alone, so compare
-    configs over several seeds (``--seeds 42,1,2``) before believing a difference.
-    """
-    models_dir, peak = Path(args.models_dir), args.peak or matmul_gflops()
-    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
-    base_name = args.run_name or Path(args.config).stem
-    tests = []
+
+def seed_runs(
+    dataset: str, config: str, sets: list[str], seeds: list[int], models_dir: Path, peak: float
+) -> list[dict[str, Any]]:
+    """One training run per seed; each result holds validation and speed figures, no test."""
+    results = []
     for seed in seeds:
-        sets = args.set if seed is None else [*args.set, f"seed={seed}"]
-        run_name = base_name if seed is None else f"{base_name}-seed{seed}"
-        result = summarize(
-            train_run(args.dataset, args.config, sets, models_dir, run_name=run_name), peak
+        start = time.perf_counter()
+        run_dir = train_run(
+            dataset,
+            config,
+            [*sets, f"seed={seed}"],
+            models_dir,
+            run_name=f"{Path(config).stem}-seed{seed}",
         )
-        result.pop("config")
-        print(json.dumps({"sets": sets, **result}, indent=1), flush=True)
-        tests.append((result["test_ndcg@10"], result["test_hr@10"]))
-    if len(tests) > 1:
-        ndcg, hit = np.array(tests).T
+        result = {
+            "dataset": dataset,
+            "name": Path(config).stem,
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "wall_s": time.perf_counter() - start,
+            **summarize(run_dir, peak),
+            "load_after": machine_load(),
+        }
         print(
-            f"over seeds {seeds}: test NDCG@10 {ndcg.mean():.4f} (sd {ndcg.std(ddof=1):.4f}), "
-            f"HR@10 {hit.mean():.4f} (sd {hit.std(ddof=1):.4f})",
+            f"{dataset} {result['name']} seed {seed}: best val NDCG@10 "
+            f"{result['best_val_ndcg@10']:.4f} at epoch {result['best_epoch']}, "
+            f"{result['seconds_per_epoch']:.2f} s/epoch",
             flush=True,
         )
+        results.append(result)
+    return results
+
+
+def choose_on_validation(runs: list[dict[str, Any]]) -> str:
+    """The config with the highest mean best-validation NDCG@10 over its seeds."""
+    by_config: dict[str, list[float]] = {}
+    for run in runs:
+        by_config.setdefault(run["name"], []).append(run["best_val_ndcg@10"])
+    return max(by_config, key=lambda name: float(np.mean(by_config[name])))
+
+
+def score_test_once(runs: list[dict[str, Any]], data: ProcessedData) -> None:
+    """After every choice is made: each run's best checkpoint on the test split, in place."""
+    for run in runs:
+        run.update(split_metrics(load_run(Path(run["run_dir"])).model, data, "test"))
+
+
+def config_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and spread over seeds per config of the validation and test figures."""
+    table: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(run["name"] for run in runs):
+        mine = [run for run in runs if run["name"] == name]
+        table[name] = {"seeds": [run["seed"] for run in mine]}
+        for key in ("best_val_ndcg@10", "test_ndcg@10", "test_hr@10", "time_to_best_s"):
+            if all(key in run for run in mine):
+                table[name][key] = mean_and_spread([run[key] for run in mine])
+    return table
+
+
+def reference_runs(dataset: str, seeds: list[int]) -> dict[str, Any]:
+    """The plain reference, chosen on validation the same way (its own early stopping)."""
+    from benchmarks.reference_sasrec import main as reference
+
+    runs = [
+        {"seed": seed, **reference(dataset, epochs=200, patience=20, seed=seed)} for seed in seeds
+    ]
+    return {
+        "runs": runs,
+        **{
+            key: mean_and_spread([run[key] for run in runs])
+            for key in ("best_val_ndcg@10", "test_ndcg@10", "test_hr@10", "time_to_best_s")
+        },
+    }
+
+
+def bench(
+    datasets: list[str],
+    configs: list[str],
+    seeds: list[int],
+    sets: list[str],
+    with_reference: bool,
+    models_dir: Path,
+) -> dict[str, Any]:
+    """Train every config with every seed, choose on validation, then score test once."""
+    peak = matmul_gflops()
+    print(f"fp32 matmul: {peak:.1f} GFLOP/s; {machine_load()}", flush=True)
+    out: dict[str, Any] = {
+        "matmul_gflops": peak,
+        "load_before": machine_load(),
+        "selection": "best mean validation NDCG@10 over seeds; test scored once, afterwards",
+        "seeds": seeds,
+        "datasets": {},
+    }
+    for dataset in datasets:
+        if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
+            print(f"skip {dataset}: run 'make data DATASET={dataset}' first", flush=True)
+            continue
+        runs = [
+            run
+            for config in configs
+            for run in seed_runs(dataset, config, sets, seeds, models_dir, peak)
+        ]
+        chosen = choose_on_validation(runs)
+        score_test_once(runs, load_processed(dataset))
+        for run in runs:
+            run.pop("config")
+        result = {"chosen_on_validation": chosen, "configs": config_table(runs), "runs": runs}
+        if with_reference:
+            result["reference"] = reference_runs(dataset, seeds)
+        out["datasets"][dataset] = result
+        print(f"{dataset}: chosen on validation: {chosen}", flush=True)
+        print(json.dumps(result["configs"], indent=1), flush=True)
+    out["load_after"] = machine_load()
+    return out
 
 
 def main() -> None:
-    peak = matmul_gflops()
-    print(f"fp32 matmul: {peak:.1f} GFLOP/s; {machine_load()}", flush=True)
-    out: dict[str, Any] = {"matmul_gflops": peak, "load_before": machine_load(), "runs": []}
+    """``make bench BENCH=train``: the shipped configs, 3 seeds, the reference, ML-1M shape."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-", dir=MODELS_DIR.parent))
     try:
-        for dataset in DATASETS:
-            if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
-                print(f"skip {dataset}: run 'make data DATASET={dataset}' first", flush=True)
-                continue
-            for config in CONFIGS:
-                start = time.perf_counter()
-                run_dir = train_run(dataset, config, [], scratch)
-                result = {
-                    "dataset": dataset,
-                    "name": config,
-                    "wall_s": time.perf_counter() - start,
-                    **summarize(run_dir, peak),
-                    "load_after": machine_load(),
-                }
-                out["runs"].append(result)
-                keys = ("best_epoch", "seconds_per_epoch", "test_ndcg@10", "test_hr@10")
-                print(dataset, config, {k: round(result[k], 4) for k in keys}, flush=True)
-        out["ml-1m_synthetic"] = ml1m_epoch_time(peak)
+        out = bench(list(DATASETS), list(CONFIGS), list(SEEDS), [], True, scratch)
+        out["ml-1m_synthetic"] = ml1m_epoch_time(out["matmul_gflops"])
         print("ML-1M-shaped synthetic:", out["ml-1m_synthetic"], flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    out["load_after"] = machine_load()
     write_json(out, REPORTS_DIR / "bench" / "train.json")
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    parser.add_argument("config")
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--run-name", default=None)
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 42,1,2")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--set", action="append", default=[], help="override: --set lr=0.002")
+    parser.add_argument("--reference", action="store_true", help="also run the plain reference")
+    parser.add_argument("--output", default=None, help="write the JSON here (default: print)")
     parser.add_argument("--models-dir", default=str(Path(tempfile.gettempdir()) / "bench-train"))
-    parser.add_argument("--peak", type=float, default=None, help="skip the matmul measurement")
-    one_run(parser.parse_args())
+    args = parser.parse_args()
+    result = bench(
+        _names(args.datasets),
+        _names(args.configs),
+        [int(seed) for seed in _names(args.seeds)],
+        args.set,
+        args.reference,
+        Path(args.models_dir),
+    )
+    if args.output:
+        write_json(result, Path(args.output))
