@@ -5,6 +5,9 @@
   with the batch, not with users x items.
 * A single user's top-10 from a warm model, 1,000 calls in process: p50 and p99 (target p50
   <= 10 ms on CPU).
+* The stages of ``make evaluate`` on a large catalogue (amazon-beauty, 12k items, when it is
+  processed): each baseline's fit, then per model and split the scoring and ranking pass and the
+  bootstrap summary (target: the whole evaluation within 60 s on 2 cores).
 
 Uses ``data/processed/ml-100k`` and its best trained run when they exist; otherwise synthetic
 data of the same shape and an untrained model of the default architecture (same compute).
@@ -29,6 +32,8 @@ from recsys.io import write_json
 from recsys.modeling.evaluate import BATCH_SIZE
 
 DATASET = "ml-100k"
+#: A catalogue large enough that the dense baselines and the bootstrap dominate evaluation.
+LARGE_DATASET = "amazon-beauty"
 REPEATS = 5
 LATENCY_CALLS = 1000
 MEMORY_BATCHES = (16, 64, 256, 1024)
@@ -68,7 +73,9 @@ def _rank_test(model: Any, data: Any, batch_size: int) -> tuple[float, float, An
 
     examples = eval_examples(data.events, "test")
     wall, cpu = time.perf_counter(), time.process_time()
-    ranked = rank_examples(model, examples, data.n_items, batch_size=batch_size, device="cpu")
+    ranked = rank_examples(
+        model, examples, data.n_items, batch_size=batch_size, device="cpu", cpu_threads=None
+    )
     return time.perf_counter() - wall, time.process_time() - cpu, ranked
 
 
@@ -134,6 +141,52 @@ def _ranking(model: Any, data: Any) -> dict[str, float]:
     }
 
 
+def _timed(what: Any) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = what()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def evaluate_stages(dataset: str) -> dict[str, Any]:
+    """Wall and CPU seconds of each stage of ``make evaluate`` on ``dataset``'s baselines."""
+    from recsys.modeling import evaluate as E
+    from recsys.modeling.baselines import BASELINES
+    from recsys.processed import load_processed, train_sequences
+
+    if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
+        print(
+            f"evaluate stages: skipped, {dataset} is not processed (make data DATASET={dataset})"
+        )
+        return {"skipped": f"data/processed/{dataset} not found"}
+    data = load_processed(dataset)
+    sequences = list(train_sequences(data.events).values())
+    ks, popularity = E.usable_ks(data.n_items), E.training_popularity(data)
+    examples = {split: E.split_examples(data, split) for split in E.SPLITS}
+    out: dict[str, Any] = {"dataset": dataset, "n_items": data.n_items, "models": {}}
+    for name, cls in BASELINES.items():
+        model, fit_wall, fit_cpu = _timed(
+            lambda cls=cls: cls().fit(sequences, data.n_items, data.n_catalogue)
+        )
+        stage = {"fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu}
+        for split, ex in examples.items():
+            ranked, wall, cpu = _timed(
+                lambda ex=ex, model=model: E.rank_examples(model, ex, data.n_items, device="cpu")
+            )
+            stage[f"{split}_rank_wall_s"], stage[f"{split}_rank_cpu_s"] = wall, cpu
+            _, wall, cpu = _timed(
+                lambda r=ranked: E.summarize(r, popularity, data.n_items, ks, 1000, 0)
+            )
+            stage[f"{split}_bootstrap_wall_s"], stage[f"{split}_bootstrap_cpu_s"] = wall, cpu
+        out["models"][name] = stage
+        per_split = ", ".join(
+            f"{split}: rank {stage[f'{split}_rank_wall_s']:.2f} s, "
+            f"bootstrap {stage[f'{split}_bootstrap_wall_s']:.2f} s"
+            for split in examples
+        )
+        print(f"{dataset} {name}: fit {fit_wall:.2f} s; {per_split}")
+    return out
+
+
 def main() -> None:
     from recsys.modeling.evaluate import baseline_candidates, per_user
 
@@ -172,6 +225,7 @@ def main() -> None:
         print(
             f"peak RSS growth while ranking, batch {batch_size}: {memory[str(batch_size)]:.0f} MB"
         )
+    stages = evaluate_stages(LARGE_DATASET)
     result = {
         "data": data_note,
         "model": model_note,
@@ -185,6 +239,7 @@ def main() -> None:
         "baseline_rank_test_wall_s": baselines,
         "peak_rss_growth_mb_by_batch_size": memory,
         "metric_check": check,
+        "evaluate_stages": stages,
     }
     path = write_json(result, REPORTS_DIR / "bench" / "evaluate.json")
     print(f"wrote {path}")

@@ -96,6 +96,7 @@ def test_baselines_only_report_follows_the_contract(world, tmp_path):
     assert names == ["most-popular", "transitions", "item-knn", "ease"]
     expected = {f"{m}@{k}" for m in E.M.RANK_METRICS for k in E.M.KS}
     expected |= {f"{m}@{k}" for m in ("coverage", "popularity") for k in E.M.KS}
+    expected |= {f"sampled_{m}@{k}" for m, k in E.M.SAMPLED_METRICS}
     for row in report["models"]:
         assert row["kind"] == "baseline" and row["run"] is None and row["n_params"] is None
         for split in ("valid", "test"):
@@ -103,6 +104,10 @@ def test_baselines_only_report_follows_the_contract(world, tmp_path):
             for entry in row[split].values():
                 assert entry["low"] <= entry["value"] <= entry["high"]
     test = {m["name"]: m["test"] for m in report["models"]}
+    # 60 items leave fewer than 100 negatives to sample: every unseen item is one, so the
+    # sampled protocol is the full ranking here
+    for row in test.values():
+        assert row["sampled_hr@10"] == row["hr@10"] and row["sampled_ndcg@5"] == row["ndcg@5"]
     # the synthetic users walk a few ids forward: the transition model must see that
     assert test["transitions"]["ndcg@10"]["value"] > 2 * test["most-popular"]["ndcg@10"]["value"]
     assert (
@@ -234,3 +239,128 @@ def test_candidate_ids_can_score_cold_only_for_text_runs():
     assert not E.Candidate("c", "baseline", None).can_score_cold
     assert np.array_equal(E.usable_ks(60), [5, 10, 20, 50])
     assert E.usable_ks(12) == (5, 10)
+
+
+# ---------------------------------------------------------------------------------- seeds
+
+
+@pytest.fixture(scope="module")
+def seeded(world, tmp_path_factory):
+    """The world's ``tiny-id`` run (seed 42), the same config trained with seed 1, and a copy of
+    the seed-42 run under another name (the same config and seed twice)."""
+    from recsys.modeling import train as train_module
+
+    models = tmp_path_factory.mktemp("seeded") / "models"
+    shutil.copytree(world.id_run, models / DATASET / "tiny-id")
+    shutil.copytree(world.id_run, models / DATASET / "tiny-id-seed42")
+    config = world.processed.parent / "tiny-id.yaml"  # written when the world was trained
+    train_module.train(
+        DATASET,
+        str(config),
+        seed=1,
+        processed_root=world.processed,
+        models_dir=models,
+        progress_bar=False,
+        accelerator="cpu",
+    )
+    return models
+
+
+def test_seeds_of_one_config_are_one_row_with_mean_spread_and_interval(
+    world, seeded, data, tmp_path, monkeypatch
+):
+    logged = {}
+    monkeypatch.setattr(
+        "recsys.modeling.tracking.log_evaluation",
+        lambda run_dir, metrics: logged.setdefault(run_dir.name, metrics) is not None,
+    )
+    report = read_json(run_evaluate(world, tmp_path, models_dir=seeded))
+    rows = {m["name"]: m for m in report["models"]}
+    assert list(rows) == ["tiny-id", "most-popular", "transitions", "item-knn", "ease"]
+    config = rows["tiny-id"]
+    assert (config["n_seeds"], config["seeds"]) == (2, [42, 1])
+    assert config["runs"] == ["tiny-id", "tiny-id-seed1"]  # the duplicate seed counts once
+    assert config["run"] is None and config["kind"] == "trained" and config["n_params"] > 0
+    assert all(rows[b]["n_seeds"] is None for b in ("most-popular", "ease"))
+    runs = report["per_seed"]
+    assert [(r["name"], r["seed"], r["config"]) for r in runs] == [
+        ("tiny-id", 42, "tiny-id"),
+        ("tiny-id-seed1", 1, "tiny-id"),
+    ]
+    for split in ("valid", "test"):
+        for key, entry in config[split].items():
+            values = np.array([r[split][key]["value"] for r in runs])
+            assert entry["value"] == pytest.approx(values.mean(), abs=2e-6), key
+            assert entry["std"] == pytest.approx(values.std(ddof=1), abs=2e-6), key
+            assert (entry["min"], entry["max"]) == pytest.approx((values.min(), values.max()))
+            if key.startswith("coverage"):  # a union over users: no mean model to resample
+                assert entry["low"] is None and entry["high"] is None
+            else:
+                assert entry["low"] <= entry["value"] <= entry["high"], key
+    assert config["test"]["ndcg@10"]["std"] > 0  # the seed alone changed the model
+
+    # the interval resamples users on their NDCG@10 averaged over the two seeds
+    examples = eval_examples(data.events, "test")
+    scorers = [E.load_trained(seeded / DATASET / r["name"], DATASET).scorer for r in runs]
+    ranked = [E.rank_examples(scorer, examples, N_ITEMS) for scorer in scorers]
+    per_user = torch.stack([E.per_user(r, "ndcg", 10).double() for r in ranked]).mean(0)
+    expected = E.M.bootstrap_ci(per_user, BOOT, 0.95, 0).as_dict()
+    low_high = (config["test"]["ndcg@10"]["low"], config["test"]["ndcg@10"]["high"])
+    assert low_high == (expected["low"], expected["high"])
+
+    sig = report["significance"]
+    best_baseline = max(
+        (m for m in report["models"] if m["kind"] == "baseline"),
+        key=lambda m: m["valid"]["ndcg@10"]["value"],
+    )
+    assert (sig["model"], sig["n_seeds"], sig["baseline"]) == ("tiny-id", 2, best_baseline["name"])
+    delta = config["test"]["ndcg@10"]["value"] - best_baseline["test"]["ndcg@10"]["value"]
+    assert sig["delta"] == pytest.approx(delta, abs=1e-5)
+
+    markdown = (tmp_path / "synthetic.md").read_text()
+    assert "| tiny-id | trained | 2 |" in markdown and "| ease | baseline | - |" in markdown
+    assert "## Spread across seeds (K = 10)" in markdown and "(mean of 2 seeds)" in markdown
+    spread = config["test"]["ndcg@10"]
+    assert f"| {spread['std']:.4f} | {spread['min']:.4f}..{spread['max']:.4f} |" in markdown
+
+    # every trained run's metrics go to its own tracking run (when it has one)
+    assert sorted(logged) == ["tiny-id", "tiny-id-seed1"]
+    assert logged["tiny-id-seed1"]["test_ndcg@10"] == runs[1]["test"]["ndcg@10"]["value"]
+
+    # the figures read the configs' rows: the mean over seeds with the mean model's interval
+    from recsys.plots import metric_rows
+
+    table = metric_rows(report, "test", "ndcg@10").set_index("name")
+    assert table.loc["tiny-id", "value"] == config["test"]["ndcg@10"]["value"]
+
+
+def test_one_seed_configs_keep_their_run_row(world, tmp_path):
+    report = read_json(run_evaluate(world, tmp_path))
+    row = next(m for m in report["models"] if m["name"] == "tiny-id")
+    assert (row["n_seeds"], row["seeds"], row["runs"]) == (1, [42], ["tiny-id"])
+    assert "std" not in row["test"]["ndcg@10"]
+    assert [r["name"] for r in report["per_seed"]] == ["tiny-id"]
+    assert {k: v for k, v in report["per_seed"][0].items() if k not in ("config", "seed")} == {
+        k: v for k, v in row.items() if k not in ("n_seeds", "seeds", "runs")
+    }
+    assert "## Spread across seeds" not in (tmp_path / "synthetic.md").read_text()
+
+
+def test_runs_group_by_everything_but_the_seed_and_keep_unique_names():
+    def run(name, **config):
+        return E.Candidate(name, "trained", None, config={"lr": 0.001, "seed": 42, **config})
+
+    candidates = [
+        run("a", seed=42),
+        run("a-seed1", seed=1),
+        run("a-copy", seed=42),  # same config and seed as "a": counted once
+        run("b", lr=0.01),
+        E.Candidate("ease", "baseline", None),
+    ]
+    groups = E.config_groups(candidates)
+    assert [[c.name for c in g] for g in groups] == [["a", "a-seed1"], ["b"], ["ease"]]
+    assert E.group_names(groups) == ["a", "b", "ease"]
+    clash = [[run("x-seed1"), run("x-seed2", seed=2)], [run("x", lr=0.1)]]
+    assert E.group_names(clash) == ["x-seed1+x-seed2", "x"]
+    mixed = [[run("p-seed1"), run("q-seed2", seed=2)]]
+    assert E.group_names(mixed) == ["p-seed1+q-seed2"]

@@ -1,4 +1,5 @@
-"""Hand-worked cases for every ranking metric, the bootstrap, and the baselines."""
+"""Hand-worked cases for every ranking metric, the sampled protocol, the bootstrap, and the
+baselines."""
 
 from __future__ import annotations
 
@@ -148,6 +149,81 @@ def test_coverage_and_popularity_by_hand():
     assert M.mean_popularity_at_k(padded, 2, pct).tolist() == pytest.approx([12.5])
 
 
+def test_rank_batch_equals_target_ranks_and_top_k_items():
+    # ties, NaN, -inf, targets inside the history, item-table-only columns: one pass, same numbers
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        scores = torch.randint(0, 4, (9, 30), generator=gen).float()
+        scores[torch.rand(9, 30, generator=gen) < 0.1] = float("nan")
+        scores[torch.rand(9, 30, generator=gen) < 0.1] = NEG_INF
+        targets = torch.randint(1, 26, (9,), generator=gen)
+        history = torch.randint(0, 30, (9, 6), generator=gen)
+        history[::2, 0] = targets[::2]
+        exclude = None if trial % 4 == 0 else history
+        k = 22 if trial % 2 else 5  # 22: rows run out of scored candidates, 0 fills the list
+        out = M.rank_batch(scores, targets, k, exclude, n_rank=25)
+        assert torch.equal(out.ranks, M.target_ranks(scores, targets, exclude, 25)[:, 0])
+        assert torch.equal(out.top_items, M.top_k_items(scores, k, exclude, 25))
+        assert out.sampled is None
+    with pytest.raises(ValueError, match="one real target per row"):
+        M.rank_batch(torch.zeros(1, 5), torch.tensor([0]), 2)
+    with pytest.raises(ValueError, match="targets must be item ids"):
+        M.rank_batch(torch.zeros(1, 5), torch.tensor([4]), 2, n_rank=3)
+
+
+# ------------------------------------------------------------------------- sampled metrics
+
+
+def test_sampled_ranks_by_hand():
+    # items 1..6 score 6..1; the target (item 4, score 3) beats negatives 5 and 6 only
+    scores = torch.tensor([[0.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    assert M.sampled_ranks(scores, torch.tensor([4]), torch.tensor([[5, 6]])).tolist() == [0]
+    assert M.sampled_ranks(scores, torch.tensor([4]), torch.tensor([[1, 5, 0]])).tolist() == [1]
+    # ties are pessimistic, NaN is the lowest score, 0 is an empty slot
+    tied = torch.tensor([[0.0, 2.0, 2.0, float("nan"), 2.0]])
+    ranks = M.sampled_ranks(tied, torch.tensor([2]), torch.tensor([[1, 3, 4, 0]]))
+    assert ranks.tolist() == [2]
+    assert M.hit_rate_at_k(ranks, 1).item() == 0.0
+    assert M.ndcg_at_k(ranks, 5).item() == pytest.approx(0.5)
+
+
+def test_sample_negatives_exclude_history_and_target_and_are_seeded():
+    gen = torch.Generator().manual_seed(0)
+    n_items, n = 300, 100
+    exclude = torch.randint(0, n_items + 1, (40, 30), generator=gen)  # history + target, 0-padded
+    negatives = M.sample_negatives(exclude, n_items, n, seed=3)
+    assert negatives.shape == (40, n)
+    for row, banned in zip(negatives.tolist(), exclude.tolist()):
+        assert len(set(row)) == n and min(row) >= 1 and max(row) <= n_items
+        assert not set(row) & set(banned)
+    assert torch.equal(M.sample_negatives(exclude, n_items, n, seed=3), negatives)
+    assert not torch.equal(M.sample_negatives(exclude, n_items, n, seed=4), negatives)
+    # a catalogue with fewer allowed items than n: all of them, then padding
+    few = M.sample_negatives(torch.tensor([[2, 0, 5]]), n_items=6, n=5)
+    assert sorted(few[0, :4].tolist()) == [1, 3, 4, 6] and few[0, 4].item() == 0
+    with pytest.raises(ValueError, match="must be positive"):
+        M.sample_negatives(exclude, n_items, 0)
+
+
+def test_sample_negatives_are_uniform_over_the_allowed_items():
+    exclude = torch.tensor([[1, 2]] * 4000)
+    counts = torch.bincount(M.sample_negatives(exclude, 12, n=5).view(-1), minlength=13)
+    assert counts[:3].tolist() == [0, 0, 0]
+    expected = 4000 * 5 / 10  # 10 allowed items, 5 drawn per row
+    assert ((counts[3:].double() - expected).abs() < 0.06 * expected).all()
+
+
+def test_sampled_rank_is_never_above_the_full_rank():
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 20, (64, 201), generator=gen).float()
+    targets = torch.randint(1, 201, (64,), generator=gen)
+    history = torch.randint(0, 201, (64, 10), generator=gen)
+    negatives = M.sample_negatives(torch.cat([history, targets[:, None]], 1), 200, 100, seed=0)
+    for exclude in (history, None):
+        out = M.rank_batch(scores, targets, 10, exclude, negatives=negatives)
+        assert (out.sampled <= out.ranks).all() and (out.sampled < out.ranks).any()
+
+
 # -------------------------------------------------------------------------------- bootstrap
 
 
@@ -165,6 +241,54 @@ def test_bootstrap_ci_matches_normal_approximation_and_is_seeded():
     assert ci.high == pytest.approx(0.5 + half_width, abs=0.01)
     assert M.bootstrap_ci(values, n_samples=2000, seed=1) == ci
     assert M.bootstrap_ci(values, n_samples=0) == M.Interval(0.5, None, None)
+
+
+def _old_style_draws(n_users, n_samples, seed):
+    """The user indices the resamples are made of, as the per-metric implementation drew them."""
+    return torch.cat(list(M._resample_draws(n_users, n_samples, seed)))
+
+
+def test_shared_resamples_equal_per_metric_resampling_with_the_same_draws():
+    gen = torch.Generator().manual_seed(0)
+    columns = [torch.rand(257, generator=gen), (torch.rand(257, generator=gen) < 0.3).float()]
+    idx = _old_style_draws(257, 400, 7)
+    cis = M.bootstrap_cis(columns, n_samples=400, seed=7)
+    for values, ci in zip(columns, cis):
+        means = values.double()[idx].mean(1)  # what every metric used to redraw for itself
+        low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        assert ci.value == float(values.double().mean())
+        assert (ci.low, ci.high) == pytest.approx((float(low), float(high)), abs=1e-12)
+        assert ci == M.bootstrap_ci(values, n_samples=400, seed=7)
+        assert ci.low <= ci.value <= ci.high
+    assert M.resamples(257, 400, 7) is M.resamples(257, 400, 7)  # drawn once, then reused
+    assert M.bootstrap_cis(columns, n_samples=400, seed=8) != cis
+
+
+def test_coverage_ci_equals_the_union_over_the_same_draws():
+    gen = torch.Generator().manual_seed(0)
+    top = torch.randint(0, 80, (150, 10), generator=gen)  # 0: a slot with nothing recommended
+    idx = _old_style_draws(150, 300, 0)
+    for k in (1, 5, 10):
+        seen = torch.zeros(300, 81, dtype=torch.bool)
+        seen.scatter_(1, top[:, :k][idx].reshape(300, -1), True)
+        union = seen[:, 1:].sum(1).double() / 80
+        point = M.coverage_at_k(top, k, 80)
+        shifted = (union + (point - float(union.mean()))).clamp(0.0, 1.0)
+        low, high = torch.quantile(shifted, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        ci = M.coverage_ci(top, k, 80, n_samples=300)
+        assert ci.value == point
+        assert (ci.low, ci.high) == pytest.approx((float(low), float(high)), abs=1e-12)
+
+
+def test_paired_bootstrap_resamples_both_arms_with_the_same_draws():
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.rand(120, generator=gen), torch.rand(120, generator=gen)
+    paired = M.paired_bootstrap(a, b, n_samples=300, seed=5)
+    diffs = M.bootstrap_means(a, 300, 5) - M.bootstrap_means(b, 300, 5)
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    assert (paired.low, paired.high) == pytest.approx((float(low), float(high)), abs=1e-12)
+    assert paired.delta == pytest.approx(float(a.double().mean() - b.double().mean()))
+    assert M.paired_bootstrap(a, b, n_samples=300, seed=5) == paired
 
 
 def test_coverage_ci_brackets_point_and_collapses_for_identical_lists():

@@ -6,14 +6,31 @@ pessimistic rank and the top-50 list, so memory grows with the batch size, never
 users x items. Per-user metrics then get bootstrap intervals over users, and the best trained run
 is compared with the best baseline by a paired bootstrap on the same test users.
 
+Runs of one config trained with several seeds (``make train SEEDS=42,1,2``) form one row: the mean
+over the seeds, their spread (sample std, min, max), and the bootstrap interval of the mean model
+(each user's metric averaged over the seeds, then users resampled). Each run's own row stays in
+the report's ``per_seed`` list, and runs tracked in MLflow get their metrics added there.
+
 Output: ``reports/metrics/<dataset>.json`` (contract 4) and ``<dataset>.md``. ``--cold-items F``
 adds (or replaces) only the ``cold_start`` section of that file.
+
+Cold start: the held-out items leave training by cutting each training sequence where they were
+(:func:`recsys.processed.cut_at`), for trained runs and baselines alike. At test time every model
+reads the same, whole history, cold items included: that is what a deployed model would see, and
+text models can read those items. Id models and baselines take the ids they never trained on
+without harm (an untrained embedding row, a row of zero co-occurrences), so stripping them would
+only hide information from the models that can use it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +51,7 @@ from recsys.processed import (
     EvalExamples,
     ProcessedData,
     cold_item_set,
+    cut_at,
     eval_examples,
     left_pad,
     load_processed,
@@ -43,6 +61,10 @@ from recsys.processed import (
 SPLITS = ("valid", "test")
 CONFIDENCE = 0.95
 MAIN_METRIC = "ndcg@10"
+#: Names of the metrics of the target's rank among sampled negatives, not the full catalogue.
+SAMPLED_PREFIX = "sampled_"
+#: The run-name suffix ``make train SEEDS=...`` adds; a config's row drops it.
+SEED_SUFFIX = re.compile(r"-seed\d+$")
 COLD_CAPABLE = ("text", "hybrid")
 #: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
 BATCH_SIZE = 128
@@ -74,6 +96,7 @@ class Ranked:
     users: np.ndarray
     ranks: torch.Tensor  # [U] pessimistic 0-based rank of the target
     top_items: torch.Tensor  # [U, k_max]
+    sampled_ranks: torch.Tensor | None = None  # [U] rank among the user's sampled negatives
 
 
 def default_device() -> torch.device:
@@ -133,11 +156,10 @@ def batched_scores(
         rows = order[start : start + batch_size]
         batch = [histories[i] for i in rows]
         longest = max(1, max(len(h) for h in batch))
-        item_seq = torch.from_numpy(left_pad(batch, min(longest, max_len or longest)))
+        padded = torch.from_numpy(left_pad(batch, longest))
+        item_seq = padded[:, -max_len:].contiguous() if max_len else padded
         scores = score_batch(scorer, item_seq.to(device), torch.from_numpy(users[rows]).to(device))
-        exclude = None
-        if not keep_history:
-            exclude = torch.from_numpy(left_pad(batch, longest)).to(scores.device)
+        exclude = None if keep_history else padded.to(scores.device)
         yield rows, scores, exclude
 
 
@@ -155,9 +177,18 @@ def rank_examples(
     k_max: int = max(M.KS),
     batch_size: int = BATCH_SIZE,
     device: torch.device | str | None = None,
+    n_negatives: int = M.N_NEGATIVES,
+    negatives_seed: int = 0,
+    cpu_threads: int | None = 1,
 ) -> Ranked:
-    """Rank every example's target over items ``1..n_items`` (full ranking, batched)."""
-    seen, ranks, tops = [], [], []
+    """Rank every example's target over items ``1..n_items`` (full ranking, batched), and among
+    ``n_negatives`` items sampled per user (0: none), from the same score matrices.
+
+    On the CPU, scoring and ranking run on ``cpu_threads`` intra-op threads (None: as set);
+    see :func:`cpu_threads_for`."""
+    negatives = split_negatives(examples, n_items, n_negatives, negatives_seed)
+    seen, ranks, tops, sampled = [], [], [], []
+    device = torch.device(device) if device is not None else default_device()
     batches = batched_scores(
         scorer,
         examples.histories,
@@ -166,16 +197,73 @@ def rank_examples(
         batch_size=batch_size,
         device=device,
     )
-    for rows, scores, exclude in batches:
-        targets = torch.from_numpy(examples.targets[rows]).to(scores.device)
-        seen.append(rows)
-        ranks.append(M.target_ranks(scores, targets, exclude, n_items)[:, 0].cpu())
-        tops.append(M.top_k_items(scores, k_max, exclude, n_items).cpu())
-    return Ranked(examples.users, in_input_order(seen, ranks), in_input_order(seen, tops))
+    with cpu_threads_for(device, cpu_threads):
+        for rows, scores, exclude in batches:
+            targets = torch.from_numpy(examples.targets[rows])
+            batch_negatives = None if negatives is None else negatives[rows].to(scores.device)
+            out = M.rank_batch(scores, targets, k_max, exclude, n_items, batch_negatives)
+            seen.append(rows)
+            ranks.append(out.ranks.cpu())
+            tops.append(out.top_items.cpu())
+            if out.sampled is not None:
+                sampled.append(out.sampled.cpu())
+    return Ranked(
+        examples.users,
+        in_input_order(seen, ranks),
+        in_input_order(seen, tops),
+        in_input_order(seen, sampled) if sampled else None,
+    )
+
+
+@contextmanager
+def cpu_threads_for(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Run on ``threads`` intra-op threads on the CPU, then restore the setting. Ranking uses
+    one: a batch's operations are too small to gain much from more, and on a busy machine
+    OpenMP threads waiting for each other made it several times slower (``make bench
+    BENCH=evaluate`` times one thread and the default)."""
+    if device.type != "cpu" or threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def split_negatives(
+    examples: EvalExamples, n_items: int, n_negatives: int, seed: int
+) -> torch.Tensor | None:
+    """Each example's sampled negatives (none for ``n_negatives`` 0), never from its history or
+    target. Drawn once per process for the same examples: every model of a split meets the same
+    negatives, and the draw is not repeated for each model."""
+    if not n_negatives:
+        return None
+    longest = max((len(h) for h in examples.histories), default=0)
+    exclusions = np.concatenate(
+        [left_pad(examples.histories, longest), examples.targets.reshape(-1, 1)], axis=1
+    )
+    digest = hashlib.blake2b(exclusions.tobytes(), digest_size=16).hexdigest()
+    key = (digest, exclusions.shape, n_items, n_negatives, seed)
+    if key not in _NEGATIVES:
+        if len(_NEGATIVES) >= 4:  # valid and test of one or two datasets
+            _NEGATIVES.pop(next(iter(_NEGATIVES)))
+        exclude = torch.from_numpy(exclusions)
+        _NEGATIVES[key] = M.sample_negatives(exclude, n_items, n_negatives, seed)
+    return _NEGATIVES[key]
+
+
+_NEGATIVES: dict[tuple, torch.Tensor] = {}
 
 
 def per_user(ranked: Ranked, metric: str, k: int) -> torch.Tensor:
-    """One rank metric (``hr``, ``recall``, ``ndcg``, ``mrr``, ``map``) per user."""
+    """One rank metric (``hr``, ``recall``, ``ndcg``, ``mrr``, ``map``) per user; with the
+    ``sampled_`` prefix, of the target's rank among the user's sampled negatives."""
+    if metric.startswith(SAMPLED_PREFIX):
+        if ranked.sampled_ranks is None:
+            raise ValueError("these ranks were computed without sampled negatives")
+        return M.RANK_METRICS[metric.removeprefix(SAMPLED_PREFIX)](ranked.sampled_ranks, k)
     return M.RANK_METRICS[metric](ranked.ranks, k)
 
 
@@ -187,18 +275,28 @@ def summarize(
     n_bootstrap: int,
     seed: int = 0,
 ) -> dict[str, dict[str, float | None]]:
-    """Every metric at every K with its bootstrap interval, keyed like ``ndcg@10``."""
-    out: dict[str, dict[str, float | None]] = {}
+    """Every metric at every K with its bootstrap interval, keyed like ``ndcg@10``, then the
+    sampled-negatives metrics (``sampled_ndcg@10``) when the ranks have them.
+
+    Every mean is resampled with the same draws, all at once (:func:`M.bootstrap_cis`).
+    """
+    means: dict[str, torch.Tensor] = {}
     for k in ks:
         for name in M.RANK_METRICS:
-            values = per_user(ranked, name, k)
-            out[f"{name}@{k}"] = M.bootstrap_ci(values, n_bootstrap, CONFIDENCE, seed).as_dict()
+            means[f"{name}@{k}"] = per_user(ranked, name, k)
+        means[f"popularity@{k}"] = M.mean_popularity_at_k(ranked.top_items, k, popularity_pct)
+    if ranked.sampled_ranks is not None:
+        for name, k in M.SAMPLED_METRICS:
+            means[f"{SAMPLED_PREFIX}{name}@{k}"] = per_user(ranked, SAMPLED_PREFIX + name, k)
+    intervals = M.bootstrap_cis(list(means.values()), n_bootstrap, CONFIDENCE, seed)
+    found = {key: ci.as_dict() for key, ci in zip(means, intervals)}
+    out: dict[str, dict[str, float | None]] = {}
+    for k in ks:
+        out.update({f"{name}@{k}": found[f"{name}@{k}"] for name in M.RANK_METRICS})
         coverage = M.coverage_ci(ranked.top_items, k, n_items, n_bootstrap, CONFIDENCE, seed)
         out[f"coverage@{k}"] = coverage.as_dict()
-        popularity = M.mean_popularity_at_k(ranked.top_items, k, popularity_pct)
-        out[f"popularity@{k}"] = M.bootstrap_ci(
-            popularity, n_bootstrap, CONFIDENCE, seed
-        ).as_dict()
+        out[f"popularity@{k}"] = found[f"popularity@{k}"]
+    out.update({key: entry for key, entry in found.items() if key.startswith(SAMPLED_PREFIX)})
     return out
 
 
@@ -241,26 +339,26 @@ def trained_candidates(
 
 
 def baseline_candidates(data: ProcessedData, cold: np.ndarray | None = None) -> list[Candidate]:
-    """The four baselines, fitted on the training split (without the cold items, if any)."""
-    sequences = list(train_sequences(data.events).values())
-    if cold is not None and len(cold):
-        sequences = [s[~np.isin(s, cold)] for s in sequences]
-        sequences = [s for s in sequences if len(s)]
+    """The four baselines, fitted on the training split, cut at the cold items as training is."""
+    removed = np.zeros(0, dtype=np.int64) if cold is None else cold
+    sequences = [seq for _, seq in cut_at(train_sequences(data.events), removed)]
     fitted = fit_baselines(sequences, data.n_items, data.n_catalogue)
     return [Candidate(name=n, kind="baseline", scorer=b) for n, b in fitted.items()]
 
 
 def cold_seed(trained: list[Candidate]) -> int:
-    """The seed that drew the runs' cold items (training draws them from its config seed)."""
+    """The seed that drew the runs' cold items (their config's ``cold_seed``)."""
     from recsys.modeling.train import DEFAULTS
 
-    seeds = sorted({int(c.config.get("seed", DEFAULTS["seed"])) for c in trained if c.config})
+    default = DEFAULTS["cold_seed"]
+    seeds = sorted({int(c.config.get("cold_seed", default)) for c in trained if c.config})
     if len(seeds) > 1:
         raise fail(
-            f"the cold-start runs were trained with different seeds {seeds}, so their cold item "
-            "sets differ; retrain them with one seed or evaluate them from separate --models-dir"
+            f"the cold-start runs were trained with different cold_seed values {seeds}, so their "
+            "cold item sets differ; retrain them with one cold_seed or evaluate them from "
+            "separate --models-dir"
         )
-    return seeds[0] if seeds else int(DEFAULTS["seed"])
+    return seeds[0] if seeds else int(default)
 
 
 def require_trained(candidates: list[Candidate], dataset: str, cold_items: float) -> None:
@@ -313,9 +411,11 @@ def _timed_rank(candidate: Candidate, examples: EvalExamples, n_items: int, **kw
 
 
 def significance(
-    rows: list[dict[str, Any]], test_ranked: dict[str, Ranked], n_bootstrap: int, seed: int
+    rows: list[dict[str, Any]], test_values: dict[str, torch.Tensor], n_bootstrap: int, seed: int
 ) -> dict[str, Any] | None:
-    """Best trained run vs best baseline (both chosen on valid NDCG@10), paired on test users."""
+    """Best trained config vs best baseline (both chosen on valid NDCG@10, a config by its mean
+    over seeds), paired on the same test users; ``test_values`` holds each row's per-user test
+    NDCG@10, averaged over a config's seeds."""
 
     def best(kind: str) -> dict[str, Any] | None:
         pool = [r for r in rows if r["kind"] == kind]
@@ -324,18 +424,14 @@ def significance(
     model, baseline = best("trained"), best("baseline")
     if model is None or baseline is None:
         return None
-    k = int(MAIN_METRIC.split("@")[1])
     test = M.paired_bootstrap(
-        per_user(test_ranked[model["name"]], "ndcg", k),
-        per_user(test_ranked[baseline["name"]], "ndcg", k),
-        n_bootstrap,
-        CONFIDENCE,
-        seed,
+        test_values[model["name"]], test_values[baseline["name"]], n_bootstrap, CONFIDENCE, seed
     )
     return {
         "metric": MAIN_METRIC,
         "split": "test",
         "model": model["name"],
+        "n_seeds": model.get("n_seeds"),
         "baseline": baseline["name"],
         "method": test.method,
         "delta": test.delta,
@@ -363,6 +459,124 @@ def _header(data: ProcessedData, n_users: int, keep_history: bool, n_bootstrap: 
     }
 
 
+def config_groups(candidates: list[Candidate]) -> list[list[Candidate]]:
+    """Trained runs grouped by config (everything in their config but the seed), one run per
+    seed; each baseline alone. Groups keep the order their first member came in."""
+    groups: dict[str, list[Candidate]] = {}
+    for cand in candidates:
+        if cand.kind != "trained":
+            groups[f"baseline {cand.name}"] = [cand]
+            continue
+        config = {k: v for k, v in (cand.config or {}).items() if k != "seed"}
+        members = groups.setdefault(json.dumps(config, sort_keys=True, default=str), [])
+        seed = (cand.config or {}).get("seed")
+        twin = next((m for m in members if (m.config or {}).get("seed") == seed), None)
+        if twin is not None:
+            logger.warning(
+                f"runs {twin.name} and {cand.name} have the same config and seed {seed}; "
+                f"counting {twin.name} only"
+            )
+            continue
+        members.append(cand)
+    return list(groups.values())
+
+
+def group_names(groups: list[list[Candidate]]) -> list[str]:
+    """A row's name: its run's, or its runs' name without ``-seed<N>`` (all names if ambiguous)."""
+
+    def wanted(members: list[Candidate]) -> str:
+        bases = {SEED_SUFFIX.sub("", m.name) for m in members}
+        if len(members) == 1:
+            return members[0].name
+        return bases.pop() if len(bases) == 1 else "+".join(m.name for m in members)
+
+    names = [wanted(members) for members in groups]
+    taken = Counter(names)
+    return [
+        name if taken[name] == 1 or len(members) == 1 else "+".join(m.name for m in members)
+        for name, members in zip(names, groups)
+    ]
+
+
+def per_user_mean(ranked: list[Ranked], key: str, popularity: torch.Tensor) -> torch.Tensor | None:
+    """Each user's ``key`` (``ndcg@10``, ``popularity@10``, ...) averaged over runs on the same
+    users; None for coverage, which is a property of the whole list, not a mean over users."""
+    name, _, k = key.partition("@")
+    if name in M.RANK_METRICS or name.startswith(SAMPLED_PREFIX):
+        values = [per_user(r, name, int(k)) for r in ranked]
+    elif name == "popularity":
+        values = [M.mean_popularity_at_k(r.top_items, int(k), popularity) for r in ranked]
+    else:
+        return None
+    return torch.stack([v.double().cpu() for v in values]).mean(0)
+
+
+def seed_entry(
+    values: np.ndarray, users: torch.Tensor | None, n_bootstrap: int, seed: int
+) -> dict[str, float | None]:
+    """One metric over a config's seeds: the mean of the seeds' ``values``, their spread (``std``:
+    sample standard deviation, ``min``, ``max``) and the bootstrap interval of the mean model
+    (resampling users on their metric averaged over the seeds; none without such ``users``)."""
+    entry = M.Interval(float(values.mean()), None, None).as_dict()
+    if users is not None:
+        interval = M.bootstrap_ci(users, n_bootstrap, CONFIDENCE, seed).as_dict()
+        entry.update(low=interval["low"], high=interval["high"])
+    spread = {"std": values.std(ddof=1), "min": values.min(), "max": values.max()}
+    return {**entry, **{k: round(float(v), 6) for k, v in spread.items()}}
+
+
+def seed_row(
+    name: str,
+    rows: list[dict[str, Any]],
+    ranked: list[dict[str, Ranked]],
+    popularity: torch.Tensor,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """One config's row from the rows (and ranks) of its seeds' runs: see :func:`seed_entry`."""
+    first = rows[0]
+    out = {
+        "name": name,
+        "kind": first["kind"],
+        "run": None,
+        "item_repr": first["item_repr"],
+        "n_params": first["n_params"],
+    }
+    for split in SPLITS:
+        out[split] = {
+            key: seed_entry(
+                np.array([row[split][key]["value"] for row in rows], dtype=np.float64),
+                per_user_mean([r[split] for r in ranked], key, popularity),
+                n_bootstrap,
+                seed,
+            )
+            for key in first[split]
+        }
+    return out
+
+
+def candidate_row(
+    cand: Candidate,
+    ranked: dict[str, Ranked],
+    popularity: torch.Tensor,
+    n_items: int,
+    ks: tuple[int, ...],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """One model's row: what it is, and every metric on each split."""
+    row: dict[str, Any] = {
+        "name": cand.name,
+        "kind": cand.kind,
+        "run": cand.run,
+        "item_repr": cand.item_repr,
+        "n_params": cand.n_params,
+    }
+    for split in SPLITS:
+        row[split] = summarize(ranked[split], popularity, n_items, ks, n_bootstrap, seed)
+    return row
+
+
 def evaluate_main(
     data: ProcessedData,
     candidates: list[Candidate],
@@ -373,38 +587,60 @@ def evaluate_main(
     device: torch.device | str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The main report: every candidate on valid and test, plus the significance test."""
+    """The main report: every config (mean over its seeds) and baseline on valid and test, each
+    trained run on its own (``per_seed``), and the significance test."""
     ks = usable_ks(data.n_items)
     popularity = training_popularity(data)
     examples = {split: split_examples(data, split) for split in SPLITS}
-    rows, test_ranked = [], {}
-    for cand in candidates:
-        row = {
-            "name": cand.name,
-            "kind": cand.kind,
-            "run": cand.run,
-            "item_repr": cand.item_repr,
-            "n_params": cand.n_params,
-        }
-        for split in SPLITS:
-            ranked = _timed_rank(
-                cand,
-                examples[split],
-                data.n_items,
-                keep_history=keep_history,
-                k_max=max(ks),
-                batch_size=batch_size,
-                device=device,
-            )
-            row[split] = summarize(ranked, popularity, data.n_items, ks, n_bootstrap, seed)
-            if split == "test":
-                test_ranked[cand.name] = ranked
+    options = dict(keep_history=keep_history, k_max=max(ks), batch_size=batch_size, device=device)
+    groups = config_groups(candidates)
+    rows, per_seed, test_values = [], [], {}
+    for name, members in zip(group_names(groups), groups):
+        # One group at a time: only its members' ranks are held in memory.
+        ranked = [
+            {split: _timed_rank(c, examples[split], data.n_items, **options) for split in SPLITS}
+            for c in members
+        ]
+        member_rows = [
+            candidate_row(c, r, popularity, data.n_items, ks, n_bootstrap, seed)
+            for c, r in zip(members, ranked)
+        ]
+        if len(members) == 1:
+            row = dict(member_rows[0])
+        else:
+            row = seed_row(name, member_rows, ranked, popularity, n_bootstrap, seed)
+        trained = members[0].kind == "trained"
+        seeds = [(c.config or {}).get("seed") for c in members] if trained else []
+        row.update(
+            n_seeds=len(members) if trained else None,
+            seeds=seeds,
+            runs=[c.name for c in members] if trained else [],
+        )
         rows.append(row)
+        test_values[name] = per_user_mean([r["test"] for r in ranked], MAIN_METRIC, popularity)
+        if trained:
+            per_seed += [{**r, "config": name, "seed": s} for r, s in zip(member_rows, seeds)]
     report = _header(data, len(examples["test"].targets), keep_history, n_bootstrap)
     report["models"] = rows
-    report["significance"] = significance(rows, test_ranked, n_bootstrap, seed)
+    report["per_seed"] = per_seed
+    report["significance"] = significance(rows, test_values, n_bootstrap, seed)
     report["cold_start"] = None
     return report
+
+
+def log_tracked_runs(report: dict[str, Any]) -> None:
+    """Add each trained run's valid and test metrics to its MLflow run, where it has one."""
+    from recsys.modeling import tracking
+
+    for row in report.get("per_seed") or []:
+        metrics = {
+            f"{split}_{key}": entry["value"]
+            for split in SPLITS
+            for key, entry in row[split].items()
+            if entry.get("value") is not None
+        }
+        if row.get("run") and tracking.log_evaluation(Path(row["run"]), metrics):
+            logger.info(f"added the evaluation of {row['name']} to its MLflow run")
 
 
 def evaluate_cold(
@@ -419,7 +655,10 @@ def evaluate_cold(
     device: torch.device | str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """HR@10 / NDCG@10 on the test events whose target is a cold item."""
+    """HR@10 / NDCG@10 on the test events whose target is a cold item.
+
+    Every candidate reads the same whole histories, cold items kept (see the module docstring).
+    """
     examples = split_examples(data, "test")
     keep = np.isin(examples.targets, cold)
     if not keep.any():
@@ -489,6 +728,31 @@ def _cell(entry: dict[str, float | None] | None, scale: float = 1.0, digits: int
     return f"{value} [{entry['low'] * scale:.{digits}f}, {entry['high'] * scale:.{digits}f}]"
 
 
+def _spread_lines(models: list[dict[str, Any]]) -> list[str]:
+    """The spread across seeds of the configs run with several: std and min..max at K = 10."""
+    seeded = [row for row in models if (row.get("n_seeds") or 1) > 1]
+    if not seeded:
+        return []
+    metrics = ("ndcg@10", "hr@10")
+    lines = ["", "## Spread across seeds (K = 10)", ""]
+    lines.append(
+        "| model | seeds | split | "
+        + " | ".join(f"{m} {part}" for m in metrics for part in ("std", "min..max"))
+        + " |"
+    )
+    lines.append("|---|---:|---|" + "---:|" * (2 * len(metrics)))
+    for row in seeded:
+        for split in SPLITS:
+            cells = []
+            for metric in metrics:
+                entry = row[split][metric]
+                cells += [f"{entry['std']:.4f}", f"{entry['min']:.4f}..{entry['max']:.4f}"]
+            lines.append(
+                f"| {row['name']} | {row['n_seeds']} | {split} | " + " | ".join(cells) + " |"
+            )
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables (test and valid at K=10 with CIs, then NDCG/HR at every K)."""
     lines = [
@@ -502,18 +766,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         "With one held-out item per user, recall@K equals hr@K and map@K equals mrr@K (all are "
         "in the JSON). coverage: share of the catalogue recommended to anyone; popularity: mean "
         "popularity percentile (0-100) of the recommended items.",
+        "",
+        "seeds: how many seeds a trained config was run with. A config with several shows the "
+        "mean over its seeds; its interval resamples users on their metric averaged over the "
+        "seeds (the mean model), and the spread across seeds is tabled below. Each run's own row "
+        "is in the JSON (`per_seed`).",
     ]
     # One held-out item per user: recall@K equals hr@K and map@K equals mrr@K (both in the JSON).
     at10 = ["hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10"]
     for split in SPLITS if report["models"] else ():
         lines += ["", f"## {split.capitalize()} (K = 10)", ""]
-        lines.append("| model | kind | " + " | ".join(at10) + " |")
-        lines.append("|---|---|" + "---:|" * len(at10))
+        lines.append("| model | kind | seeds | " + " | ".join(at10) + " |")
+        lines.append("|---|---|---:|" + "---:|" * len(at10))
         for row in report["models"]:
             cells = [
                 _cell(row[split].get(m), digits=2 if m.startswith("pop") else 4) for m in at10
             ]
-            lines.append(f"| {row['name']} | {row['kind']} | " + " | ".join(cells) + " |")
+            seeds = row.get("n_seeds") or "-"
+            lines.append(
+                f"| {row['name']} | {row['kind']} | {seeds} | " + " | ".join(cells) + " |"
+            )
     if report["models"]:
         every_k = [f"{m}@{k}" for m in ("ndcg", "hr") for k in report["ks"]]
         lines += ["", "## Test, every K", ""]
@@ -522,14 +794,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         for row in report["models"]:
             cells = [f"{row['test'][m]['value']:.4f}" for m in every_k]
             lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    lines += _spread_lines(report["models"])
     sig = report.get("significance")
     if sig:
         interval = "" if sig["low"] is None else f" [{sig['low']:+.4f}, {sig['high']:+.4f}]"
         p_value = "n/a" if sig["p_value"] is None else f"{sig['p_value']:.4f}"
+        n_seeds = sig.get("n_seeds") or 1
+        model = f"{sig['model']} (mean of {n_seeds} seeds)" if n_seeds > 1 else sig["model"]
         lines += [
             "",
             f"**Significance** ({sig['method']}, {sig['split']} {sig['metric']}): "
-            f"{sig['model']} - {sig['baseline']} = {sig['delta']:+.4f}{interval}, p = {p_value}.",
+            f"{model} - {sig['baseline']} = {sig['delta']:+.4f}{interval}, p = {p_value}.",
         ]
     cold = report.get("cold_start")
     if cold:
@@ -607,6 +882,8 @@ def evaluate(
         report = merge_cold(existing, section, _header(data, n_test, keep_history, n_bootstrap))
     path = write_report(report, metrics_dir)
     logger.info(f"wrote {path} and {path.with_suffix('.md')}")
+    if cold is None:
+        log_tracked_runs(report)
     return path
 
 

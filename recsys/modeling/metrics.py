@@ -3,9 +3,11 @@
 The pipeline is two steps so that memory stays bounded by the batch, not by users x items:
 
 1. per batch of users, :func:`target_ranks` turns a ``[B, C]`` score matrix into the 0-based rank
-   of each target among the candidates, and :func:`top_k_items` keeps the recommended lists;
+   of each target among the candidates, and :func:`top_k_items` keeps the recommended lists
+   (:func:`rank_batch` does both, and the sampled-negatives rank, in one pass for one target);
 2. over all users, the ``*_at_k`` functions turn ranks into one value per user, and
-   :func:`bootstrap_ci` / :func:`paired_bootstrap` resample users for confidence intervals.
+   :func:`bootstrap_ci` / :func:`paired_bootstrap` resample users for confidence intervals; the
+   resamples are drawn once per (number of users, seed) and shared by every metric and model.
 
 Conventions:
 
@@ -25,9 +27,11 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KS: tuple[int, ...] = (5, 10, 20, 50)
@@ -86,8 +90,7 @@ def target_ranks(
     n_rows, n_cols = scores.shape
     n_rank = n_cols - 1 if n_rank is None else n_rank
     valid = targets > 0
-    if bool((targets > n_rank).any()) or bool((targets < 0).any()):
-        raise ValueError(f"targets must be item ids in 1..{n_rank} (0 = padding)")
+    _check_targets(targets, n_rank)
     scores = _nan_lowest(scores)
     cand = candidate_mask(n_rows, n_cols, n_rank, exclude, scores.device)
     cand.scatter_(1, targets, valid)  # targets always compete, even if also in the history
@@ -117,14 +120,96 @@ def top_k_items(
 
     A row with fewer than ``k`` candidates left after masking is filled with 0 (padding).
     """
+    _check_top_k(k, scores.shape[1])
+    cand = candidate_mask(*scores.shape, n_rank, exclude, scores.device, allowed)
+    return _top_of_masked(_masked_scores(scores, cand), cand, k)
+
+
+def _check_top_k(k: int, n_cols: int) -> None:
     _check_k(k)
-    n_rows, n_cols = scores.shape
     if k >= n_cols:
         raise ValueError(f"k must be at most the catalogue size {n_cols - 1}, got {k}")
-    cand = candidate_mask(n_rows, n_cols, n_rank, exclude, scores.device, allowed)
-    masked = torch.where(cand, _nan_lowest(scores), float("-inf"))
+
+
+def _masked_scores(scores: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Float scores with non-candidates and NaN at -inf: a fresh tensor, two passes over it."""
+    masked = torch.where(cand, scores.float(), float("-inf"))
+    return masked.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def _top_of_masked(masked: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
     items = masked.topk(k, dim=1).indices
     return torch.where(cand.gather(1, items), items, torch.zeros_like(items))
+
+
+def _check_targets(targets: torch.Tensor, n_rank: int) -> None:
+    if bool((targets > n_rank).any()) or bool((targets < 0).any()):
+        raise ValueError(f"targets must be item ids in 1..{n_rank} (0 = padding)")
+
+
+@dataclass(frozen=True)
+class BatchRanks:
+    """One batch of one-target rows reduced at once (see :func:`rank_batch`)."""
+
+    ranks: torch.Tensor  # [B] pessimistic 0-based full-ranking rank
+    top_items: torch.Tensor  # [B, k]
+    sampled: torch.Tensor | None  # [B] rank among the sampled negatives, if any were given
+
+
+def rank_batch(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    k: int,
+    exclude: torch.Tensor | None = None,
+    n_rank: int | None = None,
+    negatives: torch.Tensor | None = None,
+) -> BatchRanks:
+    """:func:`target_ranks`, :func:`top_k_items` and :func:`sampled_ranks` for one target per row
+    (``targets``: ``[B]``, ids in ``1..n_rank``), from one masked copy of the scores.
+
+    The same numbers as the three functions, without a ``[B, C]`` candidate mask: the masked
+    items are written into a copy of the scores as -inf, and whether a target or a top item is
+    a candidate is read from the short ``exclude`` rows. Evaluation spends most of its time here
+    on large catalogues.
+    """
+    n_rows, n_cols = scores.shape
+    _check_top_k(k, n_cols)
+    n_rank = n_cols - 1 if n_rank is None else n_rank
+    if not 0 < n_rank < n_cols:
+        raise ValueError(f"n_rank must be in 1..{n_cols - 1}, got {n_rank}")
+    targets = targets.to(scores.device).long().view(-1, 1)
+    _check_targets(targets, n_rank)
+    if bool((targets == 0).any()):
+        raise ValueError("rank_batch needs one real target per row (no 0 padding)")
+    if exclude is not None:
+        exclude = exclude.to(scores.device).clamp(0, n_cols - 1)  # as candidate_mask does
+    masked = scores.float().clone()
+    masked[:, 0] = float("-inf")
+    masked[:, n_rank + 1 :] = float("-inf")
+    if exclude is not None and exclude.numel():
+        masked.scatter_(1, exclude, float("-inf"))
+    masked.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    target_scores = _nan_lowest(scores.gather(1, targets))
+    # Candidates at or above the target; the target competes even when the history masks it.
+    at_least = torch.count_nonzero(masked >= target_scores, dim=1)
+    lowest = target_scores.squeeze(1) == float("-inf")
+    if bool(lowest.any()):  # every candidate ties with a -inf target, masked ones do not count
+        n_cand = candidate_mask(n_rows, n_cols, n_rank, exclude, scores.device).sum(1)
+        at_least = torch.where(lowest, n_cand, at_least)
+    ranks = at_least - (~_listed(targets, exclude)).squeeze(1).long()
+    values, items = masked.topk(k, dim=1)
+    if bool((values == float("-inf")).any()):  # fewer than k scored candidates: drop the rest
+        cand = (items > 0) & (items <= n_rank) & ~_listed(items, exclude)
+        items = torch.where(cand, items, torch.zeros_like(items))
+    sampled = None if negatives is None else sampled_ranks(scores, targets, negatives)
+    return BatchRanks(ranks, items, sampled)
+
+
+def _listed(items: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    """Whether each of ``items`` (``[B, n]``) is in its row of ``exclude`` (``[B, H]``)."""
+    if exclude is None or not exclude.numel():
+        return torch.zeros_like(items, dtype=torch.bool)
+    return (items.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
 
 
 def _hits(ranks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +281,85 @@ RANK_METRICS = {
 }
 
 
+# ------------------------------------------------------------- sampled-negatives protocol
+
+#: Negatives per user in the classic sampled protocol (the target ranked among 100 sampled items).
+N_NEGATIVES = 100
+#: The sampled metrics reported (``sampled_hr@10``, ...): with 101 candidates only small K mean
+#: anything, and NDCG@1 would repeat HR@1.
+SAMPLED_METRICS: tuple[tuple[str, int], ...] = (
+    ("hr", 1),
+    ("hr", 5),
+    ("hr", 10),
+    ("ndcg", 5),
+    ("ndcg", 10),
+)
+
+
+def sample_negatives(
+    exclude: torch.Tensor, n_items: int, n: int = N_NEGATIVES, seed: int = 0
+) -> torch.Tensor:
+    """``n`` distinct items per row, uniform over ``1..n_items`` minus the row's ``exclude``
+    (``LongTensor[U, H]``, 0-padded: history and target): ``LongTensor[U, n]`` on the CPU.
+
+    Seeded and drawn for all rows at once, so the negatives do not depend on how users are
+    batched later. A row with at most ``n`` allowed items gets all of them, then 0 (padding).
+    Rows are filled by rejection: i.i.d. uniform draws, keeping each first unseen allowed item,
+    which is a uniform sample without replacement.
+    """
+    if n < 1:
+        raise ValueError(f"the number of negatives must be positive, got {n}")
+    ex = exclude.detach().cpu().long().numpy()
+    stride = n_items + 1
+    rows, cols = np.nonzero((ex > 0) & (ex <= n_items))  # ids out of range exclude nothing
+    banned = np.sort(rows * stride + ex[rows, cols])  # keys row * stride + item
+    distinct = banned[np.r_[True, banned[1:] != banned[:-1]]] if len(banned) else banned
+    allowed = n_items - np.bincount(distinct // stride, minlength=len(ex))
+    out = np.zeros((len(ex), n), dtype=np.int64)
+    everything = np.arange(1, n_items + 1)
+    for row in np.flatnonzero(allowed <= n):  # small catalogues: every allowed item
+        items = np.setdiff1d(everything, ex[row])
+        out[row, : len(items)] = items
+    rng = np.random.default_rng(seed)
+    filled = np.zeros(len(ex), dtype=np.int64)
+    pending = np.flatnonzero(allowed > n)
+    while len(pending):
+        need = n - filled[pending]
+        # enough draws that most rows finish in this round (acceptance is about allowed / n_items)
+        width = int(np.ceil(1.1 * need.max() * n_items / allowed[pending].min())) + 16
+        draws = rng.integers(1, n_items + 1, size=(len(pending), width))
+        keys = pending[:, None] * stride + draws
+        pos = np.searchsorted(banned, keys).clip(max=max(len(banned) - 1, 0))
+        keep = banned[pos] != keys if len(banned) else np.ones(keys.shape, dtype=bool)
+        # an item drawn twice in a row is kept at its first draw only
+        order = np.argsort(draws, axis=1, kind="stable")
+        ordered = np.take_along_axis(draws, order, axis=1)
+        repeat = np.zeros_like(keep)
+        np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+        keep &= ~repeat
+        slot = filled[pending, None] + keep.cumsum(1) - 1
+        keep &= slot < n
+        hit_rows, hit_cols = np.nonzero(keep)
+        out[pending[hit_rows], slot[hit_rows, hit_cols]] = draws[hit_rows, hit_cols]
+        filled[pending] += keep.sum(1)
+        short = filled[pending[hit_rows]] < n  # rows drawing again must not repeat their picks
+        banned = np.sort(np.concatenate([banned, keys[hit_rows[short], hit_cols[short]]]))
+        pending = pending[filled[pending] < n]
+    return torch.from_numpy(out)
+
+
+def sampled_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
+    """Pessimistic 0-based rank of each target among its sampled ``negatives`` (``[B, n]``, 0 =
+    empty slot): how many of them score at least as high, NaN counting as the lowest score."""
+    targets = targets.to(scores.device).long().view(-1, 1)
+    negatives = negatives.to(scores.device)
+    target_scores = _nan_lowest(scores.gather(1, targets))
+    negative_scores = _nan_lowest(scores.gather(1, negatives))
+    return ((negative_scores >= target_scores) & (negatives > 0)).sum(1)
+
+
 def popularity_percentiles(counts: torch.Tensor) -> torch.Tensor:
     """Per-item popularity percentile (0..100, mid-rank for ties) among items ``1..``.
 
@@ -249,13 +413,10 @@ class Interval:
         return {"value": rounded(self.value), "low": rounded(self.low), "high": rounded(self.high)}
 
 
-def _resamples(
-    n_users: int, n_samples: int, seed: int, chunk_elems: int
-) -> Iterator[torch.Tensor]:
-    """Seeded user resamples in chunks ``[c, n_users]``: every caller with the same seed and size
-    draws the same resamples, so all metrics and models share them (that is what pairs them)."""
+def _resample_draws(n_users: int, n_samples: int, seed: int) -> Iterator[torch.Tensor]:
+    """Seeded user draws in chunks ``[c, n_users]`` (about 4M indices each)."""
     gen = torch.Generator().manual_seed(seed)
-    per_chunk = max(1, chunk_elems // max(n_users, 1))
+    per_chunk = max(1, (1 << 22) // max(n_users, 1))
     done = 0
     while done < n_samples:
         size = min(per_chunk, n_samples - done)
@@ -263,16 +424,54 @@ def _resamples(
         done += size
 
 
-def _bootstrap_means(values: torch.Tensor, n_samples: int, seed: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Resamples:
+    """One seeded set of user resamples, in the two forms every statistic needs.
+
+    ``counts[b, u]`` is how often resample ``b`` drew user ``u``, so the means of any number of
+    per-user values over all resamples are one matmul; bit ``b`` of ``drawn[u]`` says whether
+    resample ``b`` drew user ``u`` at all (for coverage, a union). Shared, never to be modified.
+    """
+
+    counts: torch.Tensor  # [n_samples, n_users] float32 (small integers, exact)
+    drawn: np.ndarray  # [n_users, n_words] uint64, bit-packed over the resamples
+
+
+@functools.lru_cache(maxsize=4)
+def resamples(n_users: int, n_samples: int, seed: int) -> Resamples:
+    """The resamples for ``(n_users, n_samples, seed)``, drawn once per process: every metric, K,
+    model and split on the same number of users gets the same draws, which is also what pairs
+    two models in :func:`paired_bootstrap`."""
+    counts = torch.empty(n_samples, n_users, dtype=torch.float32)
+    done = 0
+    for idx in _resample_draws(n_users, n_samples, seed):
+        size = len(idx)
+        flat = (idx + torch.arange(size).unsqueeze(1) * n_users).view(-1)
+        counts[done : done + size] = torch.bincount(flat, minlength=size * n_users).view(size, -1)
+        done += size
+    bits = np.packbits((counts > 0).T.numpy(), axis=1)  # [n_users, ceil(n_samples / 8)]
+    words = np.zeros((n_users, -(-bits.shape[1] // 8) * 8), dtype=np.uint8)
+    words[:, : bits.shape[1]] = bits
+    counts.requires_grad_(False)
+    return Resamples(counts, words.view(np.uint64))
+
+
+def bootstrap_means(values: torch.Tensor, n_samples: int, seed: int) -> torch.Tensor:
+    """Means of per-user ``values`` (``[U]`` or ``[U, m]``) over each seeded resample of the
+    users: ``[n_samples]`` or ``[n_samples, m]``, float64."""
     values = values.detach().double().cpu()
-    parts = [values[idx].mean(1) for idx in _resamples(len(values), n_samples, seed, 1 << 22)]
-    return torch.cat(parts)
+    counts = resamples(len(values), n_samples, seed).counts
+    # Row chunks bound the float64 copy of the count matrix.
+    parts = [chunk.double() @ values for chunk in counts.split(128)]
+    return torch.cat(parts) / len(values)
 
 
-def _interval(point: float, stats: torch.Tensor, confidence: float) -> Interval:
+def _intervals(points: list[float], stats: torch.Tensor, confidence: float) -> list[Interval]:
+    """Percentile intervals of each column of ``stats`` (``[n_samples, m]``)."""
     alpha = (1.0 - confidence) / 2.0
-    low, high = torch.quantile(stats, torch.tensor([alpha, 1.0 - alpha], dtype=stats.dtype))
-    return Interval(point, float(low), float(high))
+    q = torch.tensor([alpha, 1.0 - alpha], dtype=stats.dtype)
+    low, high = torch.quantile(stats, q, dim=0).tolist()
+    return [Interval(p, lo, hi) for p, lo, hi in zip(points, low, high)]
 
 
 def _check_bootstrap(n_users: int, confidence: float) -> None:
@@ -282,15 +481,55 @@ def _check_bootstrap(n_users: int, confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
+def bootstrap_cis(
+    columns: list[torch.Tensor],
+    n_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[Interval]:
+    """:func:`bootstrap_ci` of several per-user metrics on the same users, all from one matmul."""
+    if not columns:
+        return []
+    _check_bootstrap(len(columns[0]), confidence)
+    points = [float(c.double().mean()) for c in columns]
+    if n_samples <= 0:
+        return [Interval(p, None, None) for p in points]
+    stats = bootstrap_means(torch.stack([c.double().cpu() for c in columns], 1), n_samples, seed)
+    return _intervals(points, stats, confidence)
+
+
 def bootstrap_ci(
     values: torch.Tensor, n_samples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> Interval:
     """Mean of per-user ``values`` with a percentile bootstrap interval over users."""
-    _check_bootstrap(len(values), confidence)
-    point = float(values.double().mean())
-    if n_samples <= 0:
-        return Interval(point, None, None)
-    return _interval(point, _bootstrap_means(values, n_samples, seed), confidence)
+    return bootstrap_cis([values], n_samples, confidence, seed)[0]
+
+
+def _resampled_coverage(
+    lists: torch.Tensor, n_items: int, drawn: np.ndarray, n_samples: int
+) -> torch.Tensor:
+    """Coverage of each resample: an item counts once any drawn user has it in their list."""
+    users, slots = np.nonzero(lists.numpy() > 0)
+    items = lists.numpy()[users, slots]
+    order = np.argsort(items, kind="stable")
+    items, users = items[order], users[order]
+    covered = np.zeros(n_samples, dtype=np.int64)
+    if not len(items):
+        return torch.from_numpy(covered).double()
+    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
+    # Chunks of whole items bound the gathered bit rows to about 32 MB.
+    per_chunk = max(1, (1 << 22) // drawn.shape[1])
+    bounds = np.r_[starts, len(items)]
+    first = 0
+    while first < len(starts):
+        last = int(np.searchsorted(bounds, bounds[first] + per_chunk, side="right")) - 1
+        last = max(last, first + 1)
+        lo, hi = bounds[first], bounds[last]
+        ored = np.bitwise_or.reduceat(drawn[users[lo:hi]], starts[first:last] - lo, axis=0)
+        bits = np.unpackbits(ored.view(np.uint8), axis=1, count=n_samples)
+        covered += bits.sum(0, dtype=np.int64)
+        first = last
+    return torch.from_numpy(covered).double() / n_items
 
 
 def coverage_ci(
@@ -301,7 +540,7 @@ def coverage_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Interval:
-    """Catalogue coverage@k with a bootstrap interval over users (same resamples as
+    """Catalogue coverage@k with a bootstrap interval over users (the resamples of
     :func:`bootstrap_ci`).
 
     Coverage is a union, not a mean: a resample holds only about 63% distinct users, so its
@@ -314,15 +553,10 @@ def coverage_ci(
     point = coverage_at_k(top_items, k, n_items)
     if n_samples <= 0:
         return Interval(point, None, None)
-    lists = top_items[:, :k].cpu()
-    stats = []
-    for idx in _resamples(len(lists), n_samples, seed, 1 << 22):
-        chosen = lists[idx].reshape(len(idx), -1)  # [c, n_users * k]
-        seen = torch.zeros(len(idx), n_items + 1, dtype=torch.bool)
-        seen.scatter_(1, chosen, True)
-        stats.append(seen[:, 1:].sum(1).double() / n_items)
-    stats = torch.cat(stats)
-    return _interval(point, (stats + (point - float(stats.mean()))).clamp(0.0, 1.0), confidence)
+    drawn = resamples(len(top_items), n_samples, seed).drawn
+    stats = _resampled_coverage(top_items[:, :k].cpu(), n_items, drawn, n_samples)
+    shifted = (stats + (point - float(stats.mean()))).clamp(0.0, 1.0)
+    return _intervals([point], shifted.unsqueeze(1), confidence)[0]
 
 
 @dataclass(frozen=True)
@@ -357,7 +591,7 @@ def paired_bootstrap(
     delta = float(diff.mean())
     if n_samples <= 0:
         return PairedTest(delta, None, None, None)
-    means = _bootstrap_means(diff, n_samples, seed)
-    ci = _interval(delta, means, confidence)
+    means = bootstrap_means(diff, n_samples, seed)  # the same draws as each model's intervals
+    ci = _intervals([delta], means.unsqueeze(1), confidence)[0]
     extreme = int(((means - delta).abs() >= abs(delta) - 1e-12).sum())
     return PairedTest(delta, ci.low, ci.high, (extreme + 1) / (n_samples + 1))
