@@ -63,6 +63,17 @@ def test_ranking_does_not_depend_on_batch_size_and_memory_follows_the_batch(data
     assert small.top_items.shape == (len(examples.targets), 50)
 
 
+def test_ranking_runs_on_one_thread_and_restores_the_setting(data):
+    examples = eval_examples(data.events, "test")
+    ease = fitted(EASE, data)
+    before = torch.get_num_threads()
+    one = E.rank_examples(ease, examples, data.n_items, device="cpu")
+    assert torch.get_num_threads() == before
+    as_set = E.rank_examples(ease, examples, data.n_items, device="cpu", cpu_threads=None)
+    assert torch.equal(one.ranks, as_set.ranks) and torch.equal(one.top_items, as_set.top_items)
+    assert torch.equal(one.sampled_ranks, as_set.sampled_ranks)
+
+
 def test_history_is_masked_unless_kept(data):
     examples = eval_examples(data.events, "test")
     popular = fitted(MostPopular, data)

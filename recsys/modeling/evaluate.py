@@ -218,9 +218,9 @@ def rank_examples(
 @contextmanager
 def cpu_threads_for(device: torch.device, threads: int | None) -> Iterator[None]:
     """Run on ``threads`` intra-op threads on the CPU, then restore the setting. Ranking uses
-    one: a batch's operations are too small to gain much from more, and on a busy machine
-    OpenMP threads waiting for each other made it several times slower (``make bench
-    BENCH=evaluate`` times one thread and the default)."""
+    one: its many small operations gain a little from a second thread on an idle machine, and
+    lose several times over on a busy one, where OpenMP threads wait for each other (``make
+    bench BENCH=evaluate`` times one thread and the default)."""
     if device.type != "cpu" or threads is None:
         yield
         return
