@@ -35,7 +35,7 @@ from recsys.config import (
     PROJ_ROOT,
     TUNING_DIR,
 )
-from recsys.io import atomic_dir, read_json
+from recsys.io import atomic_dir, read_json, read_yaml
 from recsys.processed import STATS_FILE
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -195,11 +195,8 @@ def _optional_json(path: Path) -> dict[str, Any] | None:
 
 def _read_run(run_dir: Path, configs_dir: Path) -> RunInfo:
     config_path = run_dir / "config.yaml"
+    config = read_yaml(config_path, "re-train the run to rewrite it") or {}
     text = config_path.read_text()
-    try:
-        config = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise fail(f"{config_path} is not valid YAML ({err}); re-train the run to rewrite it")
     if not isinstance(config, dict):
         raise fail(f"{config_path} is not a mapping of settings; re-train the run to rewrite it")
     info = RunInfo(run_dir.name, run_dir, config, text, _optional_json(run_dir / "metrics.json"))
