@@ -3,8 +3,6 @@
 * Full-ranking all test users of ml-100k (wall and CPU seconds; target <= 2 s on 2 cores).
 * Peak memory of that ranking for growing batch sizes, each in a fresh process: it should grow
   with the batch, not with users x items.
-* A single user's top-10 from a warm model, 1,000 calls in process: p50 and p99 (target p50
-  <= 10 ms on CPU).
 * The stages of ``make evaluate`` on a large catalogue (amazon-beauty, 12k items, when it is
   processed): each baseline's fit, then per model and split the scoring and ranking pass and the
   bootstrap summary (target: the whole evaluation within 60 s on 2 cores).
@@ -35,7 +33,6 @@ DATASET = "ml-100k"
 #: A catalogue large enough that the dense baselines and the bootstrap dominate evaluation.
 LARGE_DATASET = "amazon-beauty"
 REPEATS = 5
-LATENCY_CALLS = 1000
 MEMORY_BATCHES = (16, 64, 256, 1024)
 
 
@@ -101,30 +98,6 @@ def peak_memory_mb(processed_root: str, models_dir: str, batch_size: int) -> flo
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         job = pool.submit(_peak_memory_child, processed_root, models_dir, batch_size)
         return float(job.result())
-
-
-def latency_ms(model: Any, data: Any) -> dict[str, float]:
-    """One user's top-10 from a warm model, ``LATENCY_CALLS`` times."""
-    from recsys.modeling.predict import rankable_items, recommend
-    from recsys.processed import user_sequences
-
-    history = user_sequences(data.events)[1]
-    allowed = rankable_items(model, data.n_items, data.n_catalogue)
-    for _ in range(20):
-        recommend(model, [history], 10, allowed)
-    times = []
-    for _ in range(LATENCY_CALLS):
-        start = time.perf_counter()
-        recommend(model, [history], 10, allowed)
-        times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
-    return {
-        "calls": LATENCY_CALLS,
-        "history_len": int(len(history)),
-        "p50_ms": statistics.median(times),
-        "p99_ms": times[int(0.99 * len(times)) - 1],
-        "mean_ms": statistics.fmean(times),
-    }
 
 
 def _ranking(model: Any, data: Any) -> dict[str, float]:
@@ -199,13 +172,12 @@ def main() -> None:
     # threads spin-wait for each other, so both are reported.
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
-        ranking, latency = _ranking(model, data), latency_ms(model, data)
-        by_threads[str(threads)] = {"rank_test_split": ranking, "single_user_top10": latency}
+        ranking = _ranking(model, data)
+        by_threads[str(threads)] = {"rank_test_split": ranking}
         print(
             f"[{threads} thread(s)] rank all {ranking['users']} test users: wall median "
             f"{ranking['wall_s_median']:.2f} s (min {ranking['wall_s_min']:.2f} s, CPU "
-            f"{ranking['cpu_s_median']:.2f} s); single-user top-10 over {latency['calls']} "
-            f"calls: p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms"
+            f"{ranking['cpu_s_median']:.2f} s)"
         )
     torch.set_num_threads(default_threads)
     baselines, check = {}, {}

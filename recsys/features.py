@@ -215,7 +215,13 @@ def build_item_texts(
     An item whose fields are all empty gets its title, else ``item <item_id>``, so that every row
     of the feature matrix is a real encoding rather than a zero vector.
     """
-    items = _validate_items(items, source, dataset)
+    return item_sentences(_validate_items(items, source, dataset), dataset, fields)
+
+
+def item_sentences(
+    items: pd.DataFrame, dataset: str, fields: Sequence[str] | None = None
+) -> ItemTexts:
+    """The sentences of :func:`build_item_texts` for any rows, such as items added to a service."""
     columns = list(items.columns)
     if fields:
         unknown = [f for f in fields if f not in columns]
@@ -322,6 +328,17 @@ def write_item_texts(
         )
     logger.info(f"example: {result.table['text'].iloc[0]!r}")
     return result
+
+
+def item_text_fields(dataset: str, processed_root: Path | None = None) -> list[str] | None:
+    """The fields ``item_text.parquet`` was built from (None when there is no such file)."""
+    import pyarrow.parquet as pq
+
+    path = processed_dir(dataset, processed_root) / ITEM_TEXT_FILE
+    if not path.is_file():
+        return None
+    raw_meta = (pq.read_schema(path).metadata or {}).get(_TEXT_META_KEY)
+    return json.loads(raw_meta)["fields"] if raw_meta else None
 
 
 def read_item_texts(dataset: str, processed_root: Path | None = None) -> pd.DataFrame:
@@ -700,6 +717,64 @@ def _check_feature_files(npy: Path, manifest_path: Path, n_items: int) -> tuple[
 
 
 @dataclass
+class TextEncoder:
+    """A loaded encoder with the settings it applies: what turns item sentences into vectors."""
+
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any  # None for a sentence encoder, which tokenises itself
+    settings: dict[str, Any]
+    device: str
+
+    @property
+    def base(self) -> Any:
+        """The underlying transformers model (for its config)."""
+        return getattr(self.model[0], "auto_model", None) if self.tokenizer is None else self.model
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False):
+        """float32 ``[len(texts), dim]`` in the given order."""
+        if self.tokenizer is None:
+            return encode_sentences(
+                texts, self.model, batch_size=batch_size, device=self.device, progress=progress
+            )
+        return encode_texts(
+            texts,
+            self.tokenizer,
+            self.model,
+            batch_size=batch_size,
+            device=self.device,
+            progress=progress,
+            **self.settings,
+        )
+
+
+def load_text_encoder(spec: ModelSpec, key: dict[str, Any], device: str) -> TextEncoder:
+    """Load ``spec`` as :func:`encoding_key` (or a features manifest) describes it."""
+    if key["encoder"] == SENTENCE_TRANSFORMERS:
+        model = load_sentence_encoder(spec, device)
+        return TextEncoder(spec, model, None, sentence_settings(model), device)
+    tokenizer, model = load_encoder(spec)
+    settings = {k: key[k] for k in ("pooling", "max_length", "normalize")}
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and settings["max_length"] > limit:
+        raise fail(
+            f"--max-length {settings['max_length']} exceeds the {limit} positions of {spec.name}"
+        )
+    return TextEncoder(spec, model, tokenizer, settings, device)
+
+
+def features_encoder(
+    dataset: str, model: str | None = None, processed_root: Path | None = None, device: str = "cpu"
+) -> TextEncoder:
+    """The encoder that made ``dataset``'s feature file, for texts that arrive later."""
+    _, manifest_path = feature_paths(dataset, model_slug(model), processed_root)
+    if not manifest_path.is_file():
+        raise fail(f"{manifest_path} does not exist; {_features_hint(dataset, model)}")
+    manifest = read_json(manifest_path)
+    return load_text_encoder(resolve_model(model), manifest, pick_device(device))
+
+
+@dataclass
 class EmbedResult:
     path: Path
     manifest: dict
@@ -777,41 +852,15 @@ def embed_items(
             logger.info(f"recomputing features: {', '.join(changed)} changed")
     run_on = pick_device(device)
     started = time.perf_counter()
-    sentence = wanted["encoder"] == SENTENCE_TRANSFORMERS
-    if sentence:
-        encoder = load_sentence_encoder(spec, run_on)
-        settings = sentence_settings(encoder)
-        base = getattr(encoder[0], "auto_model", None)
-    else:
-        tokenizer, encoder = load_encoder(spec)
-        settings = {k: wanted[k] for k in ("pooling", "max_length", "normalize")}
-        limit = getattr(encoder.config, "max_position_embeddings", None)
-        if limit and settings["max_length"] > limit:
-            raise fail(
-                f"--max-length {settings['max_length']} exceeds the {limit} positions of "
-                f"{spec.name}"
-            )
-        base = encoder
+    encoder = load_text_encoder(spec, wanted, run_on)
+    settings = encoder.settings
     loaded = time.perf_counter()
     logger.info(
         f"encoding {len(texts)} items of {dataset} with {spec.name} on {run_on} "
         f"({wanted['encoder']}: {settings['pooling']} pooling, max {settings['max_length']} "
         f"tokens, {'' if settings['normalize'] else 'not '}normalised)"
     )
-    if sentence:
-        vectors = encode_sentences(
-            texts, encoder, batch_size=batch_size, device=run_on, progress=progress
-        )
-    else:
-        vectors = encode_texts(
-            texts,
-            tokenizer,
-            encoder,
-            batch_size=batch_size,
-            device=run_on,
-            progress=progress,
-            **settings,
-        )
+    vectors = encoder.encode(texts, batch_size=batch_size, progress=progress)
     encode_s = time.perf_counter() - loaded
     if not np.isfinite(vectors).all():
         raise fail(f"{spec.name} produced non-finite vectors; try --device cpu or another model")
@@ -822,7 +871,8 @@ def embed_items(
         **settings,
         "dataset": dataset,
         "path": spec.location if spec.local else None,
-        "revision": spec.revision or getattr(getattr(base, "config", None), "_commit_hash", None),
+        "revision": spec.revision
+        or getattr(getattr(encoder.base, "config", None), "_commit_hash", None),
         "slug": spec.slug,
         "dim": int(vectors.shape[1]),
         "n_items": len(texts),

@@ -113,6 +113,25 @@ def test_causality_later_items_never_change_earlier_outputs(item_repr, positions
     assert not torch.allclose(before[:, 8:], after[:, 8:], atol=1e-3)
 
 
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("use_user", [False, True])
+def test_last_position_alone_equals_the_full_pass(block, use_user):
+    """Scoring computes the final block at the last position only; nothing may change."""
+    model = make_model(item_repr="hybrid", block=block, use_user=use_user).eval()
+    items, _ = random_batch()
+    items[:2, :5] = 0  # left padding in some rows
+    users = torch.tensor([1, 2, 3, 4, 0, 1, 2, 3])[: len(items)]
+    with torch.no_grad():
+        full = model.encode(items, users)[:, -1:]
+        last = model.encode(items, users, last_only=True)
+    assert last.shape == (len(items), 1, 16)
+    assert torch.allclose(full, last, atol=1e-5)
+    table = model.item_table()
+    assert torch.allclose(
+        model.score(items, users)[:, 1:], (full[:, 0] @ table.T)[:, 1:], atol=1e-4
+    )
+
+
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("origin", ["start", "end"])
 @pytest.mark.parametrize("block", BLOCKS)

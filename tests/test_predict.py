@@ -14,21 +14,31 @@ import torch
 from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from rich.console import Console
 
+from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError
 from recsys.modeling import predict as P
-from recsys.modeling.evaluate import load_trained
+from recsys.modeling.runs import BEST_CKPT
+from recsys.modeling.runs import load_run as load_trained_run
 from recsys.processed import user_sequences
+from recsys.serving.run import Run, load_run
 
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
 
 
 @pytest.fixture(scope="module")
 def catalogue(data):
-    return P.Catalogue(data.items)
+    return Catalogue(data.items)
 
 
-def model_of(run_dir):
-    return load_trained(run_dir, DATASET).scorer
+@pytest.fixture(scope="module")
+def id_run(world):
+    return load_run(world.id_run, DATASET, processed_dir=world.processed)
+
+
+def top_k(run, histories, k, keep_history=False):
+    """The run API's top-k for ad-hoc histories, as predict asks for it."""
+    users = np.zeros(len(histories), dtype=np.int64)
+    return run.top_k(histories, users, k, exclude=None if keep_history else histories)
 
 
 def run_predict(world, **kwargs):
@@ -47,26 +57,23 @@ def run_predict(world, **kwargs):
 # --------------------------------------------------------------------------- recommending
 
 
-def test_user_tables_show_recent_history_and_recommendations(world, data, catalogue):
+def test_user_tables_show_recent_history_and_recommendations(world, data, catalogue, id_run):
     _, text = run_predict(world, users=["5"], k=4, n_history=3)
     history = user_sequences(data.events)[6]  # original user id 5 is user_idx 6
     assert f"user 5: history (last 3 of {len(history)})" in text
     for item in history[-3:]:
         assert catalogue.describe(int(item))["title"] in text
-    model = model_of(world.id_run)
-    top, scores = P.recommend(model, [history], 4, P.rankable_items(model, N_ITEMS, N_CATALOGUE))
+    top, scores = top_k(id_run, [history], 4)
     assert "user 5: top 4 recommendations" in text
-    positions = [text.index(catalogue.describe(i)["title"] + " ") for i in top[0].tolist()]
+    positions = [text.index(catalogue.describe(int(i))["title"] + " ") for i in top[0]]
     assert positions == sorted(positions)  # printed in rank order
     assert "Drama, Comedy" in text or "Action" in text
-    assert f"{scores[0, 0].item():.3f}" in text
+    assert f"{scores[0, 0]:.3f}" in text
 
 
-def test_recommendations_skip_history_and_come_in_score_order(world, data):
-    model = model_of(world.id_run)
+def test_recommendations_skip_history_and_come_in_score_order(data, id_run):
     histories = list(user_sequences(data.events).values())
-    allowed = P.rankable_items(model, N_ITEMS, N_CATALOGUE)
-    top, scores = P.recommend(model, histories, 10, allowed, batch_size=16)
+    top, scores = top_k(id_run, histories, 10)
     assert top.shape == scores.shape == (60, 10)
     for history, items, row_scores in zip(histories, top.tolist(), scores):
         left = N_ITEMS - len(set(history.tolist()))  # some users have seen most of the items
@@ -74,16 +81,18 @@ def test_recommendations_skip_history_and_come_in_score_order(world, data):
         assert len(set(picks)) == min(10, left) and items[len(picks) :] == [0] * (10 - len(picks))
         assert not set(picks) & set(history.tolist()) and max(picks) <= N_ITEMS
         shown = row_scores[: len(picks)]
-        assert (shown[:-1] >= shown[1:]).all() and torch.isnan(row_scores[len(picks) :]).all()
+        assert (shown[:-1] >= shown[1:]).all() and not np.isfinite(row_scores[len(picks) :]).any()
     assert any(N_ITEMS - len(set(h.tolist())) < 10 for h in histories)
-    kept, _ = P.recommend(model, histories, 10, allowed, keep_history=True)
+    kept, _ = top_k(id_run, histories, 10, keep_history=True)
     assert any(set(k) & set(h.tolist()) for k, h in zip(kept.tolist(), histories))
 
 
 def test_output_writes_every_users_top_k(world, tmp_path):
     frame, _ = run_predict(world, k=3, output=tmp_path / "recs.parquet")
     written = pd.read_parquet(tmp_path / "recs.parquet")
-    assert list(written.columns) == ["user_id", "rank", "item_id", "title", "score"]
+    columns = list(written.columns)  # the run API's fields, the dataset's text fields included
+    assert columns[:4] == ["user_id", "rank", "item_id", "title"] and columns[-1] == "score"
+    assert {"genres", "year"} <= set(columns)
     assert len(written) == 60 * 3 and written["rank"].tolist()[:3] == [1, 2, 3]
     assert written.equals(frame)
     run_predict(world, users=["0", "7"], k=2, output=tmp_path / "recs.csv")
@@ -121,16 +130,15 @@ def test_adhoc_sequences_by_title_or_id(world, catalogue):
 # ----------------------------------------------------------------------------- generation
 
 
-def test_generation_never_repeats_and_greedy_follows_the_top_pick(world, data):
-    model = model_of(world.id_run)
-    allowed = P.rankable_items(model, N_ITEMS, N_CATALOGUE)
+def test_generation_never_repeats_and_greedy_follows_the_top_pick(data, id_run):
+    model, allowed = id_run.model, torch.from_numpy(id_run.rankable)
     history = user_sequences(data.events)[3]
     greedy = P.generate(model, history, 8, allowed)
     items = [s.item for s in greedy]
     assert len(set(items)) == 8 and not set(items) & set(history.tolist())
     assert all(0 < s.probability <= 1 for s in greedy)
-    top, _ = P.recommend(model, [history], 1, allowed)
-    assert items[0] == top[0, 0].item()
+    top, _ = top_k(id_run, [history], 1)
+    assert items[0] == top[0, 0]
     again = P.generate(model, np.concatenate([history, items[:1]]), 7, allowed)
     assert [s.item for s in again] == items[1:]  # it feeds its own picks back
     narrow = P.generate(model, history, 8, allowed, strategy=P.Strategy.beam, beam_width=1)
@@ -139,9 +147,8 @@ def test_generation_never_repeats_and_greedy_follows_the_top_pick(world, data):
     assert len({s.item for s in beam}) == 8
 
 
-def test_sampling_is_seeded(world, data):
-    model = model_of(world.id_run)
-    allowed = P.rankable_items(model, N_ITEMS, N_CATALOGUE)
+def test_sampling_is_seeded(data, id_run):
+    model, allowed = id_run.model, torch.from_numpy(id_run.rankable)
     history = user_sequences(data.events)[3]
 
     def draw(seed, temperature=5.0):
@@ -169,24 +176,21 @@ def test_generate_from_the_cli_function(world):
 # ---------------------------------------------------------------------------- cold items
 
 
-def test_item_table_only_items_are_rankable_for_text_runs_only(world, data):
-    id_model = model_of(world.id_run)
-    assert P.rankable_items(id_model, N_ITEMS, N_CATALOGUE).nonzero().flatten().tolist() == list(
-        range(1, N_ITEMS + 1)
-    )
-    text_model = model_of(world.text_run)
-    allowed = P.rankable_items(text_model, N_ITEMS, N_CATALOGUE)
-    assert allowed[1:].all()
+def test_item_table_only_items_are_rankable_for_text_runs_only(world, data, id_run):
+    assert id_run.rankable.nonzero()[0].tolist() == list(range(1, N_ITEMS + 1))
+    trained = load_trained_run(world.text_run)
+    text_run = Run(trained.model, trained.config, data, world.text_run, world.text_run / BEST_CKPT)
+    assert text_run.rankable[1:].all() and len(text_run.rankable) == N_CATALOGUE + 1
     history = user_sequences(data.events)[1]
-    top, _ = P.recommend(text_model, [history], 1, allowed)
+    top, _ = top_k(text_run, [history], 1)
     # give a never-interacted item the text vector of the top pick: it must rank beside it
     new_item = N_ITEMS + 1
     with torch.no_grad():
-        text_model.item_features[new_item] = text_model.item_features[top[0, 0]]
-    top2, _ = P.recommend(text_model, [history], 2, allowed)
+        trained.model.item_features[new_item] = trained.model.item_features[int(top[0, 0])]
+    text_run = Run(trained.model, trained.config, data, world.text_run, world.text_run / BEST_CKPT)
+    top2, _ = top_k(text_run, [history], 2)
     assert new_item in top2[0].tolist()
-    id_allowed = P.rankable_items(id_model, N_ITEMS, N_CATALOGUE)
-    id_all, _ = P.recommend(id_model, [history], N_ITEMS, id_allowed, keep_history=True)
+    id_all, _ = top_k(id_run, [history], N_ITEMS, keep_history=True)
     assert sorted(id_all[0].tolist()) == list(range(1, N_ITEMS + 1))
 
 

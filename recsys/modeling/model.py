@@ -121,19 +121,20 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor, query: Tensor | None = None) -> Tensor:
-        """Attention of ``query`` (default: ``x`` itself) over keys and values from ``x``."""
-        batch, length, width = x.shape
+        """Attention of ``query`` (default: ``x`` itself; it may be a suffix of the positions,
+        with ``attn_mask`` rows to match) over keys and values from ``x``."""
+        batch, _, width = x.shape
         if query is None:
             q, k, v = self.qkv(x).split(width, dim=2)
         else:
             weight, bias = self.qkv.weight, self.qkv.bias
             q = F.linear(query, weight[:width], bias[:width])
             k, v = F.linear(x, weight[width:], bias[width:]).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(batch, t.shape[1], self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
-        y = y.transpose(1, 2).contiguous().view(batch, length, width)
+        y = y.transpose(1, 2).contiguous().view(batch, q.shape[2], width)
         return self.resid_dropout(self.proj(y))
 
 
@@ -185,15 +186,22 @@ class Block(nn.Module):
             self.attn_gate = nn.Linear(d, d)
             self.mlp_gate = nn.Linear(d, d)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
+        """The block's output at every position, or (``last_only``) at the last one alone: what
+        the final block of a next-item score needs, at a fraction of the work."""
+        if last_only:
+            attn_mask = attn_mask[..., -1:, :]
         if self.kind == "sasrec":
-            query = self.ln_1(x)
+            query = self.ln_1(x[:, -1:] if last_only else x)
             x = self.ln_2(query + self.attn(x, attn_mask, query))
             return x + self.mlp(x)
+        normed = self.ln_1(x)
+        query = normed[:, -1:] if last_only else None
+        x = x[:, -1:] if last_only else x
         if self.kind == "gated":
-            x = x + torch.sigmoid(self.attn_gate(x)) * self.attn(self.ln_1(x), attn_mask)
+            x = x + torch.sigmoid(self.attn_gate(x)) * self.attn(normed, attn_mask, query)
             return x + torch.sigmoid(self.mlp_gate(x)) * self.mlp(self.ln_2(x))
-        x = x + self.attn(self.ln_1(x), attn_mask)
+        x = x + self.attn(normed, attn_mask, query)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -321,9 +329,17 @@ class SeqRecModel(nn.Module):
         return table
 
     def encode(
-        self, item_seq: Tensor, users: Tensor | None = None, table: Tensor | None = None
+        self,
+        item_seq: Tensor,
+        users: Tensor | None = None,
+        table: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
-        """Hidden states [B, L, d] for a left-padded batch; position t sees items <= t only."""
+        """Hidden states [B, L, d] for a left-padded batch; position t sees items <= t only.
+
+        ``last_only``: the state after the last item alone, [B, 1, d] (what next-item scores
+        read); the final block then computes one position instead of L.
+        """
         batch, length = item_seq.shape
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.config.max_len}")
@@ -345,13 +361,14 @@ class SeqRecModel(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()
         diagonal = torch.eye(length, dtype=torch.bool, device=item_seq.device)
         attn_mask = (causal & real[:, None, None, :]) | diagonal
-        for block in self.blocks:
-            x = block(x, attn_mask)
+        last = len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
+            x = block(x, attn_mask, last_only=last_only and depth == last)
         x = self.ln_f(x)
         if self.config.use_user:
             if users is None:
                 users = torch.zeros(batch, dtype=torch.long, device=item_seq.device)
-            user = self.user_emb(users)[:, None, :].expand(-1, length, -1)
+            user = self.user_emb(users)[:, None, :].expand(-1, x.shape[1], -1)
             x = x + self.user_mlp(torch.cat([x, user], dim=-1))
         return x
 
@@ -359,7 +376,7 @@ class SeqRecModel(nn.Module):
     def score(self, item_seq: Tensor, users: Tensor | None = None) -> Tensor:
         """Next-item scores [B, n_catalogue + 1] after each sequence's last item (col 0: -inf)."""
         table = self.item_table()
-        hidden = self.encode(item_seq, users, table)[:, -1, :]
+        hidden = self.encode(item_seq, users, table, last_only=True)[:, -1, :]
         scores = hidden @ table.T
         scores[:, 0] = float("-inf")
         return scores

@@ -16,7 +16,6 @@ come from text; id runs rank only the items they were trained on.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,14 @@ import torch
 import typer
 from loguru import logger
 
+from recsys.catalogue import Catalogue
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import atomic_path, write_parquet
-from recsys.modeling import metrics as M
-from recsys.modeling.evaluate import (
-    BATCH_SIZE,
-    COLD_CAPABLE,
-    batched_scores,
-    context_length,
-    in_input_order,
-    load_trained,
-    resolve_device,
-    score_batch,
-)
-from recsys.processed import ProcessedData, left_pad, load_processed, user_sequences
+from recsys.modeling.evaluate import context_length, resolve_device, score_batch
+from recsys.processed import left_pad
+from recsys.serving.run import Run, load_run
 
-#: Fuzzy-match score (rapidfuzz WRatio, 0..100) below which a title counts as unknown.
-TITLE_CUTOFF = 85.0
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -59,58 +48,10 @@ class Strategy(str, enum.Enum):
 # ------------------------------------------------------------------------------ candidates
 
 
-def rankable_items(model: Any, n_items: int, n_catalogue: int) -> torch.Tensor:
-    """Bool ``[n_catalogue + 1]``: the items this model can meaningfully recommend.
-
-    Text and hybrid runs: every catalogue item (their vectors come from text). Id runs: the items
-    trained on (the model's ``candidate_mask``, which leaves out a cold-start run's cold items).
-    """
-    config = getattr(model, "config", None)
-    if getattr(config, "item_repr", "id") in COLD_CAPABLE:
-        mask = torch.ones(n_catalogue + 1, dtype=torch.bool)
-    elif hasattr(model, "candidate_mask"):
-        mask = model.candidate_mask.detach().cpu().clone()
-    else:
-        mask = torch.zeros(n_catalogue + 1, dtype=torch.bool)
-        mask[1 : n_items + 1] = True
-    mask[0] = False
-    return mask
-
-
 def check_k(k: int, candidates: torch.Tensor) -> None:
     n_rankable = int(candidates.sum())
     if not 1 <= k <= n_rankable:
         raise fail(f"--k must be between 1 and the {n_rankable} rankable items, got {k}")
-
-
-def recommend(
-    model: Any,
-    histories: list[np.ndarray],
-    k: int,
-    candidates: torch.Tensor,
-    *,
-    users: np.ndarray | None = None,
-    keep_history: bool = False,
-    batch_size: int = BATCH_SIZE,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` items and their scores per history: two ``[U, k]`` tensors (0 = nothing left)."""
-    users = np.zeros(len(histories), dtype=np.int64) if users is None else users
-    seen, items, scores = [], [], []
-    batches = batched_scores(
-        model,
-        histories,
-        users,
-        keep_history=keep_history,
-        batch_size=batch_size,
-        device=device,
-    )
-    for rows, batch_scores, exclude in batches:
-        top = M.top_k_items(batch_scores, k, exclude, allowed=candidates)
-        seen.append(rows)
-        items.append(top.cpu())
-        scores.append(batch_scores.gather(1, top).masked_fill(top == 0, float("nan")).cpu())
-    return in_input_order(seen, items), in_input_order(seen, scores)
 
 
 # ------------------------------------------------------------------------------ generation
@@ -194,112 +135,6 @@ def generate(
 
 # --------------------------------------------------------------------------------- lookups
 
-_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-_ARTICLE = re.compile(r"^(.*), (the|a|an|les|la|le|il|el|der|die|das)$", re.IGNORECASE)
-
-
-def title_key(title: str) -> tuple[str, str | None]:
-    """A title as people type it: lower case, "Usual Suspects, The" -> "the usual suspects",
-    year split off ("Heat (1995)" -> ("heat", "1995"))."""
-    text = str(title).strip()
-    year_match = _YEAR.search(text)
-    year = year_match.group(1) if year_match else None
-    text = _YEAR.sub("", text)
-    article = _ARTICLE.match(text)
-    if article:
-        text = f"{article.group(2)} {article.group(1)}"
-    return re.sub(r"\s+", " ", text).strip().lower(), year
-
-
-class Catalogue:
-    """The item table, looked up by internal index, original id or title."""
-
-    def __init__(self, items: pd.DataFrame) -> None:
-        self.items = items.set_index("item_idx", drop=False).sort_index()
-        keys = [title_key(t) for t in self.items["title"].fillna("")]
-        self.keys = [k for k, _ in keys]
-        self.keyed = [f"{k} ({y})" if y else k for k, y in keys]
-        self.popularity = self.items.get("n_interactions", pd.Series(0, index=self.items.index))
-        self.by_id = {str(v): int(i) for i, v in zip(self.items.index, self.items["item_id"])}
-
-    def item_ids(self, text: str) -> tuple[list[int], list[str]]:
-        """``"1,2,3"`` (original item ids) -> internal indices, and one warning per unknown id."""
-        found, warnings = [], []
-        for raw in (part.strip() for part in text.split(",")):
-            if not raw:
-                continue
-            if raw in self.by_id:
-                found.append(self.by_id[raw])
-            else:
-                warnings.append(f"unknown item id {raw!r}; it is not in the item table")
-        return found, warnings
-
-    def nearest(self, query: str, limit: int = 3) -> list[str]:
-        from rapidfuzz import fuzz, process, utils
-
-        hits = process.extract(
-            query, list(self.items["title"]), scorer=fuzz.WRatio, processor=utils.default_process
-        )
-        return [title for title, _, _ in hits[:limit]]
-
-    def match_title(self, query: str) -> int | None:
-        """The item a typed title means: exact key (year optional), else the best fuzzy match."""
-        from rapidfuzz import fuzz, process
-
-        key, year = title_key(query)
-        wanted = f"{key} ({year})" if year else key
-        pool = self.keyed if year else self.keys
-        exact = [i for i, candidate in enumerate(pool) if candidate == wanted]
-        if exact:
-            return int(self.items.index[max(exact, key=lambda i: self.popularity.iloc[i])])
-        hits = process.extract(wanted, pool, scorer=fuzz.WRatio, limit=5)
-        hits = [h for h in hits if h[1] >= TITLE_CUTOFF]
-        if not hits:
-            return None
-        best = max(
-            hits, key=lambda h: (h[1], fuzz.ratio(wanted, h[0]), self.popularity.iloc[h[2]])
-        )
-        return int(self.items.index[best[2]])
-
-    def titles(self, text: str) -> tuple[list[int], list[str]]:
-        """``"Title; Title"`` -> internal indices, and one line per title it does not know."""
-        found, warnings = [], []
-        for query in (part.strip() for part in text.split(";")):
-            if not query:
-                continue
-            match = self.match_title(query)
-            if match is None:
-                nearest = ", ".join(f'"{title}"' for title in self.nearest(query))
-                warnings.append(f"unknown title {query!r}; nearest: {nearest}")
-            else:
-                found.append(match)
-                if self.items.at[match, "title"] != query:
-                    logger.info(f"{query!r} -> {self.items.at[match, 'title']}")
-        return found, warnings
-
-    def describe(self, item_idx: int) -> dict[str, Any]:
-        row = self.items.loc[item_idx]
-        year = row.get("year")
-        return {
-            "item_id": row["item_id"],
-            "title": row["title"],
-            "genres": str(row.get("genres") or "").replace("|", ", "),
-            "year": "" if year is None or pd.isna(year) else str(int(year)),
-        }
-
-
-def resolve_users(data: ProcessedData, user_ids: list[str]) -> list[tuple[str, int]]:
-    """Original user ids -> (id, user_idx); an unknown id is a user error."""
-    lookup = {str(u): int(i) for u, i in zip(data.users["user_id"], data.users["user_idx"])}
-    unknown = [u for u in user_ids if str(u) not in lookup]
-    if unknown:
-        examples = ", ".join(list(lookup)[:3])
-        raise fail(
-            f"unknown user id {unknown[0]!r} for {data.name!r}; ids are the dataset's original "
-            f"user ids, e.g. {examples}"
-        )
-    return [(str(u), lookup[str(u)]) for u in user_ids]
-
 
 def adhoc_history(catalogue: Catalogue, titles: str | None, item_ids: str | None) -> np.ndarray:
     """The sequence of ``--history`` or ``--items``, unknown entries reported and dropped."""
@@ -319,24 +154,13 @@ def adhoc_history(catalogue: Catalogue, titles: str | None, item_ids: str | None
 
 
 def recommendations_frame(
-    catalogue: Catalogue, user_ids: list[str], items: torch.Tensor, scores: torch.Tensor
+    run: Run, user_ids: list[str], items: np.ndarray, scores: np.ndarray
 ) -> pd.DataFrame:
-    """One row per (user, rank): user_id, rank, item_id, title, score."""
-    rows = []
-    for user_id, user_items, user_scores in zip(user_ids, items.tolist(), scores.tolist()):
-        for rank, (item, score) in enumerate(zip(user_items, user_scores), start=1):
-            if item:
-                info = catalogue.describe(item)
-                rows.append(
-                    {
-                        "user_id": user_id,
-                        "rank": rank,
-                        "item_id": info["item_id"],
-                        "title": info["title"],
-                        "score": score,
-                    }
-                )
-    return pd.DataFrame(rows)
+    """One row per (user, rank): user_id, then the run API's fields (rank, item_id, title, the
+    dataset's text fields, score)."""
+    frames = [run.frame(i, s).assign(user_id=u) for u, i, s in zip(user_ids, items, scores)]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["user_id", *[c for c in frame.columns if c != "user_id"]]]
 
 
 def write_recommendations(frame: pd.DataFrame, path: Path) -> Path:
@@ -389,18 +213,22 @@ def show(
 # ------------------------------------------------------------------------------------- CLI
 
 
-def load_model(
-    dataset: str, run_dir: Path | None, models_dir: Path | None, device: torch.device
-) -> tuple[Any, Path]:
-    """The model of ``run_dir`` (default: the dataset's best run), checked against ``dataset``."""
-    from recsys.modeling.runs import best_run
-
-    run_dir = Path(run_dir) if run_dir else best_run(dataset, models_dir)
-    if not run_dir.is_dir():
-        raise fail(
-            f"--run {run_dir} is not a folder; pass a run folder like models/{dataset}/sasrec-ce"
-        )
-    return load_trained(run_dir, dataset, "cpu").scorer.to(device), run_dir
+def open_run(
+    dataset: str,
+    run_dir: Path | None,
+    processed_dir: Path | None,
+    models_dir: Path | None,
+    device: torch.device,
+) -> Run:
+    """``run_dir`` (default: the dataset's best run) through the run API, checked against
+    ``dataset``: the same code path as the service."""
+    return load_run(
+        run_dir,
+        dataset,
+        processed_dir=processed_dir,
+        models_dir=models_dir,
+        device=str(device),
+    )
 
 
 @dataclass
@@ -441,8 +269,7 @@ def check_options(
 
 
 def build_requests(
-    data: ProcessedData,
-    catalogue: Catalogue,
+    run: Run,
     users: list[str],
     all_users: bool,
     history: str | None,
@@ -450,14 +277,9 @@ def build_requests(
 ) -> list[Request]:
     """The sequences asked for: an ad-hoc one, or the named (or all) users' whole histories."""
     if history is not None or items is not None:
-        return [Request("your sequence", None, 0, adhoc_history(catalogue, history, items))]
-    if all_users:
-        chosen = [(str(u), int(i)) for u, i in zip(data.users["user_id"], data.users["user_idx"])]
-    else:
-        chosen = resolve_users(data, users)
-    sequences = user_sequences(data.events)
-    empty = np.zeros(0, dtype=np.int64)
-    requests = [Request(f"user {u}", u, i, sequences.get(i, empty)) for u, i in chosen]
+        return [Request("your sequence", None, 0, adhoc_history(run.catalogue, history, items))]
+    chosen = list(run.users) if all_users else users
+    requests = [Request(f"user {u}", str(u), *run.user_history(u)) for u in chosen]
     if not all_users:
         for request in requests:
             if not len(request.history):
@@ -494,19 +316,18 @@ def predict(
     all_users = check_options(users, all_users, history, items, output, n_generate, n_history)
     console = console or Console()
     torch_device = resolve_device(device)
-    data = load_processed(dataset, processed_dir)
-    catalogue = Catalogue(data.items)
-    model, run_dir = load_model(dataset, run_dir, models_dir, torch_device)
-    candidates = rankable_items(model, data.n_items, data.n_catalogue)
+    run = open_run(dataset, run_dir, processed_dir, models_dir, torch_device)
+    catalogue = run.catalogue
+    candidates = torch.from_numpy(run.rankable)
     check_k(k, candidates)
-    requests = build_requests(data, catalogue, users, all_users, history, items)
+    requests = build_requests(run, users, all_users, history, items)
     if output is None:
-        console.print(f"run: {run_dir}")
+        console.print(f"run: {run.run_dir}")
 
     if n_generate:
         for request in requests:
             steps = generate(
-                model,
+                run.model,
                 request.history,
                 n_generate,
                 candidates,
@@ -529,17 +350,15 @@ def predict(
             )
         return None
 
-    top, scores = recommend(
-        model,
-        [r.history for r in requests],
+    histories = [r.history for r in requests]
+    top, scores = run.top_k(
+        histories,
+        np.asarray([r.user_idx for r in requests], dtype=np.int64),
         k,
-        candidates,
-        users=np.asarray([r.user_idx for r in requests], dtype=np.int64),
-        keep_history=keep_history,
-        device=torch_device,
+        exclude=None if keep_history else histories,
     )
     if output is not None:
-        frame = recommendations_frame(catalogue, [r.user_id for r in requests], top, scores)
+        frame = recommendations_frame(run, [r.user_id for r in requests], top, scores)
         write_recommendations(frame, output)
         logger.info(f"wrote top-{k} of {len(requests)} users to {output}")
         return frame

@@ -1,0 +1,1 @@
+"""Serving a trained run: the public run API, the item index and the HTTP service."""
