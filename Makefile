@@ -18,7 +18,7 @@ SEEDS ?=
 # The config `make tune` tunes, and how many finished trials its study should hold in the end
 TUNE_CONFIG ?= sasrec-ce
 TRIALS ?= 20
-# Which benchmark `make bench` runs: all, data, features, train, evaluate
+# Which benchmark `make bench` runs: all, data, features, train, evaluate, serve, ann
 BENCH ?= all
 # Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
 DATA_ARGS ?=
@@ -28,6 +28,8 @@ TUNE_ARGS ?=
 EVALUATE_ARGS ?=
 PREDICT_ARGS ?= --user 1
 PLOTS_ARGS ?=
+SERVE_ARGS ?=
+INDEX_ARGS ?=
 
 #################################################################################
 # COMMANDS                                                                      #
@@ -86,7 +88,7 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-## Run the benchmarks (BENCH=all|data|features|train|evaluate); results go to reports/bench/
+## Run the benchmarks (BENCH=all|data|features|train|evaluate|serve|ann); results go to reports/bench/
 .PHONY: bench
 bench: requirements
 	$(PYTHON) -m benchmarks $(BENCH)
@@ -137,6 +139,16 @@ mlflow-ui: requirements
 predict: requirements
 	$(PYTHON) -m recsys.modeling.predict --dataset $(DATASET) $(PREDICT_ARGS)
 
+## Serve DATASET's best run over HTTP at http://127.0.0.1:8000 (demo page /, API docs /docs)
+.PHONY: serve
+serve: requirements
+	$(PYTHON) -m recsys.serve --dataset $(DATASET) $(SERVE_ARGS)
+
+## Build (or refresh) the item index of DATASET's best run, or of INDEX_ARGS="--run PATH"
+.PHONY: serve-index
+serve-index: requirements
+	$(PYTHON) -m recsys.serve index --dataset $(DATASET) $(INDEX_ARGS)
+
 ## Draw t-SNE, training curves, metrics and sample recommendations into reports/figures/DATASET/
 .PHONY: plots
 plots: requirements
@@ -177,4 +189,4 @@ help:
 	@$(PYTHON_INTERPRETER) -c "${PRINT_HELP_PYSCRIPT}" < $(MAKEFILE_LIST)
 	@echo; echo "Variables: DATASET=$(DATASET) CONFIGS='$(CONFIGS)' SEEDS=$(SEEDS) BENCH=$(BENCH);"
 	@echo "  TUNE_CONFIG=$(TUNE_CONFIG) TRIALS=$(TRIALS);"
-	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS TRAIN_ARGS TUNE_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS"
+	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS TRAIN_ARGS TUNE_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS SERVE_ARGS INDEX_ARGS"

@@ -4,12 +4,28 @@ that the evaluation and prediction tests share."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from recsys.config import REPORTS_DIR
+
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 _DEFAULT_MIRROR = PROJ_ROOT.parent / "shared" / "data"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Where the browser tests leave their screenshots (git-ignored), for a person to look at.
+SCREENSHOTS = REPORTS_DIR / "screenshots"
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +54,22 @@ def data(world):
     from recsys.processed import load_processed
 
     return load_processed(DATASET, world.processed)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for the browser tests; missing is a skip here, a failure in CI.
+
+    Module-scoped: playwright's sync API keeps an event loop running in this thread while the
+    browser is open, which would break the asyncio tests that run after it."""
+    if not CHROMIUM.exists():
+        message = f"no {CHROMIUM}; run 'make browser-deps' (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
