@@ -186,3 +186,10 @@ def test_runs_that_do_not_match_the_data_are_refused(world, tmp_path):
 def test_best_run_is_the_default(world):
     run = load_run(dataset=DATASET, processed_dir=world.processed, models_dir=world.models)
     assert run.run_dir.parent == world.models / DATASET and run.info()["dataset"] == DATASET
+
+
+def test_info_names_the_config_that_trained_the_run(world, tmp_path):
+    folder = shutil.copytree(world.text_run, tmp_path / "renamed-run")
+    info = load_run(folder, DATASET, processed_dir=world.processed).info()
+    assert (info["run"], info["model"], info["item_repr"]) == ("renamed-run", "tiny-text", "text")
+    assert info["index"] == "exact" and info["n_items"] == N_CATALOGUE

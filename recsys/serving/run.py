@@ -193,7 +193,7 @@ class Run:
             "run_dir": str(self.run_dir),
             "dataset": self.dataset,
             "item_repr": self.item_repr,
-            "model": str(self.config.get("name") or self.config.get("config") or self.name),
+            "model": str(self.config.get("config_name") or self.name),
             "n_items": self.n_items,
             "index": self.index.kind,
         }
