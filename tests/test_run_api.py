@@ -193,3 +193,20 @@ def test_info_names_the_config_that_trained_the_run(world, tmp_path):
     info = load_run(folder, DATASET, processed_dir=world.processed).info()
     assert (info["run"], info["model"], info["item_repr"]) == ("renamed-run", "tiny-text", "text")
     assert info["index"] == "exact" and info["n_items"] == N_CATALOGUE
+
+
+def test_concurrent_adds_number_their_items_apart(text_run):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [
+        [{"item_id": f"c{t}-{i}", "title": f"Like {i + 1}"} for i in range(3)] for t in range(4)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        added = list(pool.map(text_run.add_items, batches))
+    numbers = sorted(int(i) for frame in added for i in frame["item_idx"])
+    assert numbers == list(range(N_CATALOGUE + 1, N_CATALOGUE + 13))
+    assert text_run.n_items == N_CATALOGUE + 12 and len(text_run.rankable) == N_CATALOGUE + 13
+    answer = text_run.recommend(items=["c0-0", "c3-2"], k=3)
+    assert len(answer) == 3 and not {"c0-0", "c3-2"} & set(answer["item_id"])
+    saved = pd.read_parquet(text_run.run_dir / ADDED_ITEMS_FILE)
+    assert sorted(saved["item_id"]) == sorted(f"c{t}-{i}" for t in range(4) for i in range(3))

@@ -172,6 +172,7 @@ class Run:
         )
         self._similar: ItemIndex | None = None
         self._lock = threading.RLock()
+        self._adding = threading.Lock()
         #: Turns new items' sentences into text vectors; loaded on first use (tests inject one).
         self.text_encoder: Callable[[list[str]], np.ndarray] | None = None
         self._replay_added_items()
@@ -412,22 +413,26 @@ class Run:
                 f"{self.item_repr}); a new item has no id row until it is retrained on "
                 "interactions. Serve a text or hybrid run to add items by their text"
             )
-        new = self._check_new_items(
-            pd.DataFrame(list(items) if not isinstance(items, pd.DataFrame) else items)
-        )
         from recsys.features import item_sentences, item_text_fields
 
-        fields = item_text_fields(self.dataset, self.processed_root)
-        texts = item_sentences(new, self.dataset, fields).table["text"].tolist()
-        vectors = np.asarray(self._encoder()(texts), dtype=np.float32)
-        expected = int(self.model.item_features.shape[1])
-        if vectors.shape != (len(new), expected):
-            raise fail(
-                f"the text encoder gave vectors of shape {vectors.shape}, but run {self.name} "
-                f"was trained on {expected}-dim text vectors; use the encoder it was trained with"
+        # One add at a time (ids and new rows are numbered from the table's size), while
+        # recommendations go on: only the append itself takes the scoring lock.
+        with self._adding:
+            new = self._check_new_items(
+                pd.DataFrame(list(items) if not isinstance(items, pd.DataFrame) else items)
             )
-        with self._lock:
-            added = self._append(new, vectors)
+            fields = item_text_fields(self.dataset, self.processed_root)
+            texts = item_sentences(new, self.dataset, fields).table["text"].tolist()
+            vectors = np.asarray(self._encoder()(texts), dtype=np.float32)
+            expected = int(self.model.item_features.shape[1])
+            if vectors.shape != (len(new), expected):
+                raise fail(
+                    f"the text encoder gave vectors of shape {vectors.shape}, but run "
+                    f"{self.name} was trained on {expected}-dim text vectors; use the encoder "
+                    "it was trained with"
+                )
+            with self._lock:
+                added = self._append(new, vectors)
             self._save_added(added, vectors)
         return added
 
