@@ -23,6 +23,8 @@ BENCH ?= all
 # Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
 DATA_ARGS ?=
 FEATURES_ARGS ?=
+# Options for the semantic-ID step of `make features`, e.g. SEMANTIC_ARGS="--model X" after an embed with --model X
+SEMANTIC_ARGS ?=
 TRAIN_ARGS ?=
 TUNE_ARGS ?=
 EVALUATE_ARGS ?=
@@ -104,11 +106,12 @@ data: requirements
 	$(PYTHON) -m recsys.dataset interim --dataset $(DATASET)
 	$(PYTHON) -m recsys.dataset main --dataset $(DATASET) $(DATA_ARGS)
 
-## Build item texts and their frozen BERT vectors for DATASET
+## Build item texts, their frozen BERT vectors and semantic IDs (RQ-VAE codes) for DATASET
 .PHONY: features
 features: requirements
 	$(PYTHON) -m recsys.features text --dataset $(DATASET)
 	$(PYTHON) -m recsys.features embed --dataset $(DATASET) $(FEATURES_ARGS)
+	$(PYTHON) -m recsys.features semantic-ids --dataset $(DATASET) $(SEMANTIC_ARGS)
 
 ## Train every config in CONFIGS on DATASET, once per seed in SEEDS (resumes an interrupted run)
 .PHONY: train
@@ -189,4 +192,4 @@ help:
 	@$(PYTHON_INTERPRETER) -c "${PRINT_HELP_PYSCRIPT}" < $(MAKEFILE_LIST)
 	@echo; echo "Variables: DATASET=$(DATASET) CONFIGS='$(CONFIGS)' SEEDS=$(SEEDS) BENCH=$(BENCH);"
 	@echo "  TUNE_CONFIG=$(TUNE_CONFIG) TRIALS=$(TRIALS);"
-	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS TRAIN_ARGS TUNE_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS SERVE_ARGS INDEX_ARGS"
+	@echo "  per-stage options: DATA_ARGS FEATURES_ARGS SEMANTIC_ARGS TRAIN_ARGS TUNE_ARGS EVALUATE_ARGS PREDICT_ARGS PLOTS_ARGS SERVE_ARGS INDEX_ARGS"

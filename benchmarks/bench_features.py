@@ -4,6 +4,10 @@ Targets on 2 CPU cores, model load included: ml-100k (1,682 items) <= 15 s and m
 (9,742 items) <= 60 s. Each dataset runs the real CLI (``text`` then ``embed --force``) in a fresh
 process on a scratch copy of its items, so the wall time holds interpreter start, imports, model
 load and encoding, and the repo's own feature files are never touched.
+
+Semantic IDs (``semantic-ids --force``, default rqvae 3x256) run the same way on a scratch copy of
+each dataset's built texts and vectors; target for amazon-beauty (12,101 items): <= 60 s wall,
+collision rate before disambiguation <= 5%, >= 90% of the codes used at every level.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from recsys.config import DATA_MIRROR, PROCESSED_DATA_DIR, PROJ_ROOT, REPORTS_DIR
-from recsys.features import DEFAULT_MODEL_SLUG, FEATURES_DIR
+from recsys.features import DEFAULT_MODEL_SLUG, FEATURES_DIR, ITEM_TEXT_FILE
 from recsys.io import write_json
 from recsys.processed import ITEMS_FILE
+from recsys.semantic_ids import SemanticIdOptions, semantic_id_paths
 
 TARGETS_S = {"ml-100k": 15.0, "ml-latest-small": 60.0}
+SEMANTIC_TARGETS = {"amazon-beauty": {"wall_s": 60.0, "collision_rate": 0.05, "code_usage": 0.9}}
+SEMANTIC_DATASETS = ("ml-100k", "amazon-beauty")
 MIRROR = Path(DATA_MIRROR) if DATA_MIRROR else PROJ_ROOT.parent / "shared" / "data"
 
 
@@ -105,6 +112,55 @@ def bench_dataset(dataset: str, root: Path) -> dict:
     }
 
 
+def bench_semantic_ids(dataset: str, root: Path) -> dict | None:
+    """Time ``semantic-ids --force`` on a copy of the dataset's texts and vectors (None: not
+    built here yet)."""
+    source = PROCESSED_DATA_DIR / dataset
+    npy, manifest = (
+        source / FEATURES_DIR / f"{DEFAULT_MODEL_SLUG}{ext}" for ext in (".npy", ".json")
+    )
+    needed = [source / ITEMS_FILE, source / ITEM_TEXT_FILE, npy, manifest]
+    if not all(path.exists() for path in needed):
+        print(f"{dataset}: no features yet, semantic IDs skipped (run 'make features')")
+        return None
+    folder = root / dataset / FEATURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in needed:
+        shutil.copy(path, folder if path.parent.name == FEATURES_DIR else folder.parent)
+    env = {**os.environ, "RECSYS_PROCESSED_DATA_DIR": str(root)}
+    load_before = os.getloadavg()[0]
+    wall = _timed(["semantic-ids", "--dataset", dataset, "--force"], env)
+    options = SemanticIdOptions()
+    written = json.loads(semantic_id_paths(dataset, options.slug, root)[1].read_text())
+    result = {
+        "dataset": dataset,
+        "slug": options.slug,
+        "n_items": written["n_items"],
+        "wall_s": round(wall, 2),
+        "quantise_s": written["seconds"],
+        "collision_rate": written["collision_rate"],
+        "largest_collision_group": written["largest_collision_group"],
+        "code_usage": written["code_usage"],
+        "reconstruction_relative": written["reconstruction_relative"],
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    target = SEMANTIC_TARGETS.get(dataset)
+    if target:
+        result["target"] = target
+        result["meets_target"] = (
+            wall <= target["wall_s"]
+            and written["collision_rate"] <= target["collision_rate"]
+            and min(written["code_usage"]) >= target["code_usage"]
+        )
+    print(
+        f"{dataset}: semantic IDs {options.slug} in {result['wall_s']} s wall "
+        f"(quantise {result['quantise_s']} s), collision rate {result['collision_rate']:.2%}, "
+        f"code usage {result['code_usage']}, meets target: {result.get('meets_target', 'n/a')}",
+        flush=True,
+    )
+    return result
+
+
 def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-features-") as scratch:
@@ -119,12 +175,14 @@ def main() -> None:
                 f"fp32 matmul {result['matmul_gflops_before']} GFLOP/s before",
                 flush=True,
             )
+        semantic = [bench_semantic_ids(d, Path(scratch) / "semantic") for d in SEMANTIC_DATASETS]
     report = {
         "benchmark": "features",
         "model": DEFAULT_MODEL_SLUG,
         "cpu_cores": len(os.sched_getaffinity(0)),
         "note": "wall includes interpreter start, imports and model load; shared machine",
         "results": results,
+        "semantic_ids": [r for r in semantic if r],
     }
     target = write_json(report, REPORTS_DIR / "bench" / "features.json")
     print(f"wrote {target}")

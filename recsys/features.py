@@ -1,10 +1,12 @@
-"""Item texts and their frozen sentence-encoder vectors: ``python -m recsys.features text|embed``.
+"""Item texts, their frozen sentence-encoder vectors and semantic IDs:
+``python -m recsys.features text|embed|semantic-ids``.
 
 Text is what lets a model know an item beyond its ID, including items nobody has interacted with
 yet. ``text`` writes one readable sentence per item to ``data/processed/<ds>/item_text.parquet``;
 ``embed`` encodes those sentences with a Hugging Face encoder into
 ``data/processed/<ds>/features/<model-slug>.npy`` (float32, row i = item i, row 0 = padding zeros)
 plus a ``<model-slug>.json`` manifest. Training reads them back with :func:`load_item_features`.
+``semantic-ids`` quantises those vectors into short unique code tuples (see recsys.semantic_ids).
 
 A sentence encoder (a model folder with ``modules.json``, such as the default all-MiniLM-L6-v2)
 runs through sentence-transformers, so its card's pooling, normalisation and max length apply
@@ -38,7 +40,12 @@ from loguru import logger
 
 from recsys.cli import RecsysError, fail, run
 from recsys.config import DEFAULT_DATASET
-from recsys.io import atomic_path, read_json, write_json
+from recsys.io import (
+    atomic_path,
+    read_array_and_manifest,
+    read_json,
+    write_array_and_manifest,
+)
 from recsys.processed import ITEMS_FILE, processed_dir
 
 ITEM_TEXT_FILE = "item_text.parquet"
@@ -693,17 +700,7 @@ def feature_paths(
 
 def _check_feature_files(npy: Path, manifest_path: Path, n_items: int) -> tuple[np.ndarray, dict]:
     """Load a feature matrix and its manifest; any inconsistency is a RecsysError saying which."""
-    for path in (npy, manifest_path):
-        if not path.exists():
-            raise fail(f"{path} does not exist")
-    manifest = read_json(manifest_path)
-    lacking = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
-    if lacking:
-        raise fail(f"{manifest_path} lacks {', '.join(lacking)}")
-    try:
-        array = np.load(npy, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise fail(f"{npy} is corrupt ({err})")
+    array, manifest = read_array_and_manifest(npy, manifest_path, _MANIFEST_KEYS)
     expected = (n_items + 1, manifest["dim"])
     if manifest["n_items"] != n_items:
         raise fail(f"{manifest_path} is for {manifest['n_items']} items, the data has {n_items}")
@@ -885,12 +882,7 @@ def embed_items(
         "items_per_s": round(len(texts) / max(encode_s, 1e-9), 1),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    # The manifest is the commit mark: remove it first so a kill mid-write never pairs a new
-    # array with an old manifest.
-    manifest_path.unlink(missing_ok=True)
-    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
-    write_json(manifest, manifest_path)
+    write_array_and_manifest(array, npy, manifest, manifest_path)
     logger.info(
         f"{len(texts)} items -> {array.shape} in {encode_s:.1f}s "
         f"({manifest['items_per_s']} items/s, model load {loaded - started:.1f}s): {npy}"
@@ -989,6 +981,47 @@ def embed(
         normalize=normalize,
         force=force,
     )
+
+
+@app.command("semantic-ids")
+def semantic_ids(
+    dataset: str = typer.Option(DEFAULT_DATASET, "--dataset", help="Processed dataset name."),
+    method: str | None = typer.Option(None, "--method", help="rqvae (default) or rqkmeans."),
+    levels: int | None = typer.Option(
+        None, "--levels", help="Codes per item before the last token."
+    ),
+    codebook_size: int | None = typer.Option(None, "--codebook-size", help="Codes per level."),
+    model: str | None = typer.Option(
+        None, "--model", help="The feature model whose vectors to quantise (as for embed)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of initialisation and shuffling."),
+    steps: int | None = typer.Option(None, "--steps", help="rqvae: optimiser steps (batches)."),
+    lr: float | None = typer.Option(None, "--lr", help="rqvae: AdamW learning rate."),
+    latent_dim: int | None = typer.Option(None, "--latent-dim", help="rqvae: size of the latent."),
+    dead_code_threshold: float | None = typer.Option(
+        None, "--dead-code-threshold", help="rqvae: restart codes used less often (0: never)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Recompute even on a cache hit."),
+) -> None:
+    """Quantise the item vectors into unique semantic IDs: data/processed/DATASET/semantic_ids/.
+
+    Options left out take the defaults of recsys.semantic_ids.SemanticIdOptions (3 levels of 256
+    codes, rqvae); the manifest records every value used.
+    """
+    from recsys.semantic_ids import SemanticIdOptions, build_semantic_ids
+
+    given = {
+        "method": method,
+        "levels": levels,
+        "codebook_size": codebook_size,
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "latent_dim": latent_dim,
+        "dead_code_threshold": dead_code_threshold,
+    }
+    options = SemanticIdOptions(model=model, **{k: v for k, v in given.items() if v is not None})
+    build_semantic_ids(dataset, options, force=force)
 
 
 if __name__ == "__main__":

@@ -119,3 +119,35 @@ def read_yaml(path: Path, what_to_do: str = "fix it or delete it") -> Any:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise fail(f"{path} is not valid YAML ({first}); {what_to_do}")
+
+
+def read_array_and_manifest(
+    npy: Path, manifest_path: Path, keys: tuple[str, ...]
+) -> tuple[Any, dict[str, Any]]:
+    """A ``.npy`` array and the JSON manifest beside it that must hold ``keys``; a missing file,
+    a manifest without them or an unreadable array is a user error saying which."""
+    import numpy as np
+
+    for path in (npy, manifest_path):
+        if not Path(path).exists():
+            raise fail(f"{path} does not exist")
+    manifest = read_json(manifest_path)
+    lacking = [k for k in keys if not isinstance(manifest, dict) or k not in manifest]
+    if lacking:
+        raise fail(f"{manifest_path} lacks {', '.join(lacking)}")
+    try:
+        array = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise fail(f"{npy} is corrupt ({err})")
+    return array, manifest
+
+
+def write_array_and_manifest(array: Any, npy: Path, manifest: dict, manifest_path: Path) -> None:
+    """Write a ``.npy`` array, then its manifest: the manifest is the commit mark, removed first,
+    so a kill mid-write never pairs a new array with an old manifest."""
+    import numpy as np
+
+    Path(manifest_path).unlink(missing_ok=True)
+    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+    write_json(manifest, manifest_path)

@@ -1,4 +1,5 @@
-"""Figures for the report: ``python -m recsys.plots {tsne,curves,metrics,recs,all} --dataset D``.
+"""Figures for the report: ``python -m recsys.plots {tsne,curves,metrics,recs,semantic-ids,all}
+--dataset D``.
 
 Plot functions take data and return a matplotlib Figure (Agg backend, no display needed); the
 commands load the stage outputs, call them and write ``reports/figures/<dataset>/<name>.png`` and
@@ -646,6 +647,33 @@ def plot_param_importances(importances: dict[str, float]) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- semantic IDs
+
+
+def plot_code_usage(ids: np.ndarray, codebook_size: int, slug: str) -> Figure:
+    """Items per code at each semantic-ID level, codes sorted by use: a flat profile near the
+    uniform share means the codebook is spread, a steep head with an empty tail means collapse.
+    ``ids`` is the loader's array (row 0 padding, last column the collision token, both left out).
+    """
+    codes = ids[1:, :-1]
+    levels = codes.shape[1]
+    fig, axes = plt.subplots(1, levels, figsize=(3.2 * levels, 2.8), sharey=True, squeeze=False)
+    uniform = len(codes) / codebook_size
+    for level, ax in enumerate(axes[0]):
+        counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
+        ax.bar(np.arange(codebook_size), counts, width=1.0, color=TRAINED_COLOUR)
+        ax.axhline(uniform, color=BASELINE_COLOUR, linestyle="--", linewidth=1, label="uniform")
+        used = (counts > 0).mean()
+        ax.set_title(f"level {level + 1}: {used:.0%} of {codebook_size} codes used", fontsize=9)
+        ax.set_xlabel("code (sorted by items)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("items")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"semantic-ID code usage ({slug})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- I/O helpers
 
 
@@ -794,6 +822,17 @@ def make_recs(
     return paths
 
 
+def make_semantic_ids(
+    dataset: str, figures_dir: Path = FIGURES_DIR, processed_dir: Path = PROCESSED_DATA_DIR
+) -> list[Path]:
+    """Code usage per level of the default semantic IDs (``make features`` builds them)."""
+    from recsys.semantic_ids import SemanticIdOptions, load_semantic_ids
+
+    ids, manifest = load_semantic_ids(dataset, SemanticIdOptions(), processed_dir)
+    fig = plot_code_usage(ids, manifest["codebook_size"], manifest["slug"])
+    return save_figure(fig, figures_dir / dataset, "semantic_ids")
+
+
 @app.command()
 def tsne(
     dataset: str = DatasetOpt,
@@ -844,6 +883,14 @@ def recs(
     make_recs(dataset, run_name, n_users, seed, figures_dir, processed_dir, models_dir)
 
 
+@app.command("semantic-ids")
+def semantic_ids(
+    dataset: str = DatasetOpt, figures_dir: Path = FiguresOpt, processed_dir: Path = ProcessedOpt
+) -> None:
+    """Items per code at each level of the semantic IDs."""
+    make_semantic_ids(dataset, figures_dir, processed_dir)
+
+
 def make_all(
     dataset: str,
     run_name: str | None = None,
@@ -861,6 +908,7 @@ def make_all(
             dataset, run_name, max_items, 0, None, figures_dir, processed_dir, models_dir
         ),
         "recs": lambda: make_recs(dataset, run_name, 3, 0, figures_dir, processed_dir, models_dir),
+        "semantic_ids": lambda: make_semantic_ids(dataset, figures_dir, processed_dir),
     }
     outcome = {}
     for name, job in jobs.items():

@@ -55,7 +55,7 @@ PAGES = (
     "tuning",
     "reproducibility",
 )
-FIGURES = ("metrics", "tsne", "curves", "recs")
+FIGURES = ("metrics", "tsne", "curves", "recs", "semantic_ids")
 MAIN_METRICS = ("hr", "ndcg", "mrr", "coverage", "popularity")
 METRIC_NAMES = {
     "hr": "HR",
