@@ -825,10 +825,14 @@ def make_recs(
 def make_semantic_ids(
     dataset: str, figures_dir: Path = FIGURES_DIR, processed_dir: Path = PROCESSED_DATA_DIR
 ) -> list[Path]:
-    """Code usage per level of the default semantic IDs (``make features`` builds them)."""
-    from recsys.semantic_ids import SemanticIdOptions, load_semantic_ids
+    """Code usage per level of the dataset's semantic IDs: the default ones that ``make
+    features`` builds, else the newest built with other options."""
+    from recsys.semantic_ids import SemanticIdOptions, built_slugs, load_semantic_ids
 
-    ids, manifest = load_semantic_ids(dataset, SemanticIdOptions(), processed_dir)
+    slugs = built_slugs(dataset, processed_dir)
+    ids, manifest = load_semantic_ids(
+        dataset, slugs[0] if slugs else SemanticIdOptions(), processed_dir
+    )
     fig = plot_code_usage(ids, manifest["codebook_size"], manifest["slug"])
     return save_figure(fig, figures_dir / dataset, "semantic_ids")
 

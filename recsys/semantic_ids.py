@@ -91,6 +91,15 @@ def semantic_id_paths(
     return folder / f"{slug}.npy", folder / f"{slug}.json"
 
 
+def built_slugs(dataset: str, processed_root: Path | None = None) -> list[str]:
+    """The slugs of the semantic IDs built for ``dataset``, the default first, then newest."""
+    folder = processed_dir(dataset, processed_root) / SEMANTIC_IDS_DIR
+    manifests = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    slugs = [p.stem for p in manifests if p.with_suffix(".npy").is_file()]
+    default = SemanticIdOptions().slug
+    return sorted(slugs, key=lambda slug: slug != default)
+
+
 def _check_options(options: SemanticIdOptions, n_items: int, dataset: str) -> None:
     if options.method not in tuple(m.value for m in Method):
         raise fail(f"--method must be rqvae or rqkmeans, got {options.method!r}")

@@ -32,6 +32,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from recsys.modeling.train import train
     from recsys.plots import make_all
     from recsys.report import make_report
+    from recsys.semantic_ids import SemanticIdOptions, build_semantic_ids
 
     root = tmp_path_factory.mktemp("pipeline")
     dirs = {
@@ -43,6 +44,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_processed(dirs["processed_dir"], DATASET)
     write_item_texts(DATASET, processed_root=dirs["processed_dir"])
     embed_items(DATASET, processed_root=dirs["processed_dir"], progress=False)
+    # 64 items: fewer than the default 256 codes a level, so a small residual k-means.
+    small = SemanticIdOptions(method="rqkmeans", levels=2, codebook_size=8)
+    build_semantic_ids(DATASET, small, processed_root=dirs["processed_dir"])
     tiny = {"d_model": 16, "n_layers": 1, "max_len": 16, "batch_size": 64}
     train(
         DATASET,
@@ -68,7 +72,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         models_dir=dirs["models_dir"],
         metrics_dir=dirs["metrics_dir"],
     )
-    assert drawn == {name: "drawn" for name in ("metrics", "curves", "tsne", "recs")}
+    figures = ("metrics", "curves", "tsne", "recs", "semantic_ids")
+    assert drawn == {name: "drawn" for name in figures}
     make_report([DATASET], **dirs, docs_dir=root / "docs", site_dir=root / "site")
     return {"site": root / "site", "metrics": read_json(metrics_path)}
 
