@@ -162,7 +162,7 @@ def tsne_2d(vectors: np.ndarray, seed: int) -> np.ndarray:
     """2-D t-SNE (cosine, PCA init, fixed seed) of one embedding space.
 
     One OpenMP thread: reproducible, and on a busy 2-core machine the Barnes-Hut gradient was
-    up to 30x slower with spinning threads than with one (0.3 s vs 9 s for 60 items).
+    many times slower with spinning threads than with one.
     """
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits

@@ -206,9 +206,9 @@ def settle_memory() -> None:
     """Move what is alive now (the loaded run) out of the collector's sight.
 
     A served run is long-lived; under load, full collections that walked its objects again
-    and again stalled requests by over 100 ms (p99 at 32 concurrent requests). Frozen objects
-    are never collected by it, so a reload unfreezes first; the old run is freed by reference
-    counting once its last request is answered.
+    and again were the tail of the latency at 32 concurrent requests. Frozen objects are never
+    collected by it, so a reload unfreezes first; the old run is freed by reference counting
+    once its last request is answered.
     """
     gc.unfreeze()
     gc.collect()

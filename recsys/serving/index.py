@@ -37,9 +37,9 @@ from loguru import logger
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_dir, ensure_dir, read_json, write_json
 
-#: Rows from which ``kind="auto"`` builds HNSW. Exact single-query time grows with rows x dim
-#: (``exact_single_query_by_rows`` in reports/bench/ann.json); below this it stays under about a
-#: millisecond, exact and free to build, so an approximate graph buys nothing there.
+#: Rows from which ``kind="auto"`` builds the approximate (IVF) index. Exact single-query time
+#: grows with rows x dim (``exact_single_query_by_rows`` in reports/bench/ann.json); below this
+#: it stays under about a millisecond, exact and free to build, so an approximation buys nothing.
 ANN_THRESHOLD = 50_000
 #: IVF inverted lists per sqrt(rows) (4,000 at 1M), the share of them a query scans and the
 #: k-means training rows per list: bench_ann's pick on 1M x 64 for recall@10 >= 0.95 at a
@@ -54,7 +54,7 @@ HNSW_EF_SEARCH = 256
 #: Candidates fetched beyond ``k + len(exclude)``, so that a few filtered hits rarely force a
 #: second search.
 FETCH_MARGIN = 16
-#: The most candidates a row asks HNSW for; a row still short of k after filtering is scored
+#: The most candidates a row asks faiss for; a row still short of k after filtering is scored
 #: exactly instead.
 MAX_FETCH = 2048
 #: An ``allowed`` mask that keeps less than this share of the rows is scored on those rows only.
