@@ -116,6 +116,17 @@ def test_approximate_recall_against_exact(kind):
     assert recall >= 0.95
 
 
+def test_ivf_scans_more_lists_when_a_history_pushes_the_answer_down():
+    """With each query's own top 40 excluded, the top 10 left lie deep in its ranking, in lists
+    a fixed nprobe scans too few of; the bound fails with IVF_MAX_PROBE_GROWTH = 1."""
+    table = clustered(20_000, 16, seed=3)
+    queries = hidden_states(table, 300)
+    history = list(brute_force(table, queries, 40))
+    truth = brute_force(table, queries, 10, history)
+    found, _ = idx.build_index(table, kind="faiss-ivf").search(queries, 10, history)
+    assert np.mean([len(set(a) & set(t)) / 10 for a, t in zip(found, truth)]) >= 0.88
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_added_items_are_searchable(table, kind):
     index = idx.build_index(table, kind=kind)

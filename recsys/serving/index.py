@@ -47,6 +47,8 @@ ANN_THRESHOLD = 50_000
 IVF_LISTS_PER_SQRT = 4
 IVF_PROBE_SHARE = 0.04
 IVF_TRAIN_PER_LIST = 64
+#: The most a deep fetch multiplies ``nprobe`` by (see ``IvfIndex._candidates``).
+IVF_MAX_PROBE_GROWTH = 4.0
 #: HNSW links per node, build beam and search beam (the ``faiss-hnsw`` kind), from the same grid.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
@@ -425,7 +427,15 @@ class IvfIndex(_FaissIndex):
         return {"nlist": ivf_lists(n_rows)}
 
     def _candidates(self, queries, n, k):
-        return self.faiss.search(queries, n)
+        """A deeper fetch (a history to skip, a filter) scans more lists: the items it must find
+        lie further down the ranking, in lists further away. ``nprobe`` grows with the square
+        root of the depth, up to ``IVF_MAX_PROBE_GROWTH`` times."""
+        depth = max(1.0, n / (k + FETCH_MARGIN))
+        growth = min(IVF_MAX_PROBE_GROWTH, math.sqrt(depth))
+        nprobe = min(int(self.faiss.nlist), math.ceil(self.nprobe * growth))
+        if nprobe == self.nprobe:
+            return self.faiss.search(queries, n)
+        return self.faiss.search(queries, n, params=faiss.SearchParametersIVF(nprobe=nprobe))
 
     def _add(self, rows: np.ndarray) -> None:
         self.faiss.add(rows)
