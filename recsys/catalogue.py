@@ -16,6 +16,8 @@ from loguru import logger
 
 #: Fuzzy-match score (rapidfuzz WRatio, 0..100) below which a title counts as unknown.
 TITLE_CUTOFF = 85.0
+#: Fuzzy-match score an autocomplete suggestion needs when no title contains the query.
+SEARCH_CUTOFF = 60.0
 #: Item-table columns that are bookkeeping, not something to show or filter by.
 INTERNAL_COLUMNS = ("item_idx", "n_interactions")
 #: Multi-valued category columns a request may filter by, by dataset family ("|"-separated).
@@ -46,6 +48,7 @@ class Catalogue:
         self.fields = [c for c in self.items.columns if c not in INTERNAL_COLUMNS]
         self.category_column = next((c for c in CATEGORY_COLUMNS if c in self.items.columns), None)
         self._records: dict[int, dict[str, Any]] | None = None
+        self._by_popularity: tuple[np.ndarray, list[str], list[str]] | None = None
         keys = [title_key(t) for t in self.items["title"].fillna("")]
         self.keys = [k for k, _ in keys]
         self.keyed = [f"{k} ({y})" if y else k for k, y in keys]
@@ -116,6 +119,41 @@ class Catalogue:
             "genres": str(row.get("genres") or "").replace("|", ", "),
             "year": "" if year is None or pd.isna(year) else str(int(year)),
         }
+
+    def search(self, query: str, limit: int) -> list[int]:
+        """Autocomplete: internal indices of up to ``limit`` titles matching ``query``, best
+        first: the exact title, then titles starting with it, with a word starting with it,
+        containing it (popular first within each), then fuzzy matches."""
+        if self._by_popularity is None:  # built once: every keystroke of a demo page asks
+            order = np.argsort(-self.popularity.to_numpy(), kind="stable")
+            titles = self.items["title"].fillna("").astype(str).to_numpy()[order]
+            self._by_popularity = (
+                self.items.index.to_numpy()[order],
+                [t.lower() for t in titles],
+                [self.keys[i] for i in order],
+            )
+        index, lowered, keys = self._by_popularity
+        needle = " ".join(query.lower().split())
+        tiers: tuple[list[int], ...] = ([], [], [], [])
+        for row, (title, key) in enumerate(zip(lowered, keys)):
+            at = title.find(needle)
+            if at < 0 and not key.startswith(needle):
+                continue
+            if needle in (key, title):
+                tiers[0].append(row)
+            elif at == 0 or key.startswith(needle):
+                tiers[1].append(row)
+            else:
+                tiers[2 if title[at - 1] in " (-:'\"" else 3].append(row)
+        rows = [row for tier in tiers for row in tier][:limit]
+        if len(rows) < limit:
+            from rapidfuzz import fuzz, process
+
+            hits = process.extract(
+                needle, lowered, scorer=fuzz.WRatio, limit=limit, score_cutoff=SEARCH_CUTOFF
+            )
+            rows += [row for _, _, row in hits if row not in rows][: limit - len(rows)]
+        return [int(index[row]) for row in rows]
 
     def record(self, item_idx: int) -> dict[str, Any]:
         """Every shown field of one item: the original id (as text, the way requests name

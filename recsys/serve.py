@@ -108,18 +108,12 @@ def serve(
 
 def build_index(dataset: str, run_dir: Path | None, models_dir: Path | None = None) -> Path:
     """Build ``run_dir``'s item index (default: the dataset's best run) from its checkpoint."""
-    from recsys.modeling.runs import BEST_CKPT, best_run, load_run
     from recsys.serving.index import build_run_index
-    from recsys.serving.run import item_vectors, table_fingerprint
+    from recsys.serving.run import item_vectors, table_fingerprint, trained_run
 
-    run_dir = Path(run_dir) if run_dir is not None else best_run(dataset, models_dir)
-    if not run_dir.is_dir():
-        raise fail(f"run {run_dir} is not a folder; pass a run folder like models/{dataset}/NAME")
-    trained = load_run(run_dir, checkpoint="best", device="cpu")
-    if trained.dataset != dataset:
-        raise fail(f"run {run_dir} was trained on {trained.dataset!r}, not {dataset!r}")
+    trained, checkpoint = trained_run(run_dir, dataset, models_dir=models_dir)
     vectors = item_vectors(trained.model).numpy()
-    return build_run_index(run_dir, vectors, table_fingerprint(run_dir / BEST_CKPT, vectors))
+    return build_run_index(trained.run_dir, vectors, table_fingerprint(checkpoint, vectors))
 
 
 @app.callback(invoke_without_command=True)

@@ -27,8 +27,9 @@ from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from fastapi.testclient import TestClient
 
 from recsys import serve
+from recsys.catalogue import Catalogue
 from recsys.cli import run as run_cli
-from recsys.serving.app import MAX_BODY_BYTES, MAX_K, TitleSearch, create_app, run_loader
+from recsys.serving.app import MAX_BODY_BYTES, MAX_K, create_app, run_loader
 from recsys.serving.run import ADDED_ITEMS_FILE, load_run
 
 KEY = "s3cret-key"
@@ -207,7 +208,7 @@ def test_an_unexpected_error_is_a_logged_500_without_traceback(client, monkeypat
     def broken(self, query, limit):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(TitleSearch, "search", broken)
+    monkeypatch.setattr(Catalogue, "search", broken)
     response = client.get("/v1/items/search", params={"q": "toy"})
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error (RuntimeError); the service logged it"}

@@ -46,6 +46,7 @@ from recsys.config import DEFAULT_DATASET, METRICS_DIR, MODELS_DIR, PROCESSED_DA
 from recsys.io import read_json, write_json, write_text
 from recsys.modeling import metrics as M
 from recsys.modeling.baselines import fit_baselines
+from recsys.modeling.model import TEXT_REPRS
 from recsys.processed import (
     TRAIN,
     EvalExamples,
@@ -65,7 +66,6 @@ MAIN_METRIC = "ndcg@10"
 SAMPLED_PREFIX = "sampled_"
 #: The run-name suffix ``make train SEEDS=...`` adds; a config's row drops it.
 SEED_SUFFIX = re.compile(r"-seed\d+$")
-COLD_CAPABLE = ("text", "hybrid")
 #: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
 BATCH_SIZE = 128
 
@@ -86,7 +86,7 @@ class Candidate:
 
     @property
     def can_score_cold(self) -> bool:
-        return self.kind == "trained" and self.item_repr in COLD_CAPABLE
+        return self.kind == "trained" and self.item_repr in TEXT_REPRS
 
 
 @dataclass

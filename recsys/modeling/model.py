@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 ITEM_REPRS = ("id", "text", "hybrid")
+#: Representations whose item vectors come from text: any item with text is rankable by them.
+TEXT_REPRS = ("text", "hybrid")
 LOSSES = ("ce", "sampled", "bce", "bpr")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 POSITIONS = ("learned", "sinusoidal")
@@ -261,7 +263,7 @@ class SeqRecModel(nn.Module):
         n_rows = config.n_catalogue + 1
         if config.item_repr in ("id", "hybrid"):
             self.item_emb = nn.Embedding(n_rows, d, padding_idx=0)
-        if config.item_repr in ("text", "hybrid"):
+        if config.item_repr in TEXT_REPRS:
             if item_features is None:
                 item_features = torch.zeros(n_rows, config.feature_dim)
             if tuple(item_features.shape) != (n_rows, config.feature_dim):
@@ -320,7 +322,7 @@ class SeqRecModel(nn.Module):
         table = None
         if self.config.item_repr in ("id", "hybrid"):
             table = self.item_emb.weight
-        if self.config.item_repr in ("text", "hybrid"):
+        if self.config.item_repr in TEXT_REPRS:
             text = self.text_proj(self.item_features)
             if table is None:
                 table = text

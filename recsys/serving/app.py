@@ -32,7 +32,6 @@ from loguru import logger
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError
 from recsys.serving.batching import MAX_BATCH, MicroBatcher
 from recsys.serving.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported, load_run
@@ -46,8 +45,6 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TITLES = 100
 #: The most autocomplete suggestions per search.
 MAX_SEARCH = 50
-#: Fuzzy-match score (rapidfuzz WRatio) a suggestion needs when no title contains the query.
-SEARCH_CUTOFF = 60.0
 API_KEY_ENV = "RECSYS_API_KEY"
 API_KEY_HEADER = "X-API-Key"
 STATIC = resources.files("recsys.serving").joinpath("static")
@@ -222,43 +219,6 @@ def warm_up(run: Run) -> None:
     run.recommend_resolved([run.resolve(query)])
 
 
-class TitleSearch:
-    """Autocomplete over a catalogue's titles: the exact title, then titles starting with the
-    query, with a word starting with it, containing it (popular first), then fuzzy matches."""
-
-    def __init__(self, catalogue: Catalogue) -> None:
-        self.catalogue = catalogue
-        order = np.argsort(-catalogue.popularity.to_numpy(), kind="stable")
-        self.index = catalogue.items.index.to_numpy()[order]
-        titles = catalogue.items["title"].fillna("").astype(str).to_numpy()[order]
-        self.lowered = [t.lower() for t in titles]
-        self.keys = [catalogue.keys[i] for i in order]
-
-    def search(self, query: str, limit: int) -> list[int]:
-        """Internal indices of up to ``limit`` titles matching ``query``, best first."""
-        needle = " ".join(query.lower().split())
-        tiers: tuple[list[int], ...] = ([], [], [], [])
-        for row, (title, key) in enumerate(zip(self.lowered, self.keys)):
-            at = title.find(needle)
-            if at < 0 and not key.startswith(needle):
-                continue
-            if needle in (key, title):
-                tiers[0].append(row)
-            elif at == 0 or key.startswith(needle):
-                tiers[1].append(row)
-            else:
-                tiers[2 if title[at - 1] in " (-:'\"" else 3].append(row)
-        rows = [row for tier in tiers for row in tier][:limit]
-        if len(rows) < limit:
-            from rapidfuzz import fuzz, process
-
-            hits = process.extract(
-                needle, self.lowered, scorer=fuzz.WRatio, limit=limit, score_cutoff=SEARCH_CUTOFF
-            )
-            rows += [row for _, _, row in hits if row not in rows][: limit - len(rows)]
-        return [int(self.index[row]) for row in rows]
-
-
 @dataclass(frozen=True)
 class Serving:
     """What answers now: a run and the batcher over it, replaced whole by a reload."""
@@ -280,7 +240,6 @@ class Service:
         self.max_batch = max_batch
         self.current: Serving | None = None
         self.lock: asyncio.Lock | None = None
-        self._search: TitleSearch | None = None
 
     async def start(self) -> None:
         """Start a batcher over the run (the latest one, when the app is started again)."""
@@ -314,13 +273,6 @@ class Service:
         serving = self.serving()
         resolved = serving.run.resolve(query)
         return serving, await serving.batcher.submit(resolved)
-
-    def titles(self, run: Run) -> TitleSearch:
-        """The title search of ``run``'s catalogue, rebuilt when items were added."""
-        search = self._search
-        if search is None or search.catalogue is not run.catalogue:
-            search = self._search = TitleSearch(run.catalogue)
-        return search
 
     async def reload(self, path: str | None) -> tuple[Serving, Serving, float]:
         """Load a run in a worker thread, check it answers, swap it in, drain the old one."""
@@ -528,7 +480,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Titles for autocomplete: those starting with or containing ``q``, then fuzzy ones."""
         run = service.serving().run
-        found = service.titles(run).search(q, limit)
+        found = run.catalogue.search(q, limit)
         return {"query": q, "items": [run.catalogue.record(i) for i in found]}
 
     @app.get(

@@ -29,11 +29,10 @@ import torch
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
+from recsys.modeling.model import TEXT_REPRS
 from recsys.processed import ProcessedData, left_pad, load_processed, user_sequences
 from recsys.serving.index import ItemIndex, normalized, open_run_index
 
-#: Text-capable runs: their item vectors come from text, so any item with text is rankable.
-TEXT_REPRS = ("text", "hybrid")
 #: Items added at run time (their fields and text vectors), replayed when the run loads again.
 ADDED_ITEMS_FILE = "added_items.parquet"
 #: Histories scored in one forward pass: similar lengths batch together, so little is padding.
@@ -313,22 +312,27 @@ class Run:
         return [pd.DataFrame(rows, columns=self.columns) for rows in answers]
 
     def recommend_resolved(self, resolved: Sequence[Resolved]) -> list[list[dict[str, Any]]]:
-        """Records (rank, fields, score) per resolved query; one forward pass per (k, filter)."""
+        """Records (rank, fields, score) per resolved query; one forward pass per filter.
+
+        Queries of one filter share a top-k search at their largest k; a sorted top-k cut to a
+        smaller k is that k's answer.
+        """
         out: list[list[dict[str, Any]]] = [[] for _ in resolved]
-        groups: dict[tuple[int, bytes | None], list[int]] = {}
+        groups: dict[bytes | None, list[int]] = {}
         for row, r in enumerate(resolved):
-            key = (r.k, None if r.allowed is None else np.packbits(r.allowed).tobytes())
+            key = None if r.allowed is None else np.packbits(r.allowed).tobytes()
             groups.setdefault(key, []).append(row)
-        for (k, _), rows in groups.items():
+        for rows in groups.values():
             ids, scores = self.top_k(
                 [resolved[r].history for r in rows],
                 np.asarray([resolved[r].user_idx for r in rows], dtype=np.int64),
-                k,
+                max(resolved[r].k for r in rows),
                 exclude=[resolved[r].exclude for r in rows],
                 allowed=resolved[rows[0]].allowed,
             )
             for row, row_ids, row_scores in zip(rows, ids, scores):
-                out[row] = self.records(row_ids, row_scores)
+                k = resolved[row].k
+                out[row] = self.records(row_ids[:k], row_scores[:k])
         return out
 
     def recommend(
@@ -452,6 +456,10 @@ class Run:
         if unknown:
             known = ", ".join(self.catalogue.fields)
             raise fail(f"unknown item field(s) {', '.join(unknown)}; {self.dataset} has {known}")
+        return self._numbered(new)
+
+    def _numbered(self, new: pd.DataFrame) -> pd.DataFrame:
+        """``new`` with the ``item_idx`` that continue the item table."""
         start = self.n_items + 1
         return new.reset_index(drop=True).assign(
             item_idx=np.arange(start, start + len(new), dtype=np.int32)
@@ -501,25 +509,18 @@ class Run:
             raise fail(f"{path} is unreadable ({err}); delete it to serve without added items")
         keep = ~frame["item_id"].astype(str).isin(self.catalogue.by_id).to_numpy()
         if keep.any():
-            start = self.n_items + 1
-            frame = frame[keep].reset_index(drop=True)
-            frame["item_idx"] = np.arange(start, start + len(frame), dtype=np.int32)
-            self._append(frame, vectors[keep])
+            self._append(self._numbered(frame[keep]), vectors[keep])
 
 
-def load_run(
-    run: Path | str | None = None,
-    dataset: str | None = None,
-    *,
+def trained_run(
+    run: Path | str | None,
+    dataset: str | None,
     checkpoint: str = "best",
-    processed_dir: Path | None = None,
     models_dir: Path | None = None,
-    device: str = "cpu",
-) -> Run:
-    """Load a run folder (default: ``dataset``'s best run by validation NDCG@10) for serving.
-
-    The processed data of the run's dataset supplies the titles, users and histories.
-    """
+) -> tuple[Any, Path]:
+    """The run folder (default: ``dataset``'s best run by validation NDCG@10) loaded as a
+    :class:`~recsys.modeling.runs.TrainedRun`, checked to be of ``dataset`` when one is given,
+    and the checkpoint file it came from."""
     from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run
     from recsys.modeling.runs import load_run as load_trained_run
 
@@ -538,19 +539,36 @@ def load_run(
             f"run {run_dir} was trained on {trained.dataset!r}, not {dataset!r}; pick a run under "
             f"models/{dataset}/ or leave the dataset out"
         )
+    return trained, run_dir / (BEST_CKPT if checkpoint == "best" else LAST_CKPT)
+
+
+def load_run(
+    run: Path | str | None = None,
+    dataset: str | None = None,
+    *,
+    checkpoint: str = "best",
+    processed_dir: Path | None = None,
+    models_dir: Path | None = None,
+    device: str = "cpu",
+) -> Run:
+    """Load a run folder (default: ``dataset``'s best run by validation NDCG@10) for serving.
+
+    The processed data of the run's dataset supplies the titles, users and histories.
+    """
+    trained, path = trained_run(run, dataset, checkpoint, models_dir)
     data = load_processed(trained.dataset, processed_dir)
     expected = int(trained.model.config.n_catalogue)
     if data.n_catalogue != expected:
         raise fail(
-            f"run {run_dir} was trained on {expected} items but data/processed/{data.name} has "
-            f"{data.n_catalogue}; the data changed since training: retrain the run"
+            f"run {trained.run_dir} was trained on {expected} items but "
+            f"data/processed/{data.name} has {data.n_catalogue}; the data changed since "
+            "training: retrain the run"
         )
-    path = run_dir / (BEST_CKPT if checkpoint == "best" else LAST_CKPT)
     return Run(
         trained.model,
         trained.config,
         data,
-        run_dir,
+        trained.run_dir,
         path,
         processed_root=processed_dir,
         device=device,
