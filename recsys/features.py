@@ -596,7 +596,8 @@ def pick_device(device: str) -> str:
     return device
 
 
-def _cpu_cores() -> int:
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity), for torch's thread count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -623,7 +624,7 @@ def encode_texts(
     from tqdm import tqdm
 
     if device == "cpu":
-        torch.set_num_threads(_cpu_cores())
+        torch.set_num_threads(cpu_cores())
     model = model.to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
@@ -667,7 +668,7 @@ def encode_sentences(
     import torch
 
     if device == "cpu":
-        torch.set_num_threads(_cpu_cores())
+        torch.set_num_threads(cpu_cores())
     bar = progress and sys.stderr.isatty()  # as tqdm's default: no bar in logs
     vectors = model.encode(
         list(texts), batch_size=batch_size, show_progress_bar=bar, device=device

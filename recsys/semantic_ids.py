@@ -30,7 +30,7 @@ import numpy as np
 from loguru import logger
 
 from recsys.cli import RecsysError, fail
-from recsys.features import _cpu_cores, load_features_and_manifest, model_slug
+from recsys.features import cpu_cores, load_features_and_manifest, model_slug
 from recsys.io import read_array_and_manifest, write_array_and_manifest
 from recsys.processed import processed_dir
 
@@ -182,7 +182,7 @@ def rq_vae(x: np.ndarray, options: SemanticIdOptions) -> tuple[np.ndarray, np.nd
     import torch
     from vector_quantize_pytorch import ResidualVQ
 
-    torch.set_num_threads(_cpu_cores())
+    torch.set_num_threads(cpu_cores())
     torch.manual_seed(options.seed)
     dim = x.shape[1]
     encoder = _mlp([dim, options.hidden_dim, options.hidden_dim // 2, options.latent_dim])
