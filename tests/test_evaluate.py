@@ -352,7 +352,7 @@ def test_one_seed_configs_keep_their_run_row(world, tmp_path):
     assert "std" not in row["test"]["ndcg@10"]
     assert [r["name"] for r in report["per_seed"]] == ["tiny-id"]
     assert {k: v for k, v in report["per_seed"][0].items() if k not in ("config", "seed")} == {
-        k: v for k, v in row.items() if k not in ("n_seeds", "seeds", "runs")
+        k: v for k, v in row.items() if k not in ("n_seeds", "seeds", "runs", "config_name")
     }
     assert "## Spread across seeds" not in (tmp_path / "synthetic.md").read_text()
 

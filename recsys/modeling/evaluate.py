@@ -11,6 +11,11 @@ over the seeds, their spread (sample std, min, max), and the bootstrap interval 
 (each user's metric averaged over the seeds, then users resampled). Each run's own row stays in
 the report's ``per_seed`` list, and runs tracked in MLflow get their metrics added there.
 
+A generative run (``item_repr: semantic``) scores the items its beam search generates, with their
+log-probabilities, and every other item -inf: a target outside the beams is a miss, and its
+metrics at K above the beam size are left blank. It is compared with ``sasrec-ce`` by the same
+paired test (``generative`` in the report).
+
 Output: ``reports/metrics/<dataset>.json`` (contract 4) and ``<dataset>.md``. ``--cold-items F``
 adds (or replaces) only the ``cold_start`` section of that file.
 
@@ -46,7 +51,7 @@ from recsys.config import DEFAULT_DATASET, METRICS_DIR, MODELS_DIR, PROCESSED_DA
 from recsys.io import read_json, write_json, write_text
 from recsys.modeling import metrics as M
 from recsys.modeling.baselines import fit_baselines
-from recsys.modeling.model import TEXT_REPRS
+from recsys.modeling.model import COLD_CAPABLE, Decoder, SemanticDecoder, next_item_scores
 from recsys.processed import (
     TRAIN,
     EvalExamples,
@@ -66,6 +71,8 @@ MAIN_METRIC = "ndcg@10"
 SAMPLED_PREFIX = "sampled_"
 #: The run-name suffix ``make train SEEDS=...`` adds; a config's row drops it.
 SEED_SUFFIX = re.compile(r"-seed\d+$")
+#: The scoring config a generative one is compared with, on the same users.
+REFERENCE_CONFIG = "sasrec-ce"
 #: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
 BATCH_SIZE = 128
 
@@ -83,10 +90,12 @@ class Candidate:
     item_repr: str | None = None
     n_params: int | None = None
     config: dict[str, Any] | None = None
+    #: The largest K its metrics can be reported at: a generative run ranks its beams only.
+    max_k: int | None = None
 
     @property
     def can_score_cold(self) -> bool:
-        return self.kind == "trained" and self.item_repr in TEXT_REPRS
+        return self.kind == "trained" and self.item_repr in COLD_CAPABLE
 
 
 @dataclass
@@ -122,11 +131,16 @@ def context_length(scorer: Any) -> int | None:
     return getattr(config, "max_len", None)
 
 
-def score_batch(scorer: Any, item_seq: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-    """Scores in float32; user ids go only to trained models that were trained with them."""
-    config = getattr(scorer, "config", None)
-    if getattr(config, "use_user", False):
-        return scorer.score(item_seq, users).float()
+def score_batch(
+    scorer: Any,
+    item_seq: torch.Tensor,
+    users: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scores in float32 from a trained decoder (see :func:`next_item_scores`; ``exclude`` is
+    the history a generative one prunes) or a baseline."""
+    if isinstance(scorer, Decoder):
+        return next_item_scores(scorer, item_seq, users, exclude).float()
     return scorer.score(item_seq).float()
 
 
@@ -158,9 +172,9 @@ def batched_scores(
         longest = max(1, max(len(h) for h in batch))
         padded = torch.from_numpy(left_pad(batch, longest))
         item_seq = padded[:, -max_len:].contiguous() if max_len else padded
-        scores = score_batch(scorer, item_seq.to(device), torch.from_numpy(users[rows]).to(device))
-        exclude = None if keep_history else padded.to(scores.device)
-        yield rows, scores, exclude
+        exclude = None if keep_history else padded.to(device)
+        batch_users = torch.from_numpy(users[rows]).to(device)
+        yield rows, score_batch(scorer, item_seq.to(device), batch_users, exclude), exclude
 
 
 def in_input_order(rows: list[np.ndarray], parts: list[torch.Tensor]) -> torch.Tensor:
@@ -303,7 +317,12 @@ def summarize(
 # ----------------------------------------------------------------------------- the models
 
 
-def load_trained(run_dir: Path, dataset: str, device: torch.device | str = "cpu") -> Candidate:
+def load_trained(
+    run_dir: Path,
+    dataset: str,
+    device: torch.device | str = "cpu",
+    processed_root: Path | None = None,
+) -> Candidate:
     """A trained run as a candidate; a run of another dataset is a user error."""
     from recsys.modeling.runs import load_run
 
@@ -314,15 +333,36 @@ def load_trained(run_dir: Path, dataset: str, device: torch.device | str = "cpu"
             f"pick a run under models/{dataset}/ or pass --dataset {trained.dataset}"
         )
     model = trained.model
+    generative = isinstance(model, SemanticDecoder)
+    if generative:
+        check_trie(run_dir, trained.config, model, processed_root)
     return Candidate(
         name=Path(run_dir).name,
         kind="trained",
         scorer=model,
         run=str(run_dir),
         item_repr=trained.config.get("item_repr", getattr(model.config, "item_repr", None)),
-        n_params=int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        n_params=model.n_params(),
         config=trained.config,
+        max_k=model.config.beam_size if generative else None,
     )
+
+
+def check_trie(
+    run_dir: Path, config: dict[str, Any], model: SemanticDecoder, processed_root: Path | None
+) -> None:
+    """A generative run may only rank the data whose semantic IDs it was trained on: the same
+    code for the same item, else its trie names other items."""
+    from recsys.modeling.train import semantic_ids_slug
+    from recsys.semantic_ids import load_semantic_ids
+
+    dataset = config["dataset"]
+    ids, _ = load_semantic_ids(dataset, semantic_ids_slug(config), processed_root)
+    if not torch.equal(torch.from_numpy(ids), model.item_codes.cpu()):
+        raise fail(
+            f"run {run_dir} was trained on other semantic IDs than those of {dataset} now "
+            f"({semantic_ids_slug(config)}); retrain it with 'make train DATASET={dataset}'"
+        )
 
 
 def trained_candidates(
@@ -330,12 +370,13 @@ def trained_candidates(
     models_dir: Path | None,
     cold_items: float,
     device: torch.device | str,
+    processed_root: Path | None = None,
 ) -> list[Candidate]:
     """Trained runs of ``dataset`` whose cold-start fraction equals ``cold_items``."""
     from recsys.modeling.runs import cold_fraction, list_runs
 
     runs = [p for p in list_runs(dataset, models_dir) if cold_fraction(p) == cold_items]
-    return [load_trained(p, dataset, device) for p in runs]
+    return [load_trained(p, dataset, device, processed_root) for p in runs]
 
 
 def baseline_candidates(data: ProcessedData, cold: np.ndarray | None = None) -> list[Candidate]:
@@ -419,11 +460,26 @@ def significance(
 
     def best(kind: str) -> dict[str, Any] | None:
         pool = [r for r in rows if r["kind"] == kind]
-        return max(pool, key=lambda r: r["valid"][MAIN_METRIC]["value"]) if pool else None
+        return best_on_valid(pool) if pool else None
 
     model, baseline = best("trained"), best("baseline")
     if model is None or baseline is None:
         return None
+    return paired_test(model, baseline, test_values, n_bootstrap, seed)
+
+
+def best_on_valid(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(rows, key=lambda r: r["valid"][MAIN_METRIC]["value"])
+
+
+def paired_test(
+    model: dict[str, Any],
+    baseline: dict[str, Any],
+    test_values: dict[str, torch.Tensor],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``model`` - ``baseline`` in test NDCG@10, by a paired bootstrap over the same users."""
     test = M.paired_bootstrap(
         test_values[model["name"]], test_values[baseline["name"]], n_bootstrap, CONFIDENCE, seed
     )
@@ -439,6 +495,22 @@ def significance(
         "high": test.high,
         "p_value": test.p_value,
     }
+
+
+def generative_test(
+    rows: list[dict[str, Any]], test_values: dict[str, torch.Tensor], n_bootstrap: int, seed: int
+) -> dict[str, Any] | None:
+    """The best generative config against ``sasrec-ce`` (else the best scoring config), each
+    chosen on valid NDCG@10, paired on the same test users."""
+    trained = [r for r in rows if r["kind"] == "trained"]
+    generative = [r for r in trained if r["item_repr"] == "semantic"]
+    scoring = [r for r in trained if r["item_repr"] != "semantic"]
+    if not generative or not scoring:
+        return None
+    reference = [r for r in scoring if r.get("config_name") == REFERENCE_CONFIG] or scoring
+    return paired_test(
+        best_on_valid(generative), best_on_valid(reference), test_values, n_bootstrap, seed
+    )
 
 
 def split_kind(stats: dict[str, Any]) -> str:
@@ -541,16 +613,21 @@ def seed_row(
         "run": None,
         "item_repr": first["item_repr"],
         "n_params": first["n_params"],
+        "max_k": first["max_k"],
     }
     for split in SPLITS:
         out[split] = {
-            key: seed_entry(
-                np.array([row[split][key]["value"] for row in rows], dtype=np.float64),
-                per_user_mean([r[split] for r in ranked], key, popularity),
-                n_bootstrap,
-                seed,
+            key: (
+                seed_entry(
+                    np.array([row[split][key]["value"] for row in rows], dtype=np.float64),
+                    per_user_mean([r[split] for r in ranked], key, popularity),
+                    n_bootstrap,
+                    seed,
+                )
+                if entry["value"] is not None
+                else entry  # blank beyond a generative run's beams
             )
-            for key in first[split]
+            for key, entry in first[split].items()
         }
     return out
 
@@ -571,10 +648,24 @@ def candidate_row(
         "run": cand.run,
         "item_repr": cand.item_repr,
         "n_params": cand.n_params,
+        "max_k": cand.max_k,
     }
     for split in SPLITS:
-        row[split] = summarize(ranked[split], popularity, n_items, ks, n_bootstrap, seed)
+        metrics = summarize(ranked[split], popularity, n_items, ks, n_bootstrap, seed)
+        row[split] = within_k(metrics, cand.max_k)
     return row
+
+
+def within_k(metrics: dict[str, dict[str, Any]], max_k: int | None) -> dict[str, dict[str, Any]]:
+    """Blank every metric at a K above ``max_k``: a generative run's list is its beams, so its
+    figures there would count the items it never generated as misses."""
+    if max_k is None:
+        return metrics
+    blank = M.Interval(None, None, None).as_dict()
+    return {
+        key: blank if int(key.rpartition("@")[2]) > max_k else entry
+        for key, entry in metrics.items()
+    }
 
 
 def evaluate_main(
@@ -615,6 +706,7 @@ def evaluate_main(
             n_seeds=len(members) if trained else None,
             seeds=seeds,
             runs=[c.name for c in members] if trained else [],
+            config_name=(members[0].config or {}).get("config_name") if trained else None,
         )
         rows.append(row)
         test_values[name] = per_user_mean([r["test"] for r in ranked], MAIN_METRIC, popularity)
@@ -624,6 +716,7 @@ def evaluate_main(
     report["models"] = rows
     report["per_seed"] = per_seed
     report["significance"] = significance(rows, test_values, n_bootstrap, seed)
+    report["generative"] = generative_test(rows, test_values, n_bootstrap, seed)
     report["cold_start"] = None
     return report
 
@@ -637,7 +730,7 @@ def log_tracked_runs(report: dict[str, Any]) -> None:
             f"{split}_{key}": entry["value"]
             for split in SPLITS
             for key, entry in row[split].items()
-            if entry.get("value") is not None
+            if entry and entry.get("value") is not None
         }
         if row.get("run") and tracking.log_evaluation(Path(row["run"]), metrics):
             logger.info(f"added the evaluation of {row['name']} to its MLflow run")
@@ -720,7 +813,7 @@ def compatible(existing: dict[str, Any] | None, data: ProcessedData) -> bool:
 
 
 def _cell(entry: dict[str, float | None] | None, scale: float = 1.0, digits: int = 4) -> str:
-    if entry is None:
+    if entry is None or entry["value"] is None:
         return "-"
     value = f"{entry['value'] * scale:.{digits}f}"
     if entry.get("low") is None:
@@ -753,6 +846,21 @@ def _spread_lines(models: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _value(entry: dict[str, float | None]) -> str:
+    return "-" if entry["value"] is None else f"{entry['value']:.4f}"
+
+
+def _paired_line(title: str, sig: dict[str, Any]) -> str:
+    interval = "" if sig["low"] is None else f" [{sig['low']:+.4f}, {sig['high']:+.4f}]"
+    p_value = "n/a" if sig["p_value"] is None else f"{sig['p_value']:.4f}"
+    n_seeds = sig.get("n_seeds") or 1
+    model = f"{sig['model']} (mean of {n_seeds} seeds)" if n_seeds > 1 else sig["model"]
+    return (
+        f"**{title}** ({sig['method']}, {sig['split']} {sig['metric']}): "
+        f"{model} - {sig['baseline']} = {sig['delta']:+.4f}{interval}, p = {p_value}."
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables (test and valid at K=10 with CIs, then NDCG/HR at every K)."""
     lines = [
@@ -772,6 +880,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "seeds (the mean model), and the spread across seeds is tabled below. Each run's own row "
         "is in the JSON (`per_seed`).",
     ]
+    beams = sorted({row["max_k"] for row in report["models"] if row.get("max_k")})
+    if beams:
+        lines += [
+            "",
+            "Generative runs (item repr semantic) rank the items they generate, the beam size "
+            f"{', '.join(map(str, beams))}, and count a target outside their beams as a miss. "
+            "Their metrics at a larger K are blank (-).",
+        ]
     # One held-out item per user: recall@K equals hr@K and map@K equals mrr@K (both in the JSON).
     at10 = ["hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10"]
     for split in SPLITS if report["models"] else ():
@@ -792,20 +908,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("| model | " + " | ".join(every_k) + " |")
         lines.append("|---|" + "---:|" * len(every_k))
         for row in report["models"]:
-            cells = [f"{row['test'][m]['value']:.4f}" for m in every_k]
+            cells = [_value(row["test"][m]) for m in every_k]
             lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines += _spread_lines(report["models"])
-    sig = report.get("significance")
-    if sig:
-        interval = "" if sig["low"] is None else f" [{sig['low']:+.4f}, {sig['high']:+.4f}]"
-        p_value = "n/a" if sig["p_value"] is None else f"{sig['p_value']:.4f}"
-        n_seeds = sig.get("n_seeds") or 1
-        model = f"{sig['model']} (mean of {n_seeds} seeds)" if n_seeds > 1 else sig["model"]
-        lines += [
-            "",
-            f"**Significance** ({sig['method']}, {sig['split']} {sig['metric']}): "
-            f"{model} - {sig['baseline']} = {sig['delta']:+.4f}{interval}, p = {p_value}.",
-        ]
+    for key, title in (("significance", "Significance"), ("generative", "Generative")):
+        if report.get(key):
+            lines += ["", _paired_line(title, report[key])]
     cold = report.get("cold_start")
     if cold:
         lines += [
@@ -856,7 +964,11 @@ def evaluate(
         raise fail(f"--bootstrap must be >= 0 (0 turns the intervals off), got {n_bootstrap}")
     torch_device = resolve_device(device)
     data = load_processed(dataset, processed_dir)
-    trained = [] if baselines_only else trained_candidates(dataset, models_dir, cold_items, "cpu")
+    trained = (
+        []
+        if baselines_only
+        else trained_candidates(dataset, models_dir, cold_items, "cpu", processed_dir)
+    )
     if not baselines_only:
         require_trained(trained, dataset, cold_items)
     cold = cold_item_set(data.n_items, cold_items, cold_seed(trained)) if cold_items else None

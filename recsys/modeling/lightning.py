@@ -37,7 +37,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recsys.io import atomic_path, write_json, write_text
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k, target_ranks
-from recsys.modeling.model import ModelConfig, SeqRecModel
+from recsys.modeling.model import (
+    ModelConfig,
+    SemanticDecoder,
+    SeqRecModel,
+    build_model,
+    next_item_scores,
+)
 from recsys.processed import left_pad
 
 METRIC = "val_ndcg@10"
@@ -289,7 +295,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 
 class SeqRecModule(pl.LightningModule):
-    """Trains :class:`SeqRecModel`; the run config travels in the checkpoint as plain dicts."""
+    """Trains a :class:`SeqRecModel` or a :class:`SemanticDecoder`; the run config travels in
+    the checkpoint as plain dicts."""
 
     def __init__(
         self,
@@ -298,14 +305,19 @@ class SeqRecModule(pl.LightningModule):
         item_features: Tensor | None = None,
         item_counts: Tensor | None = None,
         cold_items: np.ndarray | None = None,
+        item_codes: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.config, self.model_config = dict(config), dict(model_config)
-        self.model = SeqRecModel(ModelConfig.from_dict(model_config), item_features)
-        if item_counts is not None:
-            self.model.set_item_counts(item_counts)
-        if cold_items is not None and len(cold_items):
-            self.model.candidate_mask[torch.as_tensor(cold_items, dtype=torch.long)] = False
+        self.model = build_model(ModelConfig.from_dict(model_config), item_features, item_codes)
+        # A scoring model's loss ranks a candidate set; the generative one only ever sees the
+        # items of the (cold-cut) training sequences as targets.
+        if isinstance(self.model, SeqRecModel):
+            if item_counts is not None:
+                self.model.set_item_counts(item_counts)
+            if cold_items is not None and len(cold_items):
+                cold = torch.as_tensor(cold_items, dtype=torch.long)
+                self.model.candidate_mask[cold] = False
         self._sums: dict[str, Tensor] = {}
         self.epoch_metrics: dict[str, float] = {}
         self._mean_batch_targets = 1.0
@@ -360,10 +372,13 @@ class SeqRecModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         n_items = self.model.config.n_items
-        scores = self.model.score(batch["items"], batch["users"]).float()
-        logits = scores.masked_fill(~self.model.candidate_mask, float("-inf"))
-        targets = batch["targets"]
-        self._add("val_loss", F.cross_entropy(logits, targets, reduction="sum"))
+        items, targets = batch["items"], batch["targets"]
+        scores = next_item_scores(self.model, items, batch["users"], batch["history"]).float()
+        if isinstance(self.model, SemanticDecoder):  # the target's codes, token by token
+            self._add("val_loss", -self.model.item_log_probs(items, targets).sum())
+        else:
+            logits = scores.masked_fill(~self.model.candidate_mask, float("-inf"))
+            self._add("val_loss", F.cross_entropy(logits, targets, reduction="sum"))
         ranks = target_ranks(scores, targets, exclude=batch["history"], n_rank=n_items)
         self._add("val_ndcg@10", ndcg_at_k(ranks, 10).sum())
         self._add("val_hr@10", hit_rate_at_k(ranks, 10).sum())

@@ -22,14 +22,20 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-ITEM_REPRS = ("id", "text", "hybrid")
+#: Cached keys and values of the positions decoded so far, [B, K, S, H, d / H] each.
+KeyValues = tuple[Tensor, Tensor]
+
+ITEM_REPRS = ("id", "text", "hybrid", "semantic")
 #: Representations whose item vectors come from text: any item with text is rankable by them.
 TEXT_REPRS = ("text", "hybrid")
+#: Representations that name an item by codes made from its text, so it can be generated untrained.
+COLD_CAPABLE = (*TEXT_REPRS, "semantic")
 LOSSES = ("ce", "sampled", "bce", "bpr")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 POSITIONS = ("learned", "sinusoidal")
@@ -66,6 +72,10 @@ class ModelConfig:
     loss: str = "ce"
     sampler: str = "uniform"  # negatives for loss=sampled
     n_negatives: int = 256  # negatives per batch for loss=sampled
+    # item_repr=semantic: the vocabulary of each semantic-ID level (the last one tells apart
+    # items whose codes collide), and the beams kept while generating the next item.
+    code_vocab: tuple[int, ...] = ()
+    beam_size: int = 20
 
     def __post_init__(self) -> None:
         choices = {
@@ -96,12 +106,31 @@ class ModelConfig:
         for key in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
-        if self.item_repr != "id" and self.feature_dim < 1:
+        if self.item_repr in TEXT_REPRS and self.feature_dim < 1:
             raise ValueError(f"item_repr={self.item_repr} needs text features (feature_dim >= 1)")
+        self.code_vocab = tuple(int(v) for v in self.code_vocab)
+        if self.item_repr == "semantic":
+            self._check_semantic()
         if self.use_user and self.n_users < 1:
             raise ValueError("use_user needs n_users >= 1")
         if self.loss == "sampled" and self.n_negatives < 1:
             raise ValueError(f"n_negatives must be >= 1, got {self.n_negatives!r}")
+
+    def _check_semantic(self) -> None:
+        if not self.code_vocab or min(self.code_vocab) < 1:
+            raise ValueError(
+                f"item_repr=semantic needs code_vocab sizes >= 1, got {self.code_vocab}"
+            )
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size!r}")
+        unsupported = {
+            "loss": (self.loss, "ce"),
+            "use_user": (self.use_user, False),
+            "position_origin": (self.position_origin, "start"),
+        }
+        for key, (value, needed) in unsupported.items():
+            if value != needed:
+                raise ValueError(f"item_repr=semantic supports {key}={needed} only, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +167,46 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).contiguous().view(batch, q.shape[2], width)
         return self.resid_dropout(self.proj(y))
+
+    def keys_values(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, T, d / H] of a sequence, to cache for decoding after it."""
+        batch, length, width = keys.shape
+        k, v = F.linear(keys, self.qkv.weight[width:], self.qkv.bias[width:]).split(width, dim=2)
+        return tuple(t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (k, v))
+
+    def extend(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        history: tuple[Tensor, Tensor],
+        real: Tensor,
+        cache: KeyValues | None,
+    ) -> tuple[Tensor, KeyValues]:
+        """Attention of one new position per beam over the shared history and the beam's own
+        earlier new positions, without copying the history for every beam.
+
+        ``query`` and ``keys`` [B, K, d] are the new positions' inputs; ``history`` the cached
+        keys and values [B, H, T, d / H] of the sequence with ``real`` [B, T] marking its items;
+        ``cache`` the keys and values [B, K, S, H, d / H] of the beams' S earlier new positions.
+        Returns the attention output [B, K, d] and the cache with this position appended.
+        """
+        batch, beams, width = query.shape
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(query, weight[:width], bias[:width]).view(batch, beams, self.n_heads, -1)
+        k, v = F.linear(keys, weight[width:], bias[width:]).split(width, dim=2)
+        k, v = (t.view(batch, beams, 1, self.n_heads, -1) for t in (k, v))
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        history_k, history_v = history
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        old = torch.einsum("bkhd,bhtd->bkht", q, history_k) * scale
+        old = old.masked_fill(~real[:, None, None, :], float("-inf"))
+        new = torch.einsum("bkhd,bkshd->bkhs", q, k) * scale
+        weights = torch.softmax(torch.cat([old, new], dim=-1), dim=-1)
+        length = history_k.shape[2]
+        y = torch.einsum("bkht,bhtd->bkhd", weights[..., :length], history_v)
+        y = y + torch.einsum("bkhs,bkshd->bkhd", weights[..., length:], v)
+        return self.resid_dropout(self.proj(y.reshape(batch, beams, width))), (k, v)
 
 
 class MLP(nn.Module):
@@ -191,20 +260,36 @@ class Block(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
         """The block's output at every position, or (``last_only``) at the last one alone: what
         the final block of a next-item score needs, at a fraction of the work."""
-        if last_only:
-            attn_mask = attn_mask[..., -1:, :]
-        if self.kind == "sasrec":
-            query = self.ln_1(x[:, -1:] if last_only else x)
-            x = self.ln_2(query + self.attn(x, attn_mask, query))
-            return x + self.mlp(x)
         normed = self.ln_1(x)
-        query = normed[:, -1:] if last_only else None
-        x = x[:, -1:] if last_only else x
+        keys = self.key_input(x, normed)
+        if last_only:
+            attn_mask, x, normed = attn_mask[..., -1:, :], x[:, -1:], normed[:, -1:]
+        query = None if normed is keys else normed
+        return self.residual(x, normed, self.attn(keys, attn_mask, query))
+
+    def key_input(self, x: Tensor, normed: Tensor) -> Tensor:
+        """What keys and values are computed from: SASRec's block reads the raw stream."""
+        return x if self.kind == "sasrec" else normed
+
+    def residual(self, x: Tensor, normed: Tensor, attended: Tensor) -> Tensor:
+        """The rest of the block, given its stream ``x``, ``ln_1(x)`` and the attention output."""
+        if self.kind == "sasrec":
+            x = self.ln_2(normed + attended)
+            return x + self.mlp(x)
         if self.kind == "gated":
-            x = x + torch.sigmoid(self.attn_gate(x)) * self.attn(normed, attn_mask, query)
+            x = x + torch.sigmoid(self.attn_gate(x)) * attended
             return x + torch.sigmoid(self.mlp_gate(x)) * self.mlp(self.ln_2(x))
-        x = x + self.attn(normed, attn_mask, query)
+        x = x + attended
         return x + self.mlp(self.ln_2(x))
+
+    def step(
+        self, x: Tensor, history: tuple[Tensor, Tensor], real: Tensor, cache: KeyValues | None
+    ) -> tuple[Tensor, KeyValues]:
+        """One new position per beam (``x`` [B, K, d]) after a cached history; see
+        :meth:`CausalSelfAttention.extend`."""
+        normed = self.ln_1(x)
+        attended, cache = self.attn.extend(normed, self.key_input(x, normed), history, real, cache)
+        return self.residual(x, normed, attended), cache
 
 
 def sinusoidal_table(length: int, width: int) -> Tensor:
@@ -253,12 +338,89 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         return d_hidden, d_table, None, None
 
 
-class SeqRecModel(nn.Module):
+class Decoder(nn.Module):
+    """What both decoders share: the positions, the blocks and final norm, the weight init and
+    the optimiser groups. Subclasses embed their tokens and call :meth:`_init_weights` last."""
+
+    def __init__(self, config: ModelConfig, n_positions: int) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(n_positions, d)
+        else:
+            self.register_buffer("pos_table", sinusoidal_table(n_positions, d), persistent=False)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def _init_weights(self) -> None:
+        self.apply(self._init_module)
+        for name, param in self.named_parameters():
+            if name.endswith("proj.weight") and "text_proj" not in name:
+                # GPT-2: scale the residual projections by depth so the stream does not grow.
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * self.config.n_layers))
+
+    @staticmethod
+    def _init_module(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    def position_vectors(self, positions: Tensor) -> Tensor:
+        if self.config.positions == "learned":
+            return self.pos_emb(positions)
+        return self.pos_table[positions]
+
+    def transform(self, x: Tensor, real: Tensor, last_only: bool = False) -> Tensor:
+        """The blocks and final norm over embedded positions ``x`` [B, T, d]; position t sees
+        positions <= t that are ``real`` [B, T] only (``last_only``: the last position alone)."""
+        x = self.emb_dropout(x * real[..., None])
+        last = len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
+            x = block(x, causal_mask(real), last_only=last_only and depth == last)
+        return self.ln_f(x)
+
+    # ---------------------------------------------------------------------------- optimiser
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay linear-layer matrices only, not norms, biases or embeddings."""
+        decay, no_decay = [], []
+        linear_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        for param in self.parameters():
+            if param.requires_grad:
+                (decay if id(param) in linear_weights else no_decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def n_params(self) -> int:
+        """Trainable parameters (the frozen text vectors are a buffer, not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def causal_mask(real: Tensor) -> Tensor:
+    """[B, 1, T, T]: causal and key-padding; a query keeps itself, so padding stays finite."""
+    length = real.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+    diagonal = torch.eye(length, dtype=torch.bool, device=real.device)
+    return (causal & real[:, None, None, :]) | diagonal
+
+
+def item_positions(real: Tensor) -> Tensor:
+    """0, 1, 2, ... over the real items of each left-padded row (padding gets 0)."""
+    return (real.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+class SeqRecModel(Decoder):
     """Next-item scores over the whole catalogue from a left-padded item history."""
 
     def __init__(self, config: ModelConfig, item_features: Tensor | None = None) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config, config.max_len)
         d = config.d_model
         n_rows = config.n_catalogue + 1
         if config.item_repr in ("id", "hybrid"):
@@ -274,15 +436,6 @@ class SeqRecModel(nn.Module):
             # Frozen and saved with the weights, so a checkpoint needs no feature file.
             self.register_buffer("item_features", item_features.detach().float().clone())
             self.text_proj = nn.Linear(config.feature_dim, d)
-        if config.positions == "learned":
-            self.pos_emb = nn.Embedding(config.max_len, d)
-        else:
-            self.register_buffer(
-                "pos_table", sinusoidal_table(config.max_len, d), persistent=False
-            )
-        self.emb_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(d)
         if config.use_user:
             self.user_emb = nn.Embedding(config.n_users + 1, d, padding_idx=0)
             self.user_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, d))
@@ -295,21 +448,7 @@ class SeqRecModel(nn.Module):
         # Items trained on (count > 0): a hybrid model describes every other item by its text
         # alone, since its id row never moved from the random init. Saved with the weights.
         self.register_buffer("id_trained", candidates.clone())
-        self.apply(self._init_weights)
-        for name, param in self.named_parameters():
-            if name.endswith("proj.weight") and "text_proj" not in name:
-                # GPT-2: scale the residual projections by depth so the stream does not grow.
-                nn.init.normal_(param, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
+        self._init_weights()
 
     def set_item_counts(self, counts: Tensor) -> None:
         """Training-target counts per item: popularity for sampling, and which ids are trained."""
@@ -351,22 +490,10 @@ class SeqRecModel(nn.Module):
         if self.config.scale_embeddings:
             x = x * math.sqrt(self.config.d_model)
         if self.config.position_origin == "start":
-            positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)
+            positions = item_positions(real)
         else:
-            positions = (real.long().flip(1).cumsum(dim=1).flip(1) - 1).clamp(min=0)
-        if self.config.positions == "learned":
-            x = x + self.pos_emb(positions)
-        else:
-            x = x + self.pos_table[positions]
-        x = self.emb_dropout(x * real[..., None])
-        # Causal and key-padding mask; every query keeps itself so padded rows stay finite.
-        causal = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()
-        diagonal = torch.eye(length, dtype=torch.bool, device=item_seq.device)
-        attn_mask = (causal & real[:, None, None, :]) | diagonal
-        last = len(self.blocks) - 1
-        for depth, block in enumerate(self.blocks):
-            x = block(x, attn_mask, last_only=last_only and depth == last)
-        x = self.ln_f(x)
+            positions = item_positions(real.flip(1)).flip(1)
+        x = self.transform(x + self.position_vectors(positions), real, last_only)
         if self.config.use_user:
             if users is None:
                 users = torch.zeros(batch, dtype=torch.long, device=item_seq.device)
@@ -449,19 +576,225 @@ class SeqRecModel(nn.Module):
             return -F.logsigmoid(positive - negative).mean()
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
 
-    # ---------------------------------------------------------------------------- optimiser
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups: decay linear-layer matrices only, not norms, biases or embeddings."""
-        decay, no_decay = [], []
-        linear_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
-        for param in self.parameters():
-            if param.requires_grad:
-                (decay if id(param) in linear_weights else no_decay).append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
 
-    def n_params(self) -> int:
-        """Trainable parameters (the frozen text vectors are a buffer, not counted)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+class ItemTrie(nn.Module):
+    """The items' semantic IDs as a prefix tree, so that decoding can only spell real items.
+
+    Depth d has one dense table [nodes at depth d, vocabulary of level d] of child node ids, -1
+    where no item continues the prefix; at the last depth the children are the item ids. Tables
+    are rebuilt from the codes, so they are buffers that a checkpoint does not store.
+    """
+
+    def __init__(self, item_codes: Tensor, items: Tensor, code_vocab: tuple[int, ...]) -> None:
+        super().__init__()
+        codes = item_codes[items].cpu().numpy()
+        n_rows = len(item_codes)
+        parents = np.zeros(len(items), dtype=np.int64)
+        self.depths = len(code_vocab)
+        for depth, vocab in enumerate(code_vocab):
+            last = depth == self.depths - 1
+            if last:
+                nodes = items.cpu().numpy()
+            else:
+                _, nodes = np.unique(codes[:, : depth + 1], axis=0, return_inverse=True)
+                nodes = nodes.reshape(-1)
+            table = np.full((int(parents.max()) + 1, vocab), -1, dtype=np.int64)
+            table[parents, codes[:, depth]] = nodes
+            ancestor = np.full(n_rows, -1, dtype=np.int64)
+            ancestor[items.cpu().numpy()] = nodes
+            size = np.bincount(nodes, minlength=n_rows if last else 0)
+            self.register_buffer(f"children_{depth}", torch.from_numpy(table), persistent=False)
+            self.register_buffer(f"ancestor_{depth}", torch.from_numpy(ancestor), persistent=False)
+            self.register_buffer(f"size_{depth}", torch.from_numpy(size), persistent=False)
+            parents = nodes
+
+    def child_table(self, depth: int) -> Tensor:
+        return getattr(self, f"children_{depth}")
+
+    def available(self, depth: int, exclude: Tensor | None, batch: int) -> Tensor:
+        """[B or 1, nodes at depth + 1]: whether a child node has an item outside the row's
+        ``exclude`` (left-padded item ids, 0 = none)."""
+        size = getattr(self, f"size_{depth}")
+        if exclude is None:
+            return (size > 0)[None, :]
+        items = exclude.sort(dim=1).values  # count each excluded item once
+        first = torch.ones_like(items, dtype=torch.bool)
+        first[:, 1:] = items[:, 1:] != items[:, :-1]
+        nodes = getattr(self, f"ancestor_{depth}")[items]
+        counted = (first & (items > 0) & (nodes >= 0)).to(size.dtype)
+        excluded = torch.zeros(batch, len(size), dtype=size.dtype, device=size.device)
+        excluded.scatter_add_(1, nodes.clamp(min=0), counted)
+        return size[None, :] - excluded > 0
+
+
+class SemanticDecoder(Decoder):
+    """Generative retrieval over semantic IDs (TIGER, Rajput et al. 2023) on the same blocks.
+
+    An item is the tuple of its L codes (``item_codes`` [n_catalogue + 1, L], row 0 the padding
+    item, all -1). The decoder reads a history as its items' codes in order, one token each,
+    embedded by level (one block of rows of ``token_emb`` per level) plus the item's position and
+    the token's level, and learns to predict every next token. The output table is the input
+    table, tied as in GPT: a level's logits are the hidden state against that level's rows.
+    Recommending is a beam search in an :class:`ItemTrie`, so every beam spells a real item, and
+    items the user has seen are pruned from the trie before decoding starts.
+    """
+
+    def __init__(self, config: ModelConfig, item_codes: Tensor) -> None:
+        super().__init__(config, config.max_len + 1)  # a window: max_len items and the next
+        vocab = config.code_vocab
+        expected = (config.n_catalogue + 1, len(vocab))
+        if tuple(item_codes.shape) != expected:
+            raise ValueError(
+                f"item codes have shape {tuple(item_codes.shape)}, expected {expected} "
+                "= (n_catalogue + 1, levels)"
+            )
+        codes = item_codes.long()
+        sizes = torch.tensor(vocab)
+        if (codes[1:] < 0).any() or (codes[1:] >= sizes).any():
+            raise ValueError(f"item codes fall outside the vocabulary sizes {vocab}")
+        self.register_buffer("item_codes", codes.clone())
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
+        self.register_buffer("level_offsets", offsets, persistent=False)
+        levels = torch.repeat_interleave(torch.arange(len(vocab)), sizes)
+        bias = torch.full((len(vocab), int(sizes.sum())), float("-inf"))
+        bias[levels, torch.arange(int(sizes.sum()))] = 0.0
+        self.register_buffer("level_bias", bias, persistent=False)  # 0 on a level's own tokens
+        self.token_emb = nn.Embedding(int(sizes.sum()), config.d_model)
+        self.level_emb = nn.Embedding(len(vocab), config.d_model)
+        self.trie = ItemTrie(codes, torch.arange(1, config.n_items + 1), vocab)
+        self._init_weights()
+
+    @property
+    def levels(self) -> int:
+        return len(self.config.code_vocab)
+
+    def item_table(self) -> Tensor:
+        """Each item as the sum of its code embeddings [n_catalogue + 1, d] (row 0 zero): its
+        place in the learned space, for pictures of it. Ranking generates instead."""
+        rows = self.token_emb((self.item_codes + self.level_offsets).clamp(min=0)).sum(dim=1)
+        return rows * (self.item_codes[:, :1] >= 0)
+
+    def _tokens(self, item_seq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """An item batch [B, n] as token ids, real flags, item positions and levels [B, n * L]."""
+        real = item_seq > 0
+        codes = self.item_codes[item_seq] + self.level_offsets
+        levels = torch.arange(self.levels, device=item_seq.device).expand_as(codes)
+        positions = item_positions(real)[..., None].expand_as(codes)
+        flat = [t.flatten(1) for t in (codes.clamp(min=0), real[..., None].expand_as(codes))]
+        return flat[0], flat[1], positions.flatten(1), levels.flatten(1)
+
+    def _embed(self, tokens: Tensor, positions: Tensor, levels: Tensor) -> Tensor:
+        x = self.token_emb(tokens)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
+        return x + self.position_vectors(positions) + self.level_emb(levels)
+
+    def _log_probs(self, hidden: Tensor, levels: Tensor) -> Tensor:
+        """Log-probabilities over every token, -inf outside each position's target level."""
+        return torch.log_softmax(hidden @ self.token_emb.weight.T + self.level_bias[levels], -1)
+
+    # ------------------------------------------------------------------------------ training
+    def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
+        """Mean cross-entropy of every next token of the windows ``item_seq`` + last target."""
+        window = torch.cat([item_seq, targets[:, -1:]], dim=1)
+        tokens, real, positions, levels = self._tokens(window)
+        x = self._embed(tokens[:, :-1], positions[:, :-1], levels[:, :-1])
+        hidden = self.transform(x, real[:, :-1])
+        keep = real[:, 1:] & real[:, :-1]
+        logits = hidden[keep] @ self.token_emb.weight.T + self.level_bias[levels[:, 1:][keep]]
+        return F.cross_entropy(logits.float(), tokens[:, 1:][keep])
+
+    @torch.no_grad()
+    def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
+        """log p(item's codes | history) [B], one item per row, token by token (teacher forced)."""
+        window = torch.cat([item_seq, items[:, None]], dim=1)
+        tokens, real, positions, levels = self._tokens(window)
+        x = self._embed(tokens[:, :-1], positions[:, :-1], levels[:, :-1])
+        hidden = self.transform(x, real[:, :-1])[:, -self.levels :]
+        log_probs = self._log_probs(hidden, levels[:, -self.levels :])
+        return log_probs.gather(2, tokens[:, -self.levels :, None]).sum(dim=(1, 2))
+
+    # ---------------------------------------------------------------------------- retrieval
+    @torch.no_grad()
+    def generate(
+        self, item_seq: Tensor, beam_size: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` most likely next items [B, K] and their log-probabilities, by beam
+        search over the trie with the history's keys and values cached: each level costs one
+        position per beam. Items in ``exclude`` (left-padded ids) are pruned; a row with fewer
+        items left than beams gets item -1 at log-probability -inf in the spare beams."""
+        batch = len(item_seq)
+        tokens, real, positions, levels = self._tokens(item_seq)
+        x = self.emb_dropout(self._embed(tokens, positions, levels) * real[..., None])
+        mask, history, last = causal_mask(real), [], len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
+            history.append(block.attn.keys_values(block.key_input(x, block.ln_1(x))))
+            x = block(x, mask, last_only=depth == last)
+        hidden = self.ln_f(x[:, -1:])  # [B, 1, d]: one beam, the root
+        position = (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None]
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=item_seq.device)
+        scores = torch.zeros(batch, 1, device=item_seq.device)
+        caches: list[KeyValues | None] = [None] * len(self.blocks)
+        chosen = torch.zeros_like(nodes)  # each beam's code at the level before
+        for level, vocab in enumerate(self.config.code_vocab):
+            if level:
+                token = chosen + self.level_offsets[level - 1]
+                level_ids = torch.full_like(token, level - 1)
+                x = self._embed(token, position.expand_as(token), level_ids)
+                for depth, block in enumerate(self.blocks):
+                    x, caches[depth] = block.step(x, history[depth], real, caches[depth])
+                hidden = self.ln_f(x)
+            offset = int(self.level_offsets[level])
+            log_probs = self._log_probs(hidden, torch.full_like(nodes, level))
+            log_probs = log_probs[..., offset : offset + vocab]  # [B, K, V]
+            children = self.trie.child_table(level)[nodes.clamp(min=0)]
+            children = children.masked_fill((nodes < 0)[..., None], -1).flatten(1)
+            open_ = self.trie.available(level, exclude, batch)
+            open_ = open_.expand(batch, -1).gather(1, children.clamp(min=0)) & (children >= 0)
+            total = (scores[..., None] + log_probs).flatten(1).masked_fill(~open_, float("-inf"))
+            scores, picked = total.topk(min(beam_size, total.shape[1]), dim=1)
+            nodes = children.gather(1, picked).masked_fill(scores == float("-inf"), -1)
+            parents, chosen = picked // vocab, picked % vocab
+            caches = [_pick_beams(cache, parents) for cache in caches]
+        return nodes, scores
+
+    @torch.no_grad()
+    def score(self, item_seq: Tensor, exclude: Tensor | None = None) -> Tensor:
+        """[B, n_catalogue + 1]: the generated items' log-probabilities, -inf for the rest."""
+        items, log_probs = self.generate(item_seq, self.config.beam_size, exclude)
+        scores = torch.full(
+            (len(item_seq), self.config.n_catalogue + 1), float("-inf"), device=item_seq.device
+        )
+        found = items >= 0
+        rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
+        scores[rows[found], items[found]] = log_probs[found]
+        return scores
+
+
+def _pick_beams(cache: KeyValues | None, parents: Tensor) -> KeyValues | None:
+    """Each new beam's cache is its parent beam's."""
+    if cache is None:
+        return None
+    index = parents[:, :, None, None, None].expand(-1, -1, *cache[0].shape[2:])
+    return cache[0].gather(1, index), cache[1].gather(1, index)
+
+
+def build_model(
+    config: ModelConfig, item_features: Tensor | None = None, item_codes: Tensor | None = None
+) -> Decoder:
+    """The decoder a config asks for: semantic-ID generation, or scoring an item table."""
+    if config.item_repr == "semantic":
+        if item_codes is None:
+            raise ValueError("item_repr=semantic needs the items' semantic IDs (item_codes)")
+        return SemanticDecoder(config, item_codes)
+    return SeqRecModel(config, item_features)
+
+
+def next_item_scores(
+    model: Decoder, item_seq: Tensor, users: Tensor | None = None, exclude: Tensor | None = None
+) -> Tensor:
+    """Scores [B, n_catalogue + 1] from either decoder. The generative one prunes ``exclude``
+    (the whole history) while it decodes; for the scoring one, ranking masks it afterwards."""
+    if isinstance(model, SemanticDecoder):
+        return model.score(item_seq, exclude)
+    return model.score(item_seq, users if model.config.use_user else None)

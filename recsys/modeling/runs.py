@@ -1,8 +1,8 @@
 """Trained runs on disk (``models/<dataset>/<run>/``) and loading them back as models.
 
-A checkpoint is self-contained: it holds the run config, the model config and, for text and
-hybrid models, the frozen text vectors as a buffer, so :func:`load_run` needs no feature file
-and reads with ``torch.load(weights_only=True)``.
+A checkpoint is self-contained: it holds the run config, the model config and, as buffers, the
+frozen text vectors of text and hybrid models or the items' codes of semantic ones, so
+:func:`load_run` needs no feature file and reads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ MODEL_PREFIX = "model."
 class TrainedRun:
     """A trained model (eval mode) with the config it was trained with."""
 
-    model: Any  # SeqRecModel; typed loosely so importing this module does not import torch
+    model: Any  # a Decoder; typed loosely so importing this module does not import torch
     config: dict[str, Any]
     dataset: str
     run_dir: Path
@@ -50,16 +50,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "cpu"):
-    """Rebuild the :class:`SeqRecModel` of a checkpoint dict, in eval mode."""
-    from recsys.modeling.model import ModelConfig, SeqRecModel
+    """Rebuild the decoder of a checkpoint dict, in eval mode."""
+    from recsys.modeling.model import ModelConfig, build_model
 
     state = {
         key[len(MODEL_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()
         if key.startswith(MODEL_PREFIX)
     }
-    model = SeqRecModel(
-        ModelConfig.from_dict(checkpoint["recsys"]["model_config"]), state.get("item_features")
+    model = build_model(
+        ModelConfig.from_dict(checkpoint["recsys"]["model_config"]),
+        state.get("item_features"),
+        state.get("item_codes"),
     )
     model.load_state_dict(state)
     return model.to(device).eval()
@@ -96,24 +98,39 @@ def best_val_ndcg(run_dir: Path) -> float:
     return float(metrics["best_val_ndcg@10"])
 
 
-def cold_fraction(run_dir: Path) -> float:
-    """The ``cold_items`` fraction a run was trained with, from its config.yaml (0 if absent)."""
+def _saved_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        return 0.0
-    config = read_yaml(path, "delete the run or retrain it") or {}
-    return float(config.get("cold_items") or 0.0)
+        return {}
+    return read_yaml(path, "delete the run or retrain it") or {}
+
+
+def cold_fraction(run_dir: Path) -> float:
+    """The ``cold_items`` fraction a run was trained with, from its config.yaml (0 if absent)."""
+    return float(_saved_config(run_dir).get("cold_items") or 0.0)
+
+
+def is_generative(run_dir: Path) -> bool:
+    """Whether a run generates semantic IDs (``item_repr: semantic``) instead of scoring items."""
+    return _saved_config(run_dir).get("item_repr") == "semantic"
 
 
 def best_run(dataset: str, models_dir: Path | None = None) -> Path:
-    """The run of ``dataset`` with the highest best validation NDCG@10.
+    """The scoring run of ``dataset`` with the highest best validation NDCG@10.
 
     Runs trained on the whole catalogue come first: a cold-start run's validation skips the
     held-out items, so its number is not comparable and it should not serve by default.
+    Generative runs are left out: predict and the service rank an item table, which they lack.
     """
-    runs = list_runs(dataset, models_dir)
-    if not runs:
-        root = Path(models_dir or MODELS_DIR) / dataset
+    root = Path(models_dir or MODELS_DIR) / dataset
+    found = list_runs(dataset, models_dir)
+    if not found:
         raise fail(f"no trained runs in {root}; run 'make train DATASET={dataset}' first")
+    runs = [run for run in found if not is_generative(run)]
+    if not runs:
+        raise fail(
+            f"the runs in {root} are all generative (item_repr semantic) and rank no item table; "
+            f"train a scoring config, e.g. 'make train DATASET={dataset} CONFIGS=sasrec-ce'"
+        )
     whole_catalogue = [run for run in runs if cold_fraction(run) == 0.0]
     return max(whole_catalogue or runs, key=best_val_ndcg)

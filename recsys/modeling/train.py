@@ -42,8 +42,13 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 
 #: Every config key with its default; a config file or ``--set`` may change values, not add keys.
 DEFAULTS: dict[str, Any] = {
-    "item_repr": "id",  # id | text | hybrid
+    "item_repr": "id",  # id | text | hybrid | semantic (generative retrieval over semantic IDs)
     "feature_model": None,  # text-vector model for text/hybrid (None: the features default)
+    # item_repr=semantic: which semantic IDs of the dataset (a slug under semantic_ids/; None:
+    # the default ones of feature_model), and the beams kept when generating (>= 10, the K of
+    # validation NDCG@10; evaluation can report K up to it only).
+    "semantic_ids": None,
+    "beam_size": 20,
     "loss": "ce",  # ce | sampled | bce | bpr
     "sampler": "uniform",  # uniform | popularity | in-batch (loss=sampled)
     "n_negatives": 256,
@@ -88,7 +93,7 @@ CHOICES = {
 }
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
-    "item_repr scale_embeddings use_user loss sampler n_negatives"
+    "item_repr scale_embeddings use_user loss sampler n_negatives beam_size"
 ).split()
 
 
@@ -181,6 +186,11 @@ def resolve_config(
     for key in ("cold_items", "ema_decay"):
         if not 0.0 <= resolved[key] < 1.0:
             raise fail(f"config key {key!r} must be in [0, 1), got {resolved[key]!r}")
+    if resolved["item_repr"] == "semantic" and resolved["beam_size"] < 10:
+        raise fail(
+            f"config key 'beam_size' is {resolved['beam_size']}, smaller than the K of validation "
+            "NDCG@10; use a beam of at least 10"
+        )
     _check_model_keys(resolved)
     return {"dataset": dataset, "config_name": path.stem, **resolved}
 
@@ -195,6 +205,7 @@ def _check_model_keys(resolved: dict[str, Any]) -> None:
             n_catalogue=1,
             n_users=1,
             feature_dim=1,
+            code_vocab=(1,),
             **{k: resolved[k] for k in MODEL_KEYS},
         )
     except ValueError as err:
@@ -249,8 +260,12 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     counts = np.zeros(data.n_catalogue + 1, dtype=np.float64)
     for _, seq in sequences:
         np.add.at(counts, seq[1:], 1.0)
-    features = None
-    if config["item_repr"] != "id":
+    features = codes = None
+    code_vocab: list[int] = []
+    if config["item_repr"] == "semantic":
+        ids, code_vocab = load_codes(config, data.n_catalogue, processed_root)
+        codes = torch.from_numpy(ids)
+    elif config["item_repr"] != "id":
         features = torch.from_numpy(load_features(config, data.n_catalogue, processed_root))
     model_config = {
         **{k: config[k] for k in MODEL_KEYS},
@@ -258,6 +273,7 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
         "n_catalogue": data.n_catalogue,
         "n_users": data.n_users,
         "feature_dim": 0 if features is None else int(features.shape[1]),
+        "code_vocab": code_vocab,
     }
     return {
         "sequences": sequences,
@@ -265,6 +281,7 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
         "valid_histories": histories,
         "valid_targets": valid.targets[keep],
         "features": features,
+        "codes": codes,
         "counts": torch.from_numpy(counts),
         "cold": cold,
         "model_config": model_config,
@@ -288,6 +305,31 @@ def load_features(config: dict[str, Any], n_catalogue: int, processed_root: Path
             f"({n_catalogue + 1}, dim); run 'make features DATASET={dataset}' again"
         )
     return features.astype("float32", copy=False)
+
+
+def semantic_ids_slug(config: dict[str, Any]) -> str:
+    """The semantic IDs a semantic config reads: its ``semantic_ids``, else the default ones."""
+    from recsys.semantic_ids import SemanticIdOptions
+
+    return config["semantic_ids"] or SemanticIdOptions(model=config["feature_model"]).slug
+
+
+def load_codes(
+    config: dict[str, Any], n_catalogue: int, processed_root: Path | None
+) -> tuple[Any, list[int]]:
+    """The items' semantic IDs int64 [n_catalogue + 1, L + 1] (row 0 = -1), checked against the
+    feature file they came from, and the vocabulary size of each of their L + 1 levels."""
+    from recsys.semantic_ids import load_semantic_ids
+
+    dataset = config["dataset"]
+    ids, manifest = load_semantic_ids(dataset, semantic_ids_slug(config), processed_root)
+    if len(ids) != n_catalogue + 1:
+        raise fail(
+            f"the semantic IDs of {dataset} have {len(ids) - 1} items but the processed data "
+            f"{n_catalogue}; run 'make features DATASET={dataset}' again"
+        )
+    vocab = [int(manifest["codebook_size"])] * int(manifest["levels"])
+    return ids, vocab + [int(manifest["largest_collision_group"])]
 
 
 # ------------------------------------------------------------------------------------- train
@@ -451,6 +493,7 @@ def fit(
         inputs["features"],
         inputs["counts"],
         inputs["cold"],
+        inputs["codes"],
     )
     data = SeqDataModule(
         inputs["sequences"],

@@ -521,7 +521,7 @@ def trained_run(
     """The run folder (default: ``dataset``'s best run by validation NDCG@10) loaded as a
     :class:`~recsys.modeling.runs.TrainedRun`, checked to be of ``dataset`` when one is given,
     and the checkpoint file it came from."""
-    from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run
+    from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run, is_generative
     from recsys.modeling.runs import load_run as load_trained_run
 
     if run is None:
@@ -532,6 +532,11 @@ def trained_run(
     if not run_dir.is_dir():
         raise fail(
             f"run {run_dir} is not a folder; pass a run folder like models/ml-100k/sasrec-ce"
+        )
+    if is_generative(run_dir):
+        raise fail(
+            f"run {run_dir} generates semantic IDs (item_repr semantic) and has no item table "
+            "to rank or index; evaluate it with 'make evaluate', and pass a scoring run here"
         )
     trained = load_trained_run(run_dir, checkpoint=checkpoint, device="cpu")
     if dataset is not None and trained.dataset != dataset:

@@ -1,0 +1,328 @@
+"""Generative retrieval over semantic IDs (TIGER): the decoder, its trie and beam search, and a
+tiny run through train and evaluate, with the bad inputs the stages must refuse in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.cli import RecsysError
+from recsys.io import read_json, write_json
+from recsys.modeling import evaluate as E
+from recsys.modeling import train as train_module
+from recsys.modeling.model import BLOCKS, ModelConfig, SemanticDecoder, build_model
+from recsys.modeling.runs import load_run
+from recsys.modeling.synthetic import write_synthetic_processed
+from recsys.processed import cold_item_set
+from recsys.semantic_ids import (
+    SemanticIdOptions,
+    build_semantic_ids,
+    disambiguate,
+    semantic_id_paths,
+)
+from tests.test_semantic_ids import N_CLUSTERS, PER_CLUSTER, write_dataset
+
+N_ITEMS = 40
+VOCAB = (4, 4, 8)  # two code levels and the collision digit
+
+
+def unique_codes(n_items: int = N_ITEMS, seed: int = 0) -> torch.Tensor:
+    """[n_items + 1, 3] unique IDs made the way the product makes them (row 0: padding)."""
+    codes = np.random.default_rng(seed).integers(0, VOCAB[0], size=(n_items, 2))
+    ids, stats = disambiguate(codes)
+    assert stats["largest_collision_group"] <= VOCAB[2]
+    return torch.from_numpy(np.vstack([np.full((1, 3), -1), ids]))
+
+
+def tiny_decoder(block: str = "pre-ln", n_items: int = N_ITEMS, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        n_items=n_items,
+        n_catalogue=n_items,
+        max_len=6,
+        d_model=16,
+        n_heads=2,
+        n_layers=2,
+        dropout=0.0,
+        block=block,
+        item_repr="semantic",
+        code_vocab=VOCAB,
+        **overrides,
+    )
+    return SemanticDecoder(config, unique_codes(n_items, seed)).eval()
+
+
+def train_briefly(model: SemanticDecoder, item_seq: torch.Tensor, steps: int = 30) -> None:
+    """A few steps on the windows, so the decoder is not near-uniform."""
+    targets = torch.roll(item_seq, -1, dims=1)[:, :-1]
+    inputs = item_seq[:, :-1]
+    targets = targets.masked_fill(inputs == 0, 0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model.loss(inputs, targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+
+
+HISTORIES = torch.tensor([[0, 0, 0, 3, 5, 7], [1, 2, 3, 4, 9, 11], [0, 0, 0, 0, 0, 8]])
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_beam_over_the_whole_catalogue_equals_exhaustive_scoring(block: str) -> None:
+    """Beam search with the KV cache finds every item with its exact sequence log-probability,
+    the one a full teacher-forced pass gives."""
+    model = tiny_decoder(block)
+    train_briefly(model, HISTORIES)
+    items, log_probs = model.generate(HISTORIES, beam_size=N_ITEMS)
+    for row, history in enumerate(HISTORIES):
+        every = torch.arange(1, N_ITEMS + 1)
+        exhaustive = model.item_log_probs(history.expand(N_ITEMS, -1), every)
+        assert sorted(items[row].tolist()) == every.tolist()
+        found = dict(zip(items[row].tolist(), log_probs[row].tolist()))
+        torch.testing.assert_close(
+            torch.tensor([found[i] for i in every.tolist()]), exhaustive, atol=1e-4, rtol=1e-4
+        )
+        assert torch.all(log_probs[row][:-1] >= log_probs[row][1:])  # best first
+    # the probabilities of all code tuples sum to one, so those of the items cannot exceed it
+    assert torch.all(log_probs.exp().sum(dim=1) <= 1.0 + 1e-5)
+
+
+def test_the_trie_yields_real_items_only() -> None:
+    """Codes that spell no item are never generated, however likely the decoder finds them."""
+    model = tiny_decoder(n_items=12)
+    real = {tuple(row) for row in model.item_codes[1:].tolist()}
+    assert len(real) < VOCAB[0] * VOCAB[1] * VOCAB[2]  # some tuples name no item
+    items, log_probs = model.generate(HISTORIES.clamp(max=12), beam_size=12)
+    assert set(items.flatten().tolist()) <= set(range(1, 13))
+    for row in items:
+        assert len(set(row.tolist())) == len(row)  # each item once
+        assert {tuple(model.item_codes[i].tolist()) for i in row} <= real
+
+
+def test_history_items_never_come_back_even_beyond_the_context() -> None:
+    model = tiny_decoder(beam_size=N_ITEMS)
+    train_briefly(model, HISTORIES)
+    long_history = torch.arange(1, 16)[None, :]  # 15 items; the decoder reads the last 6
+    items, _ = model.generate(long_history[:, -6:], beam_size=N_ITEMS, exclude=long_history)
+    left = set(range(16, N_ITEMS + 1))
+    assert set(items[0][items[0] > 0].tolist()) == left  # all the others, and only those
+    assert (items[0] == -1).sum() == N_ITEMS - len(left)  # spare beams are marked empty
+    scores = model.score(long_history[:, -6:], exclude=long_history)
+    assert torch.isinf(scores[0, 1:16]).all() and torch.isfinite(scores[0, 16:]).all()
+
+
+def test_loss_trains_and_scores_depend_on_history() -> None:
+    model = tiny_decoder()
+    targets = torch.roll(HISTORIES, -1, dims=1)[:, :-1].masked_fill(HISTORIES[:, :-1] == 0, 0)
+    before = model.loss(HISTORIES[:, :-1], targets).item()
+    train_briefly(model, HISTORIES, steps=60)
+    assert model.loss(HISTORIES[:, :-1], targets).item() < before / 2
+    first, second = model.score(HISTORIES[:1]), model.score(HISTORIES[1:2])
+    assert not torch.equal(first, second)
+
+
+def test_left_padding_does_not_change_what_is_generated() -> None:
+    model = tiny_decoder()
+    train_briefly(model, HISTORIES)
+    short = torch.tensor([[3, 5, 7]])
+    padded = torch.tensor([[0, 0, 0, 3, 5, 7]])
+    a, la = model.generate(short, 10)
+    b, lb = model.generate(padded, 10)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_semantic_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="code_vocab"):
+        ModelConfig(n_items=3, n_catalogue=3, item_repr="semantic")
+    with pytest.raises(ValueError, match="loss=ce"):
+        ModelConfig(n_items=3, n_catalogue=3, item_repr="semantic", code_vocab=(2,), loss="bce")
+    config = ModelConfig(n_items=3, n_catalogue=3, item_repr="semantic", code_vocab=(2, 2))
+    with pytest.raises(ValueError, match="needs the items' semantic IDs"):
+        build_model(config)
+    with pytest.raises(ValueError, match="shape"):
+        SemanticDecoder(config, torch.zeros(3, 2, dtype=torch.long))
+    outside = torch.tensor([[-1, -1], [0, 0], [0, 1], [5, 0]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        SemanticDecoder(config, outside)
+
+
+# --------------------------------------------------------------------------- train, evaluate
+DATASET = "toy"
+TINY_TIGER = {
+    "item_repr": "semantic",
+    "semantic_ids": None,
+    "d_model": 16,
+    "n_layers": 1,
+    "n_heads": 2,
+    "max_len": 10,
+    "max_epochs": 2,
+    "batch_size": 64,
+    "dropout": 0.0,
+    "beam_size": 10,
+}
+COLD = 0.2
+FAST_IDS = SemanticIdOptions(method="rqkmeans", levels=2, codebook_size=8, kmeans_iters=20)
+
+
+@pytest.fixture(scope="module")
+def tiger_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Processed synthetic data with text vectors and semantic IDs, and two trained TIGER runs:
+    on every item, and with a fifth of them held out (cold)."""
+    root = tmp_path_factory.mktemp("tiger")
+    processed, models = root / "processed", root / "models"
+    n_items = N_CLUSTERS * PER_CLUSTER
+    write_synthetic_processed(processed, DATASET, n_users=50, n_items=n_items, n_events=1200)
+    write_dataset(processed)  # its items, with clustered text vectors as their features
+    build_semantic_ids(DATASET, FAST_IDS, processed_root=processed)
+    for cold in (0.0, COLD):
+        train_module.train(
+            DATASET,
+            write_config(root, {**TINY_TIGER, "semantic_ids": FAST_IDS.slug, "cold_items": cold}),
+            processed_root=processed,
+            models_dir=models,
+            progress_bar=False,
+        )
+    return processed, models
+
+
+def write_config(folder: Path, values: dict) -> str:
+    path = folder / "tiger-tiny.yaml"
+    path.write_text("\n".join(f"{k}: {'null' if v is None else v}" for k, v in values.items()))
+    return str(path)
+
+
+def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd) -> None:
+    processed, models = tiger_world
+    run_dir = models / DATASET / "tiger-tiny"
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["finished"] and metrics["epochs_run"] == 2
+    assert metrics["item_repr"] == "semantic" and metrics["best_val_hr@10"] > 0
+    trained = load_run(run_dir)
+    ids = np.load(semantic_id_paths(DATASET, FAST_IDS.slug, processed)[0])
+    assert isinstance(trained.model, SemanticDecoder)
+    assert torch.equal(trained.model.item_codes, torch.from_numpy(ids))
+    # a run stopped before it finished resumes from last.ckpt, codes and all
+    summary = read_json(run_dir / "metrics.json")
+    write_json({**summary, "finished": False}, run_dir / "metrics.json")
+    rows_before = (run_dir / "logs" / "metrics.csv").read_text()
+    capfd.readouterr()
+    train_module.train(
+        DATASET,
+        write_config(tmp_path, {**TINY_TIGER, "semantic_ids": FAST_IDS.slug}),
+        run_name="tiger-tiny",
+        processed_root=processed,
+        models_dir=models,
+        progress_bar=False,
+    )
+    assert "resuming tiger-tiny" in capfd.readouterr().err
+    assert (run_dir / "logs" / "metrics.csv").read_text() == rows_before
+    assert read_json(run_dir / "metrics.json")["finished"]
+
+
+def test_evaluate_ranks_tiger_beside_the_others_up_to_its_beam(tiger_world, tmp_path) -> None:
+    processed, models = tiger_world
+    report = read_json(
+        E.evaluate(
+            DATASET,
+            n_bootstrap=50,
+            processed_dir=processed,
+            models_dir=models,
+            metrics_dir=tmp_path,
+            device="cpu",
+        )
+    )
+    row = next(m for m in report["models"] if m["item_repr"] == "semantic")
+    assert row["max_k"] == TINY_TIGER["beam_size"]
+    assert row["test"]["ndcg@10"]["value"] is not None
+    assert row["test"]["hr@20"]["value"] is None and row["test"]["coverage@50"]["value"] is None
+    baseline = next(m for m in report["models"] if m["kind"] == "baseline")
+    assert baseline["test"]["hr@20"]["value"] is not None
+    markdown = (tmp_path / f"{DATASET}.md").read_text()
+    assert "beam size 10" in markdown and "| - |" in markdown
+    # no scoring run here, so there is no generative-vs-scoring test; the baseline one stands
+    assert report["generative"] is None and report["significance"]["model"] == row["name"]
+
+
+def test_a_run_whose_ids_changed_is_refused(tiger_world, tmp_path) -> None:
+    processed, models = tiger_world
+    copy = tmp_path / "processed"
+    import shutil
+
+    shutil.copytree(processed, copy)
+    npy = semantic_id_paths(DATASET, FAST_IDS.slug, copy)[0]
+    ids = np.load(npy)
+    ids[[1, 2]] = ids[[2, 1]]  # two items swap codes: same file shape, another trie
+    np.save(npy, ids)
+    with pytest.raises(RecsysError, match="other semantic IDs"):
+        E.load_trained(models / DATASET / "tiger-tiny", DATASET, processed_root=copy)
+
+
+def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
+    processed, _ = tiger_world
+    with pytest.raises(RecsysError, match="beam of at least 10"):
+        train_module.resolve_config(
+            write_config(tmp_path, {**TINY_TIGER, "beam_size": 5}), DATASET
+        )
+    missing = write_config(tmp_path, {**TINY_TIGER, "semantic_ids": "rqvae-9x9-nothing"})
+    with pytest.raises(RecsysError, match="rqvae-9x9-nothing.*make features"):
+        train_module.train(
+            DATASET,
+            missing,
+            processed_root=processed,
+            models_dir=tmp_path / "models",
+            progress_bar=False,
+        )
+    assert not (tmp_path / "models" / DATASET).exists()
+
+
+def test_serving_refuses_a_generative_run_and_defaults_skip_it(tiger_world) -> None:
+    from recsys.modeling.runs import best_run
+    from recsys.serving.run import load_run as load_for_serving
+
+    processed, models = tiger_world
+    run_dir = models / DATASET / "tiger-tiny"
+    with pytest.raises(RecsysError, match="generates semantic IDs.*make evaluate"):
+        load_for_serving(run_dir, processed_dir=processed)
+    with pytest.raises(RecsysError, match="all generative.*CONFIGS=sasrec-ce"):
+        best_run(DATASET, models)  # the only run here is generative
+
+
+def test_item_table_sums_each_items_code_embeddings() -> None:
+    model = tiny_decoder()
+    table = model.item_table()
+    assert table.shape == (N_ITEMS + 1, 16) and torch.all(table[0] == 0)
+    codes = model.item_codes[5] + model.level_offsets
+    torch.testing.assert_close(table[5], model.token_emb.weight[codes].sum(dim=0))
+
+
+def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -> None:
+    """Held out of training, cold items still have IDs from their text, so TIGER generates them."""
+    processed, models = tiger_world
+    cold_run = load_run(models / DATASET / f"tiger-tiny-cold{COLD:g}")
+    n_items = cold_run.model.config.n_items
+    cold = set(cold_item_set(n_items, COLD, 0).tolist())
+    history = torch.tensor([[1, 2, 3]])
+    items, _ = cold_run.model.generate(history, beam_size=n_items, exclude=history)
+    generated = set(items[0].tolist()) - {-1}  # three spare beams: the history is pruned
+    assert cold - {1, 2, 3} <= generated == set(range(4, n_items + 1))
+    report = read_json(
+        E.evaluate(
+            DATASET,
+            cold_items=COLD,
+            n_bootstrap=20,
+            processed_dir=processed,
+            models_dir=models,
+            metrics_dir=tmp_path,
+            device="cpu",
+        )
+    )
+    row = next(m for m in report["cold_start"]["models"] if m["item_repr"] == "semantic")
+    assert row["can_score_cold"] is True and row["hr@10"]["value"] is not None
+    assert report["cold_start"]["n_cold_items"] == round(COLD * cold_run.model.config.n_items)
