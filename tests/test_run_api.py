@@ -126,7 +126,7 @@ def test_unknown_users_items_and_titles_say_what_is_wrong(id_run):
 
 
 def test_new_items_are_refused_by_id_runs_with_the_reason(id_run):
-    with pytest.raises(Unsupported, match="learned ids only"):
+    with pytest.raises(Unsupported, match="only by retraining"):
         id_run.add_items([{"item_id": "new-1", "title": "Brand New (2026)"}])
 
 

@@ -253,7 +253,7 @@ def test_adding_items_needs_a_configured_and_matching_key(runs, world):
         assert wrong.status_code == 403 and "wrong API key" in wrong.json()["detail"]
         refused = keyed.post("/v1/items", json=item, headers={"X-API-Key": KEY})
         assert refused.status_code == 409
-        assert "learned ids only" in refused.json()["detail"]
+        assert "only by retraining" in refused.json()["detail"]
         assert not (runs["id"] / ADDED_ITEMS_FILE).exists()
 
 

@@ -326,3 +326,74 @@ def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -
     row = next(m for m in report["cold_start"]["models"] if m["item_repr"] == "semantic")
     assert row["can_score_cold"] is True and row["hr@10"]["value"] is not None
     assert report["cold_start"]["n_cold_items"] == round(COLD * cold_run.model.config.n_items)
+
+
+# ------------------------------------------------------------------- gpt-semantic (codes)
+def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
+    from recsys.modeling.model import SeqRecModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        n_items=N_ITEMS,
+        n_catalogue=N_ITEMS,
+        max_len=6,
+        d_model=16,
+        dropout=0.0,
+        item_repr="codes",
+        code_vocab=VOCAB,
+    )
+    model = SeqRecModel(config, item_codes=unique_codes())
+    table = model.item_table()
+    assert table.shape == (N_ITEMS + 1, 16) and torch.all(table[0] == 0)
+    rows = model.item_codes[7] + model.level_offsets
+    torch.testing.assert_close(table[7], model.code_emb.weight[rows].sum(dim=0))
+    assert model.code_emb.weight.numel() == sum(VOCAB) * 16  # no row per item
+    targets = torch.roll(HISTORIES, -1, dims=1)[:, :-1].masked_fill(HISTORIES[:, :-1] == 0, 0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(HISTORIES[:, :-1], targets).item()
+    for _ in range(40):
+        loss = model.loss(HISTORIES[:, :-1], targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < first / 2
+    with pytest.raises(ValueError, match="needs the items' semantic IDs"):
+        SeqRecModel(config)
+
+
+def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> None:
+    import shutil
+
+    from recsys.serving.run import Unsupported
+    from recsys.serving.run import load_run as load_for_serving
+
+    processed, models = tiger_world
+    local = tmp_path / "models"
+    shutil.copytree(models / DATASET / "tiger-tiny", local / DATASET / "tiger-tiny")
+    config = {**TINY_TIGER, "item_repr": "codes", "semantic_ids": FAST_IDS.slug}
+    codes_config = tmp_path / "gpt-semantic-tiny.yaml"
+    codes_config.write_text("\n".join(f"{k}: {v}" for k, v in config.items() if k != "beam_size"))
+    run_dir = train_module.train(
+        DATASET,
+        str(codes_config),
+        processed_root=processed,
+        models_dir=local,
+        progress_bar=False,
+    )
+    report = read_json(
+        E.evaluate(
+            DATASET,
+            n_bootstrap=20,
+            processed_dir=processed,
+            models_dir=local,
+            metrics_dir=tmp_path,
+            device="cpu",
+        )
+    )
+    assert report["generative"]["model"] == "tiger-tiny"
+    assert report["generative"]["baseline"] == "gpt-semantic-tiny"  # the best scoring config
+    served = load_for_serving(run_dir, processed_dir=processed)
+    picks = served.recommend(items=[1, 2, 3], k=5)
+    assert len(picks) == 5 and not {"1", "2", "3"} & set(picks["item_id"])
+    with pytest.raises(Unsupported, match="only by retraining"):
+        served.add_items([{"item_id": "new", "title": "a new item"}])

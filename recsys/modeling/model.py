@@ -31,11 +31,16 @@ from torch.autograd.function import once_differentiable
 #: Cached keys and values of the positions decoded so far, [B, K, S, H, d / H] each.
 KeyValues = tuple[Tensor, Tensor]
 
-ITEM_REPRS = ("id", "text", "hybrid", "semantic")
-#: Representations whose item vectors come from text: any item with text is rankable by them.
+ITEM_REPRS = ("id", "text", "hybrid", "codes", "semantic")
+#: Representations with a projection of the frozen text vectors.
 TEXT_REPRS = ("text", "hybrid")
-#: Representations that name an item by codes made from its text, so it can be generated untrained.
-COLD_CAPABLE = (*TEXT_REPRS, "semantic")
+#: Representations that read the items' semantic IDs: ``codes`` scores a table whose rows are
+#: sums of code embeddings; ``semantic`` generates the codes (:class:`SemanticDecoder`).
+CODE_REPRS = ("codes", "semantic")
+#: Representations whose item rows come from the item's content (text vectors or the codes made
+#: from them), not from its interactions: every catalogue item is rankable by them.
+CONTENT_REPRS = (*TEXT_REPRS, "codes")
+COLD_CAPABLE = (*CONTENT_REPRS, "semantic")
 LOSSES = ("ce", "sampled", "bce", "bpr")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 POSITIONS = ("learned", "sinusoidal")
@@ -109,6 +114,10 @@ class ModelConfig:
         if self.item_repr in TEXT_REPRS and self.feature_dim < 1:
             raise ValueError(f"item_repr={self.item_repr} needs text features (feature_dim >= 1)")
         self.code_vocab = tuple(int(v) for v in self.code_vocab)
+        if self.item_repr in CODE_REPRS and (not self.code_vocab or min(self.code_vocab) < 1):
+            raise ValueError(
+                f"item_repr={self.item_repr} needs code_vocab sizes >= 1, got {self.code_vocab}"
+            )
         if self.item_repr == "semantic":
             self._check_semantic()
         if self.use_user and self.n_users < 1:
@@ -117,10 +126,6 @@ class ModelConfig:
             raise ValueError(f"n_negatives must be >= 1, got {self.n_negatives!r}")
 
     def _check_semantic(self) -> None:
-        if not self.code_vocab or min(self.code_vocab) < 1:
-            raise ValueError(
-                f"item_repr=semantic needs code_vocab sizes >= 1, got {self.code_vocab}"
-            )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size!r}")
         unsupported = {
@@ -419,10 +424,20 @@ def item_positions(real: Tensor) -> Tensor:
 class SeqRecModel(Decoder):
     """Next-item scores over the whole catalogue from a left-padded item history."""
 
-    def __init__(self, config: ModelConfig, item_features: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        item_features: Tensor | None = None,
+        item_codes: Tensor | None = None,
+    ) -> None:
         super().__init__(config, config.max_len)
         d = config.d_model
         n_rows = config.n_catalogue + 1
+        if config.item_repr == "codes":  # a compact table: a few hundred code rows
+            self.register_buffer("item_codes", checked_codes(config, item_codes))
+            offsets = level_offsets(config.code_vocab)
+            self.register_buffer("level_offsets", offsets, persistent=False)
+            self.code_emb = nn.Embedding(sum(config.code_vocab), d)
         if config.item_repr in ("id", "hybrid"):
             self.item_emb = nn.Embedding(n_rows, d, padding_idx=0)
         if config.item_repr in TEXT_REPRS:
@@ -458,6 +473,8 @@ class SeqRecModel(Decoder):
     # ----------------------------------------------------------------------------- encoder
     def item_table(self) -> Tensor:
         """Item representations [n_catalogue + 1, d_model]: the input and output table."""
+        if self.config.item_repr == "codes":
+            return summed_code_rows(self.code_emb, self.item_codes, self.level_offsets)
         table = None
         if self.config.item_repr in ("id", "hybrid"):
             table = self.item_emb.weight
@@ -577,6 +594,35 @@ class SeqRecModel(Decoder):
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
 
 
+def checked_codes(config: ModelConfig, item_codes: Tensor | None) -> Tensor:
+    """The items' semantic IDs [n_catalogue + 1, levels] as int64, checked against the config."""
+    if item_codes is None:
+        raise ValueError(
+            f"item_repr={config.item_repr} needs the items' semantic IDs (item_codes)"
+        )
+    expected = (config.n_catalogue + 1, len(config.code_vocab))
+    if tuple(item_codes.shape) != expected:
+        raise ValueError(
+            f"item codes have shape {tuple(item_codes.shape)}, expected {expected} "
+            "= (n_catalogue + 1, levels)"
+        )
+    codes = item_codes.long().clone()
+    if (codes[1:] < 0).any() or (codes[1:] >= torch.tensor(config.code_vocab)).any():
+        raise ValueError(f"item codes fall outside the vocabulary sizes {config.code_vocab}")
+    return codes
+
+
+def level_offsets(vocab: tuple[int, ...]) -> Tensor:
+    """Where each level's rows start in a table that stacks the levels' code embeddings."""
+    return torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(vocab).cumsum(0)[:-1]])
+
+
+def summed_code_rows(table: nn.Embedding, item_codes: Tensor, offsets: Tensor) -> Tensor:
+    """Each item as the sum of its codes' rows of ``table`` [n_catalogue + 1, d]; row 0 zero."""
+    rows = table((item_codes + offsets).clamp(min=0)).sum(dim=1)
+    return rows * (item_codes[:, :1] >= 0)
+
+
 class ItemTrie(nn.Module):
     """The items' semantic IDs as a prefix tree, so that decoding can only spell real items.
 
@@ -642,19 +688,10 @@ class SemanticDecoder(Decoder):
     def __init__(self, config: ModelConfig, item_codes: Tensor) -> None:
         super().__init__(config, config.max_len + 1)  # a window: max_len items and the next
         vocab = config.code_vocab
-        expected = (config.n_catalogue + 1, len(vocab))
-        if tuple(item_codes.shape) != expected:
-            raise ValueError(
-                f"item codes have shape {tuple(item_codes.shape)}, expected {expected} "
-                "= (n_catalogue + 1, levels)"
-            )
-        codes = item_codes.long()
+        codes = checked_codes(config, item_codes)
         sizes = torch.tensor(vocab)
-        if (codes[1:] < 0).any() or (codes[1:] >= sizes).any():
-            raise ValueError(f"item codes fall outside the vocabulary sizes {vocab}")
-        self.register_buffer("item_codes", codes.clone())
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
-        self.register_buffer("level_offsets", offsets, persistent=False)
+        self.register_buffer("item_codes", codes)
+        self.register_buffer("level_offsets", level_offsets(vocab), persistent=False)
         levels = torch.repeat_interleave(torch.arange(len(vocab)), sizes)
         bias = torch.full((len(vocab), int(sizes.sum())), float("-inf"))
         bias[levels, torch.arange(int(sizes.sum()))] = 0.0
@@ -671,8 +708,7 @@ class SemanticDecoder(Decoder):
     def item_table(self) -> Tensor:
         """Each item as the sum of its code embeddings [n_catalogue + 1, d] (row 0 zero): its
         place in the learned space, for pictures of it. Ranking generates instead."""
-        rows = self.token_emb((self.item_codes + self.level_offsets).clamp(min=0)).sum(dim=1)
-        return rows * (self.item_codes[:, :1] >= 0)
+        return summed_code_rows(self.token_emb, self.item_codes, self.level_offsets)
 
     def _tokens(self, item_seq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """An item batch [B, n] as token ids, real flags, item positions and levels [B, n * L]."""
@@ -784,10 +820,8 @@ def build_model(
 ) -> Decoder:
     """The decoder a config asks for: semantic-ID generation, or scoring an item table."""
     if config.item_repr == "semantic":
-        if item_codes is None:
-            raise ValueError("item_repr=semantic needs the items' semantic IDs (item_codes)")
         return SemanticDecoder(config, item_codes)
-    return SeqRecModel(config, item_features)
+    return SeqRecModel(config, item_features, item_codes)
 
 
 def next_item_scores(

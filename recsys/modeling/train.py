@@ -42,11 +42,12 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 
 #: Every config key with its default; a config file or ``--set`` may change values, not add keys.
 DEFAULTS: dict[str, Any] = {
-    "item_repr": "id",  # id | text | hybrid | semantic (generative retrieval over semantic IDs)
+    # id | text | hybrid | codes (sums of semantic-ID code rows) | semantic (generates the IDs)
+    "item_repr": "id",
     "feature_model": None,  # text-vector model for text/hybrid (None: the features default)
-    # item_repr=semantic: which semantic IDs of the dataset (a slug under semantic_ids/; None:
-    # the default ones of feature_model), and the beams kept when generating (>= 10, the K of
-    # validation NDCG@10; evaluation can report K up to it only).
+    # item_repr codes or semantic: which semantic IDs of the dataset (a slug under
+    # semantic_ids/; None: the default ones of feature_model). semantic: the beams kept when
+    # generating (>= 10, the K of validation NDCG@10; evaluation can report K up to it only).
     "semantic_ids": None,
     "beam_size": 20,
     "loss": "ce",  # ce | sampled | bce | bpr
@@ -243,6 +244,7 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     import numpy as np
     import torch
 
+    from recsys.modeling.model import CODE_REPRS
     from recsys.processed import (
         cold_item_set,
         cut_at,
@@ -262,7 +264,7 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
         np.add.at(counts, seq[1:], 1.0)
     features = codes = None
     code_vocab: list[int] = []
-    if config["item_repr"] == "semantic":
+    if config["item_repr"] in CODE_REPRS:
         ids, code_vocab = load_codes(config, data.n_catalogue, processed_root)
         codes = torch.from_numpy(ids)
     elif config["item_repr"] != "id":

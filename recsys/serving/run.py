@@ -29,7 +29,7 @@ import torch
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
-from recsys.modeling.model import TEXT_REPRS
+from recsys.modeling.model import CONTENT_REPRS, TEXT_REPRS
 from recsys.processed import ProcessedData, left_pad, load_processed, user_sequences
 from recsys.serving.index import ItemIndex, normalized, open_run_index
 
@@ -80,11 +80,12 @@ class Resolved:
 def rankable_items(model: Any, n_items: int, n_catalogue: int) -> torch.Tensor:
     """Bool ``[n_catalogue + 1]``: the items this model can meaningfully recommend.
 
-    Text and hybrid runs: every catalogue item (their vectors come from text). Id runs: the items
-    trained on (the model's ``candidate_mask``, which leaves out a cold-start run's cold items).
+    Text, hybrid and codes runs: every catalogue item (their rows come from its text). Id runs:
+    the items trained on (the model's ``candidate_mask``, which leaves out a cold-start run's cold
+    items).
     """
     config = getattr(model, "config", None)
-    if getattr(config, "item_repr", "id") in TEXT_REPRS:
+    if getattr(config, "item_repr", "id") in CONTENT_REPRS:
         mask = torch.ones(n_catalogue + 1, dtype=torch.bool)
     elif hasattr(model, "candidate_mask"):
         mask = model.candidate_mask.detach().cpu().clone()
@@ -413,9 +414,9 @@ class Run:
         """
         if not self.accepts_new_items:
             raise Unsupported(
-                f"run {self.name} represents items by learned ids only (item_repr "
-                f"{self.item_repr}); a new item has no id row until it is retrained on "
-                "interactions. Serve a text or hybrid run to add items by their text"
+                f"run {self.name} (item_repr {self.item_repr}) has no text encoder in its item "
+                "table: a new item gets an id row, or semantic IDs, only by retraining. Serve a "
+                "text or hybrid run to add items by their text"
             )
         from recsys.features import item_sentences, item_text_fields
 
