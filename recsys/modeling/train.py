@@ -30,7 +30,7 @@ from loguru import logger
 from recsys.cli import fail, run
 from recsys.config import CONFIGS_DIR, MODELS_DIR
 from recsys.io import ensure_dir, read_json, read_yaml, write_text
-from recsys.modeling import tracking
+from recsys.modeling import distributed, tracking
 from recsys.modeling.runs import LAST_CKPT
 
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads slow
@@ -357,16 +357,11 @@ def _start_fresh(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _is_global_zero() -> bool:
-    """Rank zero of a (possibly launched) distributed job, known before the Trainer exists."""
-    return (
-        int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-        and int(os.environ.get("NODE_RANK", 0)) == 0
-    )
-
-
 def plan_resume(run_dir: Path, config: dict[str, Any], resume: bool | None) -> str:
-    """``fresh``, ``resume`` or ``done`` for this run folder and resolved config."""
+    """``fresh``, ``resume`` or ``done`` for this run folder and resolved config.
+
+    Global rank 0 alone calls it (:func:`recsys.modeling.distributed.agree_on_plan`).
+    """
     saved = None if resume is False else saved_config(run_dir)
     has_last = (run_dir / LAST_CKPT).is_file()
     same = saved == config
@@ -400,6 +395,7 @@ def train(
     max_epochs: int | None = None,
     run_name: str | None = None,
     accelerator: str = "auto",
+    num_nodes: int = 1,
     processed_root: Path | None = None,
     models_dir: Path | None = None,
     configs_dir: Path | None = None,
@@ -412,8 +408,11 @@ def train(
 
     ``callbacks`` are extra Lightning callbacks (the tuner's pruning callback, for one).
     ``seed`` sets the config's seed and names the run ``<run>-seed<N>`` (one run of several
-    seeds); ``tracker`` is the ``--logger``: csv, tensorboard or mlflow.
+    seeds); ``tracker`` is the ``--logger``: csv, tensorboard or mlflow. ``devices`` counts the
+    devices of one node; ``num_nodes`` the nodes of a torchrun or SLURM job.
     """
+    if num_nodes < 1:
+        raise fail(f"--num-nodes must be at least 1, got {num_nodes}")
     overrides = dict(overrides or {})
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
@@ -427,12 +426,12 @@ def train(
     if seed is not None:
         name = f"{name}-seed{seed}"
     run_dir = Path(models_dir or MODELS_DIR) / dataset / name
-    plan = plan_resume(run_dir, cfg, resume)
+    plan = distributed.agree_on_plan(run_dir, lambda: plan_resume(run_dir, cfg, resume))
     if plan == "done":
         logger.info(f"{run_dir} is already trained with this config; --no-resume retrains it")
         return run_dir
     inputs = build_inputs(cfg, processed_root)
-    if _is_global_zero():
+    if distributed.is_global_zero():
         ensure_dir(run_dir)
         if plan == "fresh":
             _start_fresh(run_dir)
@@ -441,6 +440,7 @@ def train(
         "accelerator": accelerator,
         "devices": _parse_devices(devices),
         "strategy": strategy,
+        "num_nodes": num_nodes,
         "precision": precision,
     }
     fit(cfg, inputs, run_dir, plan == "resume", hardware, progress_bar, callbacks, tracker)
@@ -538,7 +538,7 @@ def fit(
     if progress_bar:
         callbacks.append(RichProgressBar())
     loggers = tracking.make_loggers(tracker, run_dir, cfg, resume)
-    if _is_global_zero():
+    if distributed.is_global_zero():
         tracking.start(loggers, run_dir, cfg)
     if hardware["precision"] is None:
         gpu = torch.cuda.is_available() and hardware["accelerator"] in ("auto", "gpu", "cuda")
@@ -579,6 +579,7 @@ def main(
     max_epochs: int | None = typer.Option(None, help="Override the config's max_epochs"),
     run_name: str | None = typer.Option(None, help="Run folder name (default: config name)"),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu"),
+    num_nodes: int = typer.Option(1, help="Nodes of a torchrun or SLURM job (--devices per node)"),
     seeds: str | None = typer.Option(
         None, help="One run per seed, e.g. 42,1,2, into RUN-seedN/ (default: the config's seed)"
     ),
@@ -596,6 +597,7 @@ def main(
         max_epochs=max_epochs,
         run_name=run_name,
         accelerator=accelerator,
+        num_nodes=num_nodes,
         tracker=logger_,
     )
     if seeds is None:
