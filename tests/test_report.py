@@ -251,3 +251,25 @@ def test_a_strict_mkdocs_warning_fails_the_build_and_keeps_the_old_site(tmp_path
     with pytest.raises(RecsysError, match="mkdocs build --strict .*missing.png"):
         report.build_site(docs, site)
     assert (site / "index.html").read_text() == "old site"
+
+
+def test_results_show_the_generative_test_and_blank_cutoffs(tmp_path: Path) -> None:
+    dirs = folders(tmp_path)
+    metrics = metrics_report("toy")
+    tiger = metrics["models"][0]
+    tiger.update(name="tiger", item_repr="semantic", max_k=20)
+    tiger["test"]["hr@50"] = {"value": None, "low": None, "high": None}
+    metrics["generative"] = {
+        **metrics["significance"],
+        "model": "tiger",
+        "baseline": "sasrec-ce",
+        "delta": -0.0123,
+        "low": -0.0201,
+        "high": -0.0044,
+        "p_value": 0.002,
+    }
+    write_json(metrics, dirs["metrics_dir"] / "toy.json")
+    results = report.render_pages([report.collect("toy", **dirs)])["results"]
+    flat = " ".join(results.split())
+    assert "Generative retrieval: tiger against sasrec-ce on the same test users" in flat
+    assert "difference -0.0123 [-0.0201, -0.0044], p = 0.0020" in flat
