@@ -26,7 +26,6 @@ from ddp_worker import Probe
 from recsys.cli import RecsysError
 from recsys.modeling import distributed
 from recsys.modeling import train as train_stage
-from recsys.modeling.lightning import SeqDataModule, SeqRecModule
 from recsys.modeling.runs import LAST_CKPT
 from recsys.modeling.synthetic import write_synthetic_processed
 
@@ -112,17 +111,8 @@ def launch(launcher: str, spec: dict[str, Any], folder: Path) -> list[dict[str, 
 def one_process_validation(run_dir: Path, processed: Path) -> tuple[dict[str, float], list[int]]:
     """Validation metrics and scored users of one process on the weights of ``last.ckpt``."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    inputs = train_stage.build_inputs(cfg, processed)
-    module = SeqRecModule(cfg, inputs["model_config"], inputs["features"], inputs["counts"])
+    module, data = train_stage.lightning_parts(cfg, train_stage.build_inputs(cfg, processed))
     module.load_state_dict(torch.load(run_dir / LAST_CKPT, weights_only=True)["state_dict"])
-    data = SeqDataModule(
-        inputs["sequences"],
-        inputs["valid_users"],
-        inputs["valid_histories"],
-        inputs["valid_targets"],
-        max_len=cfg["max_len"],
-        batch_size=cfg["batch_size"],
-    )
     probe = Probe()
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -461,34 +461,10 @@ def _parse_devices(devices: str) -> Any:
         return devices  # e.g. "0,1" or "[0, 1]": Lightning parses GPU lists
 
 
-def fit(
-    cfg: dict[str, Any],
-    inputs: dict[str, Any],
-    run_dir: Path,
-    resume: bool,
-    hardware: dict[str, Any],
-    progress_bar: bool | None,
-    extra_callbacks: list[Any] | None = None,
-    tracker: str = "csv",
-) -> None:
-    """Build the Lightning objects and run ``Trainer.fit`` (resuming from last.ckpt if asked)."""
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+def lightning_parts(cfg: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """The LightningModule and DataModule of a resolved config and its :func:`build_inputs`."""
+    from recsys.modeling.lightning import SeqDataModule, SeqRecModule
 
-    from recsys.modeling.lightning import (
-        METRIC,
-        AtomicCheckpointIO,
-        RunRecorder,
-        SeqDataModule,
-        SeqRecModule,
-        ema_averaging,
-    )
-
-    # Lightning's info lines and known-harmless warnings drown the one-line-per-epoch log.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     module = SeqRecModule(
         cfg,
         inputs["model_config"],
@@ -508,6 +484,36 @@ def fit(
         num_workers=cfg["num_workers"],
         last_window_only=cfg["train_windows"] == "last",
     )
+    return module, data
+
+
+def fit(
+    cfg: dict[str, Any],
+    inputs: dict[str, Any],
+    run_dir: Path,
+    resume: bool,
+    hardware: dict[str, Any],
+    progress_bar: bool | None,
+    extra_callbacks: list[Any] | None = None,
+    tracker: str = "csv",
+) -> None:
+    """Build the Lightning objects and run ``Trainer.fit`` (resuming from last.ckpt if asked)."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+    from recsys.modeling.lightning import (
+        METRIC,
+        AtomicCheckpointIO,
+        RunRecorder,
+        ema_averaging,
+    )
+
+    # Lightning's info lines and known-harmless warnings drown the one-line-per-epoch log.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    module, data = lightning_parts(cfg, inputs)
     if progress_bar is None:
         progress_bar = sys.stderr.isatty() and not os.environ.get("CI")
     # Two checkpoints: the best on the validation metric, and the latest epoch for resuming.
