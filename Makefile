@@ -104,7 +104,7 @@ bench: requirements
 data: requirements
 	$(PYTHON) -m recsys.dataset download --dataset $(DATASET)
 	$(PYTHON) -m recsys.dataset interim --dataset $(DATASET)
-	$(PYTHON) -m recsys.dataset main --dataset $(DATASET) $(DATA_ARGS)
+	$(PYTHON) -m recsys.dataset process --dataset $(DATASET) $(DATA_ARGS)
 
 ## Build item texts, their frozen BERT vectors and semantic IDs (RQ-VAE codes) for DATASET
 .PHONY: features

@@ -1,12 +1,12 @@
 """Data pipeline speed: the ``make data`` chain on the mirror, and '::' parsing at ML-20M size.
 
-* Chain: ``python -m recsys.dataset download|interim|main`` as subprocesses (so interpreter start
-  and imports count, as in ``make data``) for ml-100k and ml-latest-small from the mirror into a
-  temporary data folder, fresh each repeat. Target: whole chain <= 5 s per dataset.
+* Chain: ``python -m recsys.dataset download|interim|process`` as subprocesses (so interpreter
+  start and imports count, as in ``make data``) for ml-100k and ml-latest-small from the mirror
+  into a temporary data folder, fresh each repeat. Target: whole chain <= 5 s per dataset.
 * Parsing: a synthetic ML-10M-style ``user::item::rating::timestamp`` file of 20M rows (and its
   first 2M rows, to check that time grows linearly) is written once to a temporary folder and read
-  by ``recsys.dataset.read_ratings`` in a fresh child process that reports its own parse time and
-  peak RSS. Targets: >= 2M rows/s and <= 2 GB peak. The files are deleted afterwards.
+  by ``recsys.data.readers.read_ratings`` in a fresh child process that reports its own parse
+  time and peak RSS. Targets: >= 2M rows/s and <= 2 GB peak. The files are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from recsys.config import PROJ_ROOT, REPORTS_DIR
 from recsys.io import write_json
 
 DATASETS = ("ml-100k", "ml-latest-small")
-STAGES = ("download", "interim", "main")
+STAGES = ("download", "interim", "process")
 REPEATS = 3
 ROWS = 20_000_000
 SMALL_ROWS = 2_000_000
@@ -40,7 +40,7 @@ CHUNK_ROWS = 1_000_000
 PARSE_CHILD = """
 import json, sys, time
 from pathlib import Path
-from recsys.dataset import read_ratings
+from recsys.data.readers import read_ratings
 
 def vm(field):
     for line in open("/proc/self/status"):
@@ -105,7 +105,7 @@ def bench_chain(mirror: Path, scratch: Path) -> dict[str, dict]:
         print(
             f"{dataset}: make-data chain {median['total']:.2f} s median of {REPEATS} "
             f"(download {median['download']:.2f}, interim {median['interim']:.2f}, "
-            f"main {median['main']:.2f}); with data already downloaded {warm['total']:.2f} s"
+            f"process {median['process']:.2f}); with data already downloaded {warm['total']:.2f} s"
         )
     return results
 

@@ -2,14 +2,14 @@
 
 H&M is Kaggle-hosted (no download here) and the MovieLens 20M/32M archives are too big for the
 mirror, so the scale tests run on generated files that the project's readers
-(``recsys.dataset.parse_hm`` / ``parse_ml_csv``) accept unchanged::
+(``recsys.data.readers.parse_hm`` / ``parse_ml_csv``) accept unchanged::
 
     python -m benchmarks.synth hm --rows 1000000 --out data/raw/hm
     python -m benchmarks.synth ml-20m --out /tmp/ml-20m --seed 1
 
 Files written into ``data/raw/<dataset>/`` are then taken up by ``python -m recsys.dataset
 download --dataset hm`` as files placed by hand (recorded, not md5-verified), and ``interim`` and
-``main`` run on them as on the originals.
+``process`` run on them as on the originals.
 
 What is modelled, because the pipeline and the models are sensitive to it: long-tailed item
 popularity (Zipf-like with an offset, so the head is not one item), heavy-tailed activity per

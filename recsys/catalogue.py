@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from loguru import logger
 
+from recsys.text import article_first, cell_values, split_year
+
 #: Fuzzy-match score (rapidfuzz WRatio, 0..100) below which a title counts as unknown.
 TITLE_CUTOFF = 85.0
 #: Fuzzy-match score an autocomplete suggestion needs when no title contains the query.
@@ -23,21 +25,12 @@ INTERNAL_COLUMNS = ("item_idx", "n_interactions")
 #: Multi-valued category columns a request may filter by, by dataset family ("|"-separated).
 CATEGORY_COLUMNS = ("genres", "categories", "product_group_name")
 
-_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-_ARTICLE = re.compile(r"^(.*), (the|a|an|les|la|le|il|el|der|die|das)$", re.IGNORECASE)
-
 
 def title_key(title: str) -> tuple[str, str | None]:
     """A title as people type it: lower case, "Usual Suspects, The" -> "the usual suspects",
     year split off ("Heat (1995)" -> ("heat", "1995"))."""
-    text = str(title).strip()
-    year_match = _YEAR.search(text)
-    year = year_match.group(1) if year_match else None
-    text = _YEAR.sub("", text)
-    article = _ARTICLE.match(text)
-    if article:
-        text = f"{article.group(2)} {article.group(1)}"
-    return re.sub(r"\s+", " ", text).strip().lower(), year
+    text, year = split_year(str(title).strip())
+    return re.sub(r"\s+", " ", article_first(text)).strip().lower(), year
 
 
 class Catalogue:
@@ -188,12 +181,12 @@ class Catalogue:
 
 def _category_values(cell: str) -> set[str]:
     """A category cell's values: "Drama|Comedy" -> both; a path "Beauty > Makeup > Nails" also
-    gives each of its levels, so a filter can name the level it means."""
+    gives each of its levels, so a filter can name the level it means. Placeholders such as
+    "(no genres listed)" are no category."""
     values = set()
-    for part in (p.strip() for p in cell.split("|")):
-        if part:
-            values.add(part)
-            values.update(level.strip() for level in part.split(">") if level.strip())
+    for part in cell_values(cell):
+        values.add(part)
+        values.update(level.strip() for level in part.split(">") if level.strip())
     return values
 
 

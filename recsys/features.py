@@ -47,6 +47,7 @@ from recsys.io import (
     write_array_and_manifest,
 )
 from recsys.processed import ITEMS_FILE, processed_dir
+from recsys.text import article_first, cell_values, is_missing, split_year
 
 ITEM_TEXT_FILE = "item_text.parquet"
 FEATURES_DIR = "features"
@@ -104,10 +105,6 @@ HM_FIELDS = (
 _KNOWN_FIELDS = {f.column: f for f in MOVIELENS_FIELDS + HM_FIELDS}
 # Columns that identify or count items rather than describe them.
 _NON_TEXT_COLUMNS = {"item_idx", "item_id", "asin", "n_interactions", "year"}
-# Placeholders MovieLens uses inside genre lists; they carry no meaning for an encoder.
-_EMPTY_TOKENS = {"", "(no genres listed)", "unknown", "nan", "none", "null"}
-_YEAR_AT_END = re.compile(r"\(\d{4}\)\s*$")
-_TRAILING_ARTICLE = re.compile(r"^(?P<name>.+?), (?P<article>The|A|An)(?P<rest>(?: \(.*\))?)$")
 
 
 @dataclass
@@ -122,48 +119,22 @@ class ItemTexts:
         return int((self.table["source"] != "fields").sum())
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return len(value) == 0
-    return bool(pd.isna(value))
-
-
-def _values(value: Any) -> list[str]:
-    """The distinct non-placeholder entries of a multi-valued cell, in their first order."""
-    if _is_missing(value):
-        return []
-    parts = value.split("|") if isinstance(value, str) else [str(v) for v in value]
-    seen: dict[str, str] = {}
-    for part in (p.strip() for p in parts):
-        if part.lower() not in _EMPTY_TOKENS:
-            seen.setdefault(part.lower(), part)
-    return list(seen.values())
-
-
 def readable_title(title: str, year: Any = None) -> str:
     """'Godfather, The (1972)' -> 'The Godfather (1972)'; add the year when the title lacks it."""
-    title = title.strip()
-    has_year = bool(_YEAR_AT_END.search(title))
-    core, year_part = (title[:-6].rstrip(), title[-6:]) if has_year else (title, "")
-    match = _TRAILING_ARTICLE.match(core)
-    if match:
-        core = f"{match['article']} {match['name']}{match['rest']}"
-    if not has_year and not _is_missing(year):
+    core, found = split_year(title.strip())
+    year_part = f"({found})" if found else ""
+    if found is None and not is_missing(year):
         try:
             year_part = f"({int(float(year))})"
         except ValueError:
             year_part = ""
-    return f"{core} {year_part}".strip()
+    return f"{article_first(core.rstrip())} {year_part}".strip()
 
 
 def _piece(field: Field, value: Any, year: Any) -> str:
     if field.multi:
-        text = ", ".join(_values(value))
-    elif _is_missing(value):
+        text = ", ".join(cell_values(value))
+    elif is_missing(value):
         text = ""
     elif field.column == "title":
         text = readable_title(str(value), year)
@@ -255,7 +226,7 @@ def item_sentences(
         text = _sentence([_piece(f, cells[f.column][row], year) for f in chosen])
         if text:
             source = "fields"
-        elif not _is_missing(title):
+        elif not is_missing(title):
             text, source = " ".join(str(title).split()), "title"
         else:
             text, source = f"item {item_id}", "id"

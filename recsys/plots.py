@@ -9,7 +9,6 @@ commands load the stage outputs, call them and write ``reports/figures/<dataset>
 
 from __future__ import annotations
 
-import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +38,7 @@ from recsys.processed import (  # noqa: E402
     eval_examples,
     load_processed,
 )
+from recsys.text import cell_values  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
@@ -75,13 +75,7 @@ def primary_labels(items: pd.DataFrame) -> tuple[pd.Series, str]:
 
 def _genre_list(value: Any) -> list[str]:
     """Genres stored as 'A|B', 'A, B' or a list, as a clean list."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return []
-    if isinstance(value, str):
-        parts = re.split(r"\s*[|,]\s*", value)
-    else:
-        parts = [str(v) for v in value]
-    return [p.strip() for p in parts if p and p.strip()]
+    return cell_values(value, separators="|,")
 
 
 def item_titles(items: pd.DataFrame) -> pd.Series:
@@ -302,7 +296,7 @@ def gather_tsne_inputs(
     feature_model: str | None,
     processed_dir: Path,
 ) -> TsneInputs:
-    """Text vectors (contract 2) and the learned item table (contract 3) for items 1..n_items."""
+    """The text-vector file and the run's learned item table, for items 1..n_items."""
     dataset = data.name
     labels, label_kind = primary_labels(data.items)
     item_idx = np.arange(1, data.n_items + 1)
@@ -394,7 +388,7 @@ def draw_tsne(
 
 
 def read_curves(run_dir: Path) -> pd.DataFrame:
-    """One run's per-epoch log (contract 3), checked for the columns the curves need."""
+    """One run's per-epoch log (logs/metrics.csv), checked for the columns the curves need."""
     path = run_dir / "logs" / "metrics.csv"
     if not path.exists():
         raise fail(f"{path} does not exist; train the run first ('make train')")
@@ -787,7 +781,7 @@ def make_curves(
 def make_metrics(
     dataset: str, metrics_dir: Path = METRICS_DIR, figures_dir: Path = FIGURES_DIR
 ) -> list[Path]:
-    """The models-vs-baselines figure from ``reports/metrics/<dataset>.json`` (contract 4)."""
+    """The models-vs-baselines figure from ``reports/metrics/<dataset>.json``."""
     path = metrics_dir / f"{dataset}.json"
     if not path.exists():
         raise fail(f"{path} does not exist; run 'make evaluate DATASET={dataset}' first")
@@ -843,7 +837,7 @@ def tsne(
     run_name: str = RunOpt,
     max_items: int = typer.Option(2000, help="cap on items drawn (stratified sample)"),
     seed: int = typer.Option(0, help="seed of the sample and of t-SNE"),
-    feature_model: str = typer.Option(None, help="text-feature model (default: contract 2's)"),
+    feature_model: str = typer.Option(None, help="text-feature model (default: make features')"),
     figures_dir: Path = FiguresOpt,
     processed_dir: Path = ProcessedOpt,
     models_dir: Path = ModelsOpt,

@@ -1,11 +1,12 @@
-"""The processed-data contract: ``recsys.dataset`` writes it, training and evaluation read it.
+"""The processed files: the data stage writes them (:func:`write_processed`), training and
+evaluation read them (:func:`load_processed`).
 
 ``data/processed/<dataset>/`` holds:
 
 * ``events.parquet``: one row per interaction, columns ``user_idx`` (int32, 1..n_users),
   ``item_idx`` (int32, 1..n_items), ``timestamp`` (int64), ``split`` (int8: 0 train, 1 valid,
   2 test). Rows are sorted by user, then time. A user's events with the same timestamp are in a
-  seeded random order by default, or in raw file order (``main --ties file``); ``stats.json``
+  seeded random order by default, or in raw file order (``process --ties file``); ``stats.json``
   records which, and how many valid/test targets tie with the event before them. Sequence files
   without timestamps store each event's position in the user's line as its timestamp. Flat rows
   (not lists) so a reader can stream row groups for catalogues too large for memory.
@@ -22,6 +23,8 @@ Index 0 is padding everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ import pandas as pd
 
 from recsys.cli import fail
 from recsys.config import PROCESSED_DATA_DIR
-from recsys.io import read_json
+from recsys.io import atomic_path, read_json
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
@@ -90,6 +93,33 @@ def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
         users=pd.read_parquet(folder / USERS_FILE),
         stats=read_json(folder / STATS_FILE),
     )
+
+
+def write_processed(
+    folder: Path,
+    events: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    stats: dict[str, Any],
+) -> Path:
+    """Write the processed files into ``folder`` so that all are renamed into place only if all
+    succeed; returns ``folder``.
+
+    The folder itself is not swapped: other stages keep files there (features/). stats.json is
+    renamed last, so a reader that finds it also finds the tables it describes.
+    """
+    tables = {EVENTS_FILE: events, ITEMS_FILE: items, USERS_FILE: users}
+    with contextlib.ExitStack() as stack:
+        stats_tmp = stack.enter_context(atomic_path(folder / STATS_FILE))
+        for name, table in tables.items():
+            table.to_parquet(stack.enter_context(atomic_path(folder / name)), index=False)
+        stats_tmp.write_text(json.dumps(stats, indent=2, default=_plain) + "\n")
+    return folder
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a numpy scalar."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _group_bounds(user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

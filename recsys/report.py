@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from loguru import logger
 
 from recsys.cli import RecsysError, fail, run
@@ -103,7 +102,7 @@ def number(value: Any, digits: int = 4) -> str:
 
 
 def with_ci(cell: dict[str, Any] | None) -> str:
-    """``value [low, high]`` of a contract-4 metric cell; a dash where the file has none."""
+    """``value [low, high]`` of a metrics-JSON cell; a dash where the file has none."""
     if not cell or cell.get("value") is None:
         return "—"
     ci = ""
@@ -264,8 +263,14 @@ def raw_files(stats: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def _scalar(value: Any) -> str:
     """A config value written so that ``--set`` (a YAML scalar; JSON is YAML) reads it back."""
+    from recsys.modeling.train import parse_sets
+
     plain = value if isinstance(value, str) else json.dumps(value)
-    return plain if yaml.safe_load(plain) == value else json.dumps(value)
+    try:
+        read_back = parse_sets([f"value={plain}"])["value"]
+    except RecsysError:  # text that is not a YAML scalar, such as "a: [b": quote it
+        return json.dumps(value)
+    return plain if read_back == value else json.dumps(value)
 
 
 def train_command(info: RunInfo, configs_dir: Path = CONFIGS_DIR) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys.io import write_json, write_parquet
+from recsys import processed
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
@@ -16,7 +16,7 @@ GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 def write_processed(
     root: Path, dataset: str, n_users: int = 40, n_items: int = 60, n_cold: int = 4, seed: int = 0
 ) -> Path:
-    """A processed dataset following ``recsys.processed``: genre-loyal users, leave-one-out split.
+    """The processed files of a toy dataset: genre-loyal users, leave-one-out split.
 
     Each user mostly picks items of one genre, so a model (and the kNN genre agreement) has some
     structure to find.
@@ -33,7 +33,7 @@ def write_processed(
             pool = by_genre[favourite] if rng.random() < 0.8 else range(1, n_items + 1)
             rows.append((user, int(rng.choice(list(pool))), 1_000_000 + 60 * t))
     events = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"])
-    # every item must have an interaction (contract 1): give the unpicked ones to user 1
+    # items 1..n_items must each have an interaction: give the unpicked ones to user 1
     unseen = sorted(set(range(1, n_items + 1)) - set(events["item_idx"]))
     extra = pd.DataFrame({"user_idx": 1, "item_idx": unseen, "timestamp": 999_000})
     events = pd.concat([extra, events]).sort_values(["user_idx", "timestamp"], kind="stable")
@@ -60,10 +60,6 @@ def write_processed(
             "user_id": [str(500 + u) for u in range(1, n_users + 1)],
         }
     )
-    folder = root / dataset
-    write_parquet(events, folder / "events.parquet")
-    write_parquet(items, folder / "items.parquet")
-    write_parquet(users, folder / "users.parquet")
     stats = {
         "dataset": dataset,
         "n_users": n_users,
@@ -79,8 +75,7 @@ def write_processed(
             }
         },
     }
-    write_json(stats, folder / "stats.json")
-    return folder
+    return processed.write_processed(root / dataset, events, items, users, stats)
 
 
 def interval(value: float, half: float) -> dict[str, float]:
@@ -88,7 +83,7 @@ def interval(value: float, half: float) -> dict[str, float]:
 
 
 def metrics_report(dataset: str, cold_start: bool = True) -> dict[str, Any]:
-    """A contract-4 metrics report with distinct, recognisable values (a fixture, not results)."""
+    """The metrics JSON of evaluate with distinct, recognisable values (a fixture, not results)."""
 
     def split(base: float) -> dict[str, dict[str, float]]:
         cells = {}

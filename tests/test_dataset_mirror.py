@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys import dataset as ds
+from recsys.data.interim import interim
+from recsys.data.sources import MIRROR_ENV, download, read_manifest
+from recsys.data.split import process
 from recsys.processed import TEST, VALID, load_processed, user_sequences
 
 pytestmark = pytest.mark.integration
@@ -19,9 +21,9 @@ PROJ_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_chain(name: str, mirror: Path, root: Path):
-    raw = ds.download(name, raw_root=root / "raw", mirror=mirror)
-    ds.interim(name, root / "raw", root / "interim")
-    ds.process(name, root / "interim", root / "processed")
+    raw = download(name, raw_root=root / "raw", mirror=mirror)
+    interim(name, root / "raw", root / "interim")
+    process(name, root / "interim", root / "processed")
     return raw, load_processed(name, root / "processed")
 
 
@@ -39,7 +41,7 @@ def assert_leave_one_out(events) -> None:
 
 def test_ml_100k_from_mirror(mirror, tmp_path, capsys):
     raw, data = run_chain("ml-100k", mirror, tmp_path)
-    manifest = ds.read_manifest(raw)
+    manifest = read_manifest(raw)
     assert all(entry["verified"] for entry in manifest["files"].values())
     assert len(manifest["files"]) == 23
     assert (data.n_users, data.n_items, data.n_catalogue) == (943, 1682, 1682)
@@ -54,7 +56,7 @@ def test_ml_100k_from_mirror(mirror, tmp_path, capsys):
     assert stats["raw_files"]["u.data"]["md5"] == "6e47046882bad158b0efbb84cd5cb987"
     assert stats["n_interactions"] == 100_000 and stats["sequence_length"]["min"] == 20
     capsys.readouterr()
-    ds.download("ml-100k", raw_root=tmp_path / "raw", mirror=mirror)
+    download("ml-100k", raw_root=tmp_path / "raw", mirror=mirror)
     assert "already in" in capsys.readouterr().err
 
 
@@ -100,7 +102,7 @@ def beauty_mirror(mirror) -> Path:
 
 def test_amazon_beauty_from_mirror(beauty_mirror, tmp_path):
     raw, data = run_chain("amazon-beauty", beauty_mirror, tmp_path)
-    manifest = ds.read_manifest(raw)
+    manifest = read_manifest(raw)
     assert sorted(manifest["files"]) == ["Beauty.txt", "items.tsv"]
     assert all(entry["verified"] for entry in manifest["files"].values())
     assert (data.n_users, data.n_items, data.n_catalogue) == (22_363, 12_101, 12_101)
@@ -126,7 +128,7 @@ def test_amazon_beauty_from_mirror(beauty_mirror, tmp_path):
 
 def test_ml_1m_mirror_without_ratings_is_one_line_saying_what_to_do(mirror, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    env |= {"RECSYS_DATA_DIR": str(tmp_path / "data"), ds.MIRROR_ENV: str(mirror)}
+    env |= {"RECSYS_DATA_DIR": str(tmp_path / "data"), MIRROR_ENV: str(mirror)}
     proc = subprocess.run(
         [sys.executable, "-m", "recsys.dataset", "download", "--dataset", "ml-1m"],
         cwd=PROJ_ROOT,

@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import PROJ_ROOT
-from recsys.dataset import CustomSource, SplitSettings, interim, process
+from recsys.data.custom import CustomSource
+from recsys.data.interim import interim
+from recsys.data.split import SplitSettings, process
 from recsys.modeling.synthetic import write_synthetic_processed
 
 DICTIONARY = PROJ_ROOT / "references" / "data-dictionary.md"
@@ -77,7 +79,7 @@ def test_the_synthetic_processed_files_are_documented(tmp_path):
 
 @pytest.mark.parametrize("split", ["leave-one-out", "temporal"])
 def test_the_pipeline_outputs_are_documented(tmp_path, split):
-    """A custom dataset through the real interim and main stages: text ids, dates, ratings,
+    """A custom dataset through the real interim and process stages: text ids, dates, ratings,
     two cold items."""
     events = tmp_path / "events.csv"
     events.write_text(

@@ -8,12 +8,16 @@ from dataclasses import replace
 import pytest
 from test_dataset import assert_one_line_error, md5, run_cli, write_files
 
-from recsys import dataset as ds
 from recsys.cli import RecsysError
+from recsys.data.custom import CustomSource, parse_custom
+from recsys.data.interim import POSITION_TIME, interim
+from recsys.data.readers import INTERACTION_COLUMNS, read_sequences
+from recsys.data.sources import DATASETS, DatasetSpec, MIRROR_ENV, download, read_manifest
+from recsys.data.split import SplitSettings, process
 from recsys.features import build_item_texts
 from recsys.processed import TEST, TRAIN, VALID, load_processed, user_sequences
 
-BEAUTY = ds.DATASETS["amazon-beauty"]
+BEAUTY = DATASETS["amazon-beauty"]
 BEAUTY_TXT = b"1 1 2 3\n2 4 1 3 2\n3 2 4 3\n"
 ITEMS_TSV = (
     "item_id\tasin\ttitle\tbrand\tcategories\n"
@@ -24,7 +28,7 @@ ITEMS_TSV = (
 ).encode()
 
 
-def beauty_spec() -> ds.DatasetSpec:
+def beauty_spec() -> DatasetSpec:
     """amazon-beauty with checksums of the synthetic files instead of the real ones."""
     return replace(BEAUTY, file_md5={"Beauty.txt": md5(BEAUTY_TXT), "items.tsv": md5(ITEMS_TSV)})
 
@@ -37,8 +41,8 @@ def beauty_spec() -> ds.DatasetSpec:
 def test_sequences_become_events_with_positions_as_time(tmp_path):
     path = tmp_path / "seq.txt"
     path.write_bytes(b"10 7 8 7\r\n  3\t9  8 \n5 1")  # CRLF, tabs, repeats, no final newline
-    frame = ds.read_sequences(path)
-    assert list(frame.columns) == ds.INTERACTION_COLUMNS
+    frame = read_sequences(path)
+    assert list(frame.columns) == INTERACTION_COLUMNS
     assert frame["user_id"].tolist() == [10, 10, 10, 3, 3, 5]
     assert frame["item_id"].tolist() == [7, 8, 7, 9, 8, 1]
     assert frame["timestamp"].tolist() == [1, 2, 3, 1, 2, 1]
@@ -77,14 +81,14 @@ def test_bad_sequence_files_are_one_line_errors_naming_the_line(tmp_path, conten
     path = tmp_path / "seq.txt"
     path.write_bytes(content)
     with pytest.raises(RecsysError, match=expected) as err:
-        ds.read_sequences(path)
+        read_sequences(path)
     message = str(err.value)
     assert message.startswith(str(path)) and "\n" not in message
 
 
 def test_missing_sequence_file_is_named(tmp_path):
     with pytest.raises(RecsysError, match="nowhere.txt does not exist"):
-        ds.read_sequences(tmp_path / "nowhere.txt")
+        read_sequences(tmp_path / "nowhere.txt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,18 +105,18 @@ def test_custom_sequences_keep_the_line_order_under_any_tie_seed(tmp_path):
             b"40,Forty,green\n50,Fifty,black\n",
         },
     )
-    source = ds.CustomSource(
+    source = CustomSource(
         interactions=tmp_path / "seq.txt", items=tmp_path / "items.csv", format="sequences"
     )
-    ds.interim("custom", interim_root=tmp_path / "interim", custom=source)
+    interim("custom", interim_root=tmp_path / "interim", custom=source)
     manifest = json.loads((tmp_path / "interim" / "custom" / "manifest.json").read_text())
-    assert manifest["time"] == ds.POSITION_TIME
+    assert manifest["time"] == POSITION_TIME
     for seed in range(4):
-        ds.process(
+        process(
             "custom",
             tmp_path / "interim",
             tmp_path / "processed",
-            split=ds.SplitSettings(ties_seed=seed),
+            split=SplitSettings(ties_seed=seed),
         )
         data = load_processed("custom", tmp_path / "processed")
         original = data.items.set_index("item_idx")["item_id"]
@@ -126,34 +130,34 @@ def test_custom_sequences_keep_the_line_order_under_any_tie_seed(tmp_path):
     user7 = data.events[data.events["user_idx"] == 2]
     assert user7["split"].tolist() == [TRAIN, TRAIN, VALID, TEST]
     stats = data.stats
-    assert stats["time"] == ds.POSITION_TIME and stats["time_range"] is None
+    assert stats["time"] == POSITION_TIME and stats["time_range"] is None
     assert stats["ties"]["events_in_tied_groups"] == 0
 
 
 def test_custom_format_must_be_known(tmp_path):
     (tmp_path / "seq.txt").write_bytes(b"1 2 3\n")
-    source = ds.CustomSource(interactions=tmp_path / "seq.txt", format="lines")
+    source = CustomSource(interactions=tmp_path / "seq.txt", format="lines")
     with pytest.raises(RecsysError, match="unknown --format 'lines'; choose events .* sequences"):
-        ds.parse_custom(source)
+        parse_custom(source)
 
 
 def test_sequences_refuse_a_temporal_split(tmp_path):
     (tmp_path / "seq.txt").write_bytes(b"1 2 3 4\n2 3 4 5\n")
-    source = ds.CustomSource(interactions=tmp_path / "seq.txt", format="sequences")
-    ds.interim("custom", interim_root=tmp_path / "interim", custom=source)
+    source = CustomSource(interactions=tmp_path / "seq.txt", format="sequences")
+    interim("custom", interim_root=tmp_path / "interim", custom=source)
     with pytest.raises(RecsysError, match="has no timestamps .* use --split leave-one-out"):
-        ds.process(
+        process(
             "custom",
             tmp_path / "interim",
             tmp_path / "processed",
-            split=ds.SplitSettings("temporal"),
+            split=SplitSettings("temporal"),
         )
 
 
 def test_cli_custom_sequences(tmp_path):
     seq = tmp_path / "seq.txt"
     seq.write_text("1 5 6 7\n\n2 6 7 8\n")
-    args = ("main", "--dataset", "custom", "--interactions", str(seq), "--format", "sequences")
+    args = ("process", "--dataset", "custom", "--interactions", str(seq), "--format", "sequences")
     proc = run_cli(tmp_path, *args)
     assert_one_line_error(proc, str(seq), "line 2 is empty")
     assert not (tmp_path / "data" / "processed").exists()
@@ -182,12 +186,12 @@ def test_amazon_beauty_registry_entry():
 
 
 def test_amazon_beauty_without_files_says_where_to_put_them(tmp_path, monkeypatch):
-    monkeypatch.delenv(ds.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
     with pytest.raises(RecsysError) as err:
-        ds.download("amazon-beauty", raw_root=tmp_path / "raw")
+        download("amazon-beauty", raw_root=tmp_path / "raw")
     message = str(err.value)
     assert message.startswith("amazon-beauty: Beauty.txt (")
-    assert "there is no public download" in message and ds.MIRROR_ENV in message
+    assert "there is no public download" in message and MIRROR_ENV in message
     assert f"put Beauty.txt and items.tsv in {tmp_path / 'raw' / 'amazon-beauty'}/" in message
     assert "\n" not in message and "None" not in message
 
@@ -197,7 +201,7 @@ def test_amazon_beauty_mirror_copy_with_wrong_md5_is_refused(tmp_path):
         tmp_path / "mirror" / "amazon-beauty", {"Beauty.txt": BEAUTY_TXT, "items.tsv": ITEMS_TSV}
     )
     with pytest.raises(RecsysError, match="Beauty.txt from mirror .* has md5 .* but the original"):
-        ds.download("amazon-beauty", raw_root=tmp_path / "raw", mirror=tmp_path / "mirror")
+        download("amazon-beauty", raw_root=tmp_path / "raw", mirror=tmp_path / "mirror")
     assert not (tmp_path / "raw" / "amazon-beauty").exists()
 
 
@@ -206,10 +210,10 @@ def test_amazon_beauty_chain_reads_unbalanced_quotes_and_builds_texts(tmp_path):
         tmp_path / "mirror" / "amazon-beauty", {"Beauty.txt": BEAUTY_TXT, "items.tsv": ITEMS_TSV}
     )
     spec = beauty_spec()
-    raw = ds.download(spec, raw_root=tmp_path / "raw", mirror=tmp_path / "mirror")
-    assert all(entry["verified"] for entry in ds.read_manifest(raw)["files"].values())
-    ds.interim(spec, tmp_path / "raw", tmp_path / "interim")
-    ds.process(spec, tmp_path / "interim", tmp_path / "processed")
+    raw = download(spec, raw_root=tmp_path / "raw", mirror=tmp_path / "mirror")
+    assert all(entry["verified"] for entry in read_manifest(raw)["files"].values())
+    interim(spec, tmp_path / "raw", tmp_path / "interim")
+    process(spec, tmp_path / "interim", tmp_path / "processed")
     data = load_processed("amazon-beauty", tmp_path / "processed")
     assert (data.n_users, data.n_items, len(data.events)) == (3, 4, 10)
     items = data.items.set_index("item_id")

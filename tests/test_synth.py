@@ -10,8 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks import synth
-from recsys import dataset as ds
 from recsys.cli import RecsysError
+from recsys.data.interim import clean
+from recsys.data.readers import parse_hm, parse_ml_csv
+from recsys.data.sources import DATASETS, ML_CSV_REQUIRED
 
 ROWS = 5_000
 HM_FILES = ["articles.csv", "customers.csv", "synth.json", "transactions_train.csv"]
@@ -82,12 +84,12 @@ def test_hm_files_have_the_real_layout(hm):
 
 
 def test_project_reader_accepts_hm_and_sees_baskets_and_a_long_tail(hm):
-    interactions, items = ds.parse_hm(hm)
+    interactions, items = parse_hm(hm)
     item_ids = interactions["item_id"].astype(str)
     assert len(interactions) == ROWS
     assert item_ids.str.len().eq(10).all() and item_ids.str.startswith("0").all()
     assert set(item_ids) <= set(items["item_id"])
-    kept, _, report = ds.clean(interactions, items, strict=True, items_file="articles.csv")
+    kept, _, report = clean(interactions, items, strict=True, items_file="articles.csv")
     assert report.unknown_item_interactions_dropped == 0
     assert interactions["user_id"].astype(str).str.fullmatch(r"[0-9a-f]{64}").all()
     days = pd.to_datetime(interactions["timestamp"], unit="s")
@@ -107,9 +109,9 @@ def test_project_reader_accepts_hm_and_sees_baskets_and_a_long_tail(hm):
 def test_movielens_files_parse_with_the_ml_csv_reader(tmp_path, scale):
     synth.write_movielens(tmp_path, scale, ROWS, seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ML_FILES
-    assert ds.DATASETS[scale.name].parser == "ml-csv"
-    assert set(ds.ML_CSV_REQUIRED) <= set(ML_FILES)
-    interactions, items = ds.parse_ml_csv(tmp_path)
+    assert DATASETS[scale.name].parser == "ml-csv"
+    assert set(ML_CSV_REQUIRED) <= set(ML_FILES)
+    interactions, items = parse_ml_csv(tmp_path)
     assert len(interactions) == ROWS
     users, movies = interactions["user_id"].to_numpy(), interactions["item_id"].to_numpy()
     # sorted by userId, then movieId, as the originals; each movie rated once per user
@@ -161,9 +163,9 @@ def test_files_written_in_several_blocks_keep_one_header_and_the_order(tmp_path,
     monkeypatch.setattr(synth, "CHUNK_ROWS", 700)
     synth.write_hm(tmp_path / "hm", 3_000, seed=1)
     synth.write_movielens(tmp_path / "ml", synth.ML_20M, 3_000, seed=1)
-    interactions, _ = ds.parse_hm(tmp_path / "hm")
+    interactions, _ = parse_hm(tmp_path / "hm")
     assert len(interactions) == 3_000 and interactions["timestamp"].is_monotonic_increasing
-    ratings, _ = ds.parse_ml_csv(tmp_path / "ml")
+    ratings, _ = parse_ml_csv(tmp_path / "ml")
     assert len(ratings) == 3_000 and ratings["user_id"].is_monotonic_increasing
     for path in (tmp_path / "hm" / "transactions_train.csv", tmp_path / "ml" / "ratings.csv"):
         lines = path.read_text().splitlines()
