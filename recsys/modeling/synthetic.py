@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.io import write_json, write_parquet
-from recsys.processed import TEST, TRAIN, VALID, processed_dir
+from recsys.io import ensure_dir
+from recsys.processed import TEST, TRAIN, VALID, processed_dir, write_processed
 
 
 def synthetic_events(
@@ -69,9 +69,6 @@ def write_synthetic_processed(
     users = pd.DataFrame(
         {"user_idx": np.arange(1, n_users + 1, dtype=np.int32), "user_id": np.arange(n_users)}
     )
-    write_parquet(events, folder / "events.parquet")
-    write_parquet(items, folder / "items.parquet")
-    write_parquet(users, folder / "users.parquet")
     stats = {
         "dataset": name,
         "n_users": n_users,
@@ -81,5 +78,4 @@ def write_synthetic_processed(
         "split": {"kind": "leave-one-out"},
         "synthetic": True,
     }
-    write_json(stats, folder / "stats.json")
-    return folder
+    return write_processed(ensure_dir(folder), events, items, users, stats)
