@@ -27,7 +27,7 @@ import torch
 
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import write_json
-from recsys.modeling.evaluate import BATCH_SIZE
+from recsys.modeling.scoring import BATCH_SIZE
 
 DATASET = "ml-100k"
 #: A catalogue large enough that the dense baselines and the bootstrap dominate evaluation.
@@ -65,7 +65,7 @@ def _processed_root() -> tuple[str, str]:
 
 def _rank_test(model: Any, data: Any, batch_size: int) -> tuple[float, float, Any]:
     """Wall and CPU seconds to rank every test user, and the ranks."""
-    from recsys.modeling.evaluate import rank_examples
+    from recsys.modeling.scoring import rank_examples
     from recsys.processed import eval_examples
 
     examples = eval_examples(data.events, "test")
@@ -124,6 +124,7 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
     """Wall and CPU seconds of each stage of ``make evaluate`` on ``dataset``'s baselines."""
     from recsys.modeling import evaluate as E
     from recsys.modeling.baselines import BASELINES
+    from recsys.modeling.scoring import rank_examples
     from recsys.processed import load_processed, train_sequences
 
     if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
@@ -143,7 +144,7 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
         stage = {"fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu}
         for split, ex in examples.items():
             ranked, wall, cpu = _timed(
-                lambda ex=ex, model=model: E.rank_examples(model, ex, data.n_items, device="cpu")
+                lambda ex=ex, model=model: rank_examples(model, ex, data.n_items, device="cpu")
             )
             stage[f"{split}_rank_wall_s"], stage[f"{split}_rank_cpu_s"] = wall, cpu
             _, wall, cpu = _timed(

@@ -31,9 +31,10 @@ import torch
 
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
-from recsys.modeling.evaluate import rank_examples, split_examples
+from recsys.modeling.evaluate import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_run
+from recsys.modeling.scoring import rank_examples
 from recsys.processed import ProcessedData, load_processed
 
 DATASETS = ("ml-100k", "ml-latest-small", "amazon-beauty")

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.modeling.evaluate import rank_examples, split_examples
+from recsys.modeling.evaluate import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
+from recsys.modeling.scoring import rank_examples
 from recsys.processed import left_pad, load_processed, train_sequences
 
 

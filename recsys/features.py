@@ -554,19 +554,6 @@ def pool_hidden(hidden: Any, attention_mask: Any, pooling: str) -> Any:
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-def pick_device(device: str) -> str:
-    """Resolve ``auto``; asking for a GPU that is not there is a user error, not a CPU run."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise fail(f"--device must be auto, cpu or cuda, got {device!r}")
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise fail("--device cuda was asked for but no CUDA GPU is visible; use --device auto")
-    return device
-
-
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity), for torch's thread count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -740,7 +727,9 @@ def features_encoder(
     if not manifest_path.is_file():
         raise fail(f"{manifest_path} does not exist; {_features_hint(dataset, model)}")
     manifest = read_json(manifest_path)
-    return load_text_encoder(resolve_model(model), manifest, pick_device(device))
+    from recsys.modeling.scoring import resolve_device
+
+    return load_text_encoder(resolve_model(model), manifest, str(resolve_device(device)))
 
 
 @dataclass
@@ -819,7 +808,9 @@ def embed_items(
                 logger.info(f"features up to date (same texts and settings), cache hit: {npy}")
                 return EmbedResult(npy, old, cached=True)
             logger.info(f"recomputing features: {', '.join(changed)} changed")
-    run_on = pick_device(device)
+    from recsys.modeling.scoring import resolve_device
+
+    run_on = str(resolve_device(device))
     started = time.perf_counter()
     encoder = load_text_encoder(spec, wanted, run_on)
     settings = encoder.settings

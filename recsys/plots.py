@@ -526,7 +526,7 @@ def sample_recommendations(
     Ranked by evaluation's own code (``rank_examples``: items 1..n_items, history masked), so
     the lists and the held-out item's rank are exactly what the metrics counted.
     """
-    from recsys.modeling.evaluate import rank_examples
+    from recsys.modeling.scoring import rank_examples
 
     examples = eval_examples(events, "test")
     if len(examples.users) == 0:

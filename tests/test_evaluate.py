@@ -15,7 +15,9 @@ from evaluate_helpers import COLD_FRACTION, DATASET, N_ITEMS
 from recsys.cli import RecsysError
 from recsys.io import read_json
 from recsys.modeling import evaluate as E
+from recsys.modeling import metrics
 from recsys.modeling.baselines import EASE, MostPopular
+from recsys.modeling.scoring import rank_examples
 from recsys.processed import eval_examples, train_sequences
 
 BOOT = 50  # resamples: enough to exercise the intervals, cheap enough for unit tests
@@ -55,9 +57,9 @@ class RecordingScorer:
 def test_ranking_does_not_depend_on_batch_size_and_memory_follows_the_batch(data):
     examples = eval_examples(data.events, "test")
     scorer = RecordingScorer(fitted(EASE, data))
-    small = E.rank_examples(scorer, examples, data.n_items, batch_size=7, device="cpu")
+    small = rank_examples(scorer, examples, data.n_items, batch_size=7, device="cpu")
     assert scorer.max_rows == 7  # never all users x items at once
-    whole = E.rank_examples(fitted(EASE, data), examples, data.n_items, batch_size=1000)
+    whole = rank_examples(fitted(EASE, data), examples, data.n_items, batch_size=1000)
     assert torch.equal(small.ranks, whole.ranks)
     assert torch.equal(small.top_items, whole.top_items)
     assert small.top_items.shape == (len(examples.targets), 50)
@@ -67,9 +69,9 @@ def test_ranking_runs_on_one_thread_and_restores_the_setting(data):
     examples = eval_examples(data.events, "test")
     ease = fitted(EASE, data)
     before = torch.get_num_threads()
-    one = E.rank_examples(ease, examples, data.n_items, device="cpu")
+    one = rank_examples(ease, examples, data.n_items, device="cpu")
     assert torch.get_num_threads() == before
-    as_set = E.rank_examples(ease, examples, data.n_items, device="cpu", cpu_threads=None)
+    as_set = rank_examples(ease, examples, data.n_items, device="cpu", cpu_threads=None)
     assert torch.equal(one.ranks, as_set.ranks) and torch.equal(one.top_items, as_set.top_items)
     assert torch.equal(one.sampled_ranks, as_set.sampled_ranks)
 
@@ -77,8 +79,8 @@ def test_ranking_runs_on_one_thread_and_restores_the_setting(data):
 def test_history_is_masked_unless_kept(data):
     examples = eval_examples(data.events, "test")
     popular = fitted(MostPopular, data)
-    masked = E.rank_examples(popular, examples, data.n_items, device="cpu")
-    kept = E.rank_examples(popular, examples, data.n_items, keep_history=True, device="cpu")
+    masked = rank_examples(popular, examples, data.n_items, device="cpu")
+    kept = rank_examples(popular, examples, data.n_items, keep_history=True, device="cpu")
     assert (kept.ranks >= masked.ranks).all() and (kept.ranks > masked.ranks).any()
     for history, top in zip(examples.histories, masked.top_items.tolist()):
         assert not set(top) & set(history.tolist())
@@ -87,7 +89,7 @@ def test_history_is_masked_unless_kept(data):
 def test_ranks_match_the_trained_runs_own_validation(world, data):
     # training validates with the same metric code; the best epoch's NDCG@10 must reappear here
     candidate = E.load_trained(world.id_run, DATASET)
-    ranked = E.rank_examples(candidate.scorer, eval_examples(data.events, "valid"), N_ITEMS)
+    ranked = rank_examples(candidate.scorer, eval_examples(data.events, "valid"), N_ITEMS)
     recorded = read_json(world.id_run / "metrics.json")["best_val_ndcg@10"]
     assert E.per_user(ranked, "ndcg", 10).double().mean().item() == pytest.approx(recorded, 1e-5)
 
@@ -105,9 +107,9 @@ def test_baselines_only_report_follows_the_contract(world, tmp_path):
     assert report["significance"] is None and report["cold_start"] is None
     names = [m["name"] for m in report["models"]]
     assert names == ["most-popular", "transitions", "item-knn", "ease"]
-    expected = {f"{m}@{k}" for m in E.M.RANK_METRICS for k in E.M.KS}
-    expected |= {f"{m}@{k}" for m in ("coverage", "popularity") for k in E.M.KS}
-    expected |= {f"sampled_{m}@{k}" for m, k in E.M.SAMPLED_METRICS}
+    expected = {f"{m}@{k}" for m in metrics.RANK_METRICS for k in metrics.KS}
+    expected |= {f"{m}@{k}" for m in ("coverage", "popularity") for k in metrics.KS}
+    expected |= {f"sampled_{m}@{k}" for m, k in metrics.SAMPLED_METRICS}
     for row in report["models"]:
         assert row["kind"] == "baseline" and row["run"] is None and row["n_params"] is None
         for split in ("valid", "test"):
@@ -283,7 +285,7 @@ def test_seeds_of_one_config_are_one_row_with_mean_spread_and_interval(
     logged = {}
     monkeypatch.setattr(
         "recsys.modeling.tracking.log_evaluation",
-        lambda run_dir, metrics: logged.setdefault(run_dir.name, metrics) is not None,
+        lambda run_dir, values: logged.setdefault(run_dir.name, values) is not None,
     )
     report = read_json(run_evaluate(world, tmp_path, models_dir=seeded))
     rows = {m["name"]: m for m in report["models"]}
@@ -313,9 +315,9 @@ def test_seeds_of_one_config_are_one_row_with_mean_spread_and_interval(
     # the interval resamples users on their NDCG@10 averaged over the two seeds
     examples = eval_examples(data.events, "test")
     scorers = [E.load_trained(seeded / DATASET / r["name"], DATASET).scorer for r in runs]
-    ranked = [E.rank_examples(scorer, examples, N_ITEMS) for scorer in scorers]
+    ranked = [rank_examples(scorer, examples, N_ITEMS) for scorer in scorers]
     per_user = torch.stack([E.per_user(r, "ndcg", 10).double() for r in ranked]).mean(0)
-    expected = E.M.bootstrap_ci(per_user, BOOT, 0.95, 0).as_dict()
+    expected = metrics.bootstrap_ci(per_user, BOOT, 0.95, 0).as_dict()
     low_high = (config["test"]["ndcg@10"]["low"], config["test"]["ndcg@10"]["high"])
     assert low_high == (expected["low"], expected["high"])
 

@@ -441,7 +441,7 @@ def test_unknown_models_are_one_line_errors(tmp_path: Path, monkeypatch) -> None
         ({"max_length": 1}, "--max-length must be at least 2"),
         ({"max_length": 65}, "--max-length 65 exceeds the 64 positions"),
         ({"pooling": "max"}, "--pooling must be mean or cls"),
-        ({"device": "tpu"}, "--device must be auto, cpu or cuda"),
+        ({"device": "tpu"}, "--device .tpu. is not a device; use auto, cpu, cuda"),
     ],
 )
 def test_bad_options_are_user_errors(root: Path, tiny_bert: str, options, message) -> None:

@@ -1,10 +1,14 @@
 """``python -m recsys.modeling.evaluate``: trained runs and baselines, ranked the same way.
 
-Every model (trained run or baseline) is a *scorer*: ``score(item_seq[B, L]) -> [B, C]``. Each
-split is scored in batches of users; a batch's scores are reduced at once to the target's
-pessimistic rank and the top-50 list, so memory grows with the batch size, never with
-users x items. Per-user metrics then get bootstrap intervals over users, and the best trained run
+Every model (trained run or baseline) is a *scorer*, ranked by :mod:`recsys.modeling.scoring`
+in batches of users (memory grows with batch x catalogue, never with users x items). This module
+keeps the report: per-user metrics get bootstrap intervals over users, and the best trained run
 is compared with the best baseline by a paired bootstrap on the same test users.
+
+Large catalogues: baselines that cannot fit are skipped and the report says why (EASE's dense
+item x item matrix above ``--max-dense-items``, :data:`recsys.modeling.baselines.MAX_DENSE_ITEMS`
+by default), and ``--sample-users N`` scores a seeded random sample of N test users, the same for
+every model and split, for a fast estimate whose intervals are those of the sample.
 
 Runs of one config trained with several seeds (``make train SEEDS=42,1,2``) form one row: the mean
 over the seeds, their spread (sample std, min, max), and the bootstrap interval of the mean model
@@ -29,13 +33,10 @@ only hide information from the models that can use it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,9 +50,9 @@ from loguru import logger
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, METRICS_DIR, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import read_json, write_json, write_text
-from recsys.modeling import metrics as M
-from recsys.modeling.baselines import fit_baselines
-from recsys.modeling.model import COLD_CAPABLE, Decoder, SemanticDecoder, next_item_scores
+from recsys.modeling import metrics
+from recsys.modeling.baselines import MAX_DENSE_ITEMS, fit_baselines, too_large
+from recsys.modeling.model import COLD_CAPABLE, SemanticDecoder
 from recsys.processed import (
     TRAIN,
     EvalExamples,
@@ -59,10 +60,10 @@ from recsys.processed import (
     cold_item_set,
     cut_at,
     eval_examples,
-    left_pad,
     load_processed,
     train_sequences,
 )
+from recsys.modeling.scoring import BATCH_SIZE, Ranked, rank_examples, resolve_device
 
 SPLITS = ("valid", "test")
 CONFIDENCE = 0.95
@@ -73,8 +74,6 @@ SAMPLED_PREFIX = "sampled_"
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 #: The scoring config a generative one is compared with, on the same users.
 REFERENCE_CONFIG = "sasrec-ce"
-#: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
-BATCH_SIZE = 128
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
@@ -98,187 +97,14 @@ class Candidate:
         return self.kind == "trained" and self.item_repr in COLD_CAPABLE
 
 
-@dataclass
-class Ranked:
-    """One model on one split: per-user target ranks and top lists (CPU tensors)."""
-
-    users: np.ndarray
-    ranks: torch.Tensor  # [U] pessimistic 0-based rank of the target
-    top_items: torch.Tensor  # [U, k_max]
-    sampled_ranks: torch.Tensor | None = None  # [U] rank among the user's sampled negatives
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
-    if name == "auto":
-        return default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise fail(f"--device {name!r} is not a device; use auto, cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise fail(f"--device {name}: no CUDA GPU is available here; use auto or cpu")
-    return device
-
-
-def context_length(scorer: Any) -> int | None:
-    """How many recent items the scorer reads: a trained model's max_len, else all (None)."""
-    config = getattr(scorer, "config", None)
-    return getattr(config, "max_len", None)
-
-
-def score_batch(
-    scorer: Any,
-    item_seq: torch.Tensor,
-    users: torch.Tensor,
-    exclude: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Scores in float32 from a trained decoder (see :func:`next_item_scores`; ``exclude`` is
-    the history a generative one prunes) or a baseline."""
-    if isinstance(scorer, Decoder):
-        return next_item_scores(scorer, item_seq, users, exclude).float()
-    return scorer.score(item_seq).float()
-
-
-@torch.inference_mode()
-def batched_scores(
-    scorer: Any,
-    histories: list[np.ndarray],
-    users: np.ndarray,
-    *,
-    keep_history: bool = False,
-    batch_size: int = BATCH_SIZE,
-    device: torch.device | str | None = None,
-) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
-    """Next-item scores for ``histories``, one batch of users at a time.
-
-    Yields ``(rows, scores [b, C] float32, exclude)``: ``rows`` are the batch's positions in
-    ``histories`` (batches hold similar lengths, so little compute goes to padding); ``exclude``
-    is the left-padded full history to mask (None with ``keep_history``), while the scorer reads
-    only its last ``max_len`` items.
-    """
-    if batch_size < 1:
-        raise fail(f"--batch-size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else default_device()
-    max_len = context_length(scorer)
-    order = np.argsort([len(h) for h in histories], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = [histories[i] for i in rows]
-        longest = max(1, max(len(h) for h in batch))
-        padded = torch.from_numpy(left_pad(batch, longest))
-        item_seq = padded[:, -max_len:].contiguous() if max_len else padded
-        exclude = None if keep_history else padded.to(device)
-        batch_users = torch.from_numpy(users[rows]).to(device)
-        yield rows, score_batch(scorer, item_seq.to(device), batch_users, exclude), exclude
-
-
-def in_input_order(rows: list[np.ndarray], parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-batch results and put them back in the order of the input."""
-    return torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(rows)))]
-
-
-def rank_examples(
-    scorer: Any,
-    examples: EvalExamples,
-    n_items: int,
-    *,
-    keep_history: bool = False,
-    k_max: int = max(M.KS),
-    batch_size: int = BATCH_SIZE,
-    device: torch.device | str | None = None,
-    n_negatives: int = M.N_NEGATIVES,
-    negatives_seed: int = 0,
-    cpu_threads: int | None = 1,
-) -> Ranked:
-    """Rank every example's target over items ``1..n_items`` (full ranking, batched), and among
-    ``n_negatives`` items sampled per user (0: none), from the same score matrices.
-
-    On the CPU, scoring and ranking run on ``cpu_threads`` intra-op threads (None: as set);
-    see :func:`cpu_threads_for`."""
-    negatives = split_negatives(examples, n_items, n_negatives, negatives_seed)
-    seen, ranks, tops, sampled = [], [], [], []
-    device = torch.device(device) if device is not None else default_device()
-    batches = batched_scores(
-        scorer,
-        examples.histories,
-        examples.users,
-        keep_history=keep_history,
-        batch_size=batch_size,
-        device=device,
-    )
-    with cpu_threads_for(device, cpu_threads):
-        for rows, scores, exclude in batches:
-            targets = torch.from_numpy(examples.targets[rows])
-            batch_negatives = None if negatives is None else negatives[rows].to(scores.device)
-            out = M.rank_batch(scores, targets, k_max, exclude, n_items, batch_negatives)
-            seen.append(rows)
-            ranks.append(out.ranks.cpu())
-            tops.append(out.top_items.cpu())
-            if out.sampled is not None:
-                sampled.append(out.sampled.cpu())
-    return Ranked(
-        examples.users,
-        in_input_order(seen, ranks),
-        in_input_order(seen, tops),
-        in_input_order(seen, sampled) if sampled else None,
-    )
-
-
-@contextmanager
-def cpu_threads_for(device: torch.device, threads: int | None) -> Iterator[None]:
-    """Run on ``threads`` intra-op threads on the CPU, then restore the setting. Ranking uses
-    one: its many small operations gain a little from a second thread on an idle machine, and
-    lose several times over on a busy one, where OpenMP threads wait for each other (``make
-    bench BENCH=evaluate`` times one thread and the default)."""
-    if device.type != "cpu" or threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def split_negatives(
-    examples: EvalExamples, n_items: int, n_negatives: int, seed: int
-) -> torch.Tensor | None:
-    """Each example's sampled negatives (none for ``n_negatives`` 0), never from its history or
-    target. Drawn once per process for the same examples: every model of a split meets the same
-    negatives, and the draw is not repeated for each model."""
-    if not n_negatives:
-        return None
-    longest = max((len(h) for h in examples.histories), default=0)
-    exclusions = np.concatenate(
-        [left_pad(examples.histories, longest), examples.targets.reshape(-1, 1)], axis=1
-    )
-    digest = hashlib.blake2b(exclusions.tobytes(), digest_size=16).hexdigest()
-    key = (digest, exclusions.shape, n_items, n_negatives, seed)
-    if key not in _NEGATIVES:
-        if len(_NEGATIVES) >= 4:  # valid and test of one or two datasets
-            _NEGATIVES.pop(next(iter(_NEGATIVES)))
-        exclude = torch.from_numpy(exclusions)
-        _NEGATIVES[key] = M.sample_negatives(exclude, n_items, n_negatives, seed)
-    return _NEGATIVES[key]
-
-
-_NEGATIVES: dict[tuple, torch.Tensor] = {}
-
-
 def per_user(ranked: Ranked, metric: str, k: int) -> torch.Tensor:
     """One rank metric (``hr``, ``recall``, ``ndcg``, ``mrr``, ``map``) per user; with the
     ``sampled_`` prefix, of the target's rank among the user's sampled negatives."""
     if metric.startswith(SAMPLED_PREFIX):
         if ranked.sampled_ranks is None:
             raise ValueError("these ranks were computed without sampled negatives")
-        return M.RANK_METRICS[metric.removeprefix(SAMPLED_PREFIX)](ranked.sampled_ranks, k)
-    return M.RANK_METRICS[metric](ranked.ranks, k)
+        return metrics.RANK_METRICS[metric.removeprefix(SAMPLED_PREFIX)](ranked.sampled_ranks, k)
+    return metrics.RANK_METRICS[metric](ranked.ranks, k)
 
 
 def summarize(
@@ -292,22 +118,24 @@ def summarize(
     """Every metric at every K with its bootstrap interval, keyed like ``ndcg@10``, then the
     sampled-negatives metrics (``sampled_ndcg@10``) when the ranks have them.
 
-    Every mean is resampled with the same draws, all at once (:func:`M.bootstrap_cis`).
+    Every mean is resampled with the same draws, all at once (:func:`metrics.bootstrap_cis`).
     """
     means: dict[str, torch.Tensor] = {}
     for k in ks:
-        for name in M.RANK_METRICS:
+        for name in metrics.RANK_METRICS:
             means[f"{name}@{k}"] = per_user(ranked, name, k)
-        means[f"popularity@{k}"] = M.mean_popularity_at_k(ranked.top_items, k, popularity_pct)
+        means[f"popularity@{k}"] = metrics.mean_popularity_at_k(
+            ranked.top_items, k, popularity_pct
+        )
     if ranked.sampled_ranks is not None:
-        for name, k in M.SAMPLED_METRICS:
+        for name, k in metrics.SAMPLED_METRICS:
             means[f"{SAMPLED_PREFIX}{name}@{k}"] = per_user(ranked, SAMPLED_PREFIX + name, k)
-    intervals = M.bootstrap_cis(list(means.values()), n_bootstrap, CONFIDENCE, seed)
+    intervals = metrics.bootstrap_cis(list(means.values()), n_bootstrap, CONFIDENCE, seed)
     found = {key: ci.as_dict() for key, ci in zip(means, intervals)}
     out: dict[str, dict[str, float | None]] = {}
     for k in ks:
-        out.update({f"{name}@{k}": found[f"{name}@{k}"] for name in M.RANK_METRICS})
-        coverage = M.coverage_ci(ranked.top_items, k, n_items, n_bootstrap, CONFIDENCE, seed)
+        out.update({f"{name}@{k}": found[f"{name}@{k}"] for name in metrics.RANK_METRICS})
+        coverage = metrics.coverage_ci(ranked.top_items, k, n_items, n_bootstrap, CONFIDENCE, seed)
         out[f"coverage@{k}"] = coverage.as_dict()
         out[f"popularity@{k}"] = found[f"popularity@{k}"]
     out.update({key: entry for key, entry in found.items() if key.startswith(SAMPLED_PREFIX)})
@@ -379,12 +207,25 @@ def trained_candidates(
     return [load_trained(p, dataset, device, processed_root) for p in runs]
 
 
-def baseline_candidates(data: ProcessedData, cold: np.ndarray | None = None) -> list[Candidate]:
-    """The four baselines, fitted on the training split, cut at the cold items as training is."""
+def baseline_candidates(
+    data: ProcessedData, cold: np.ndarray | None = None, max_dense_items: int = MAX_DENSE_ITEMS
+) -> list[Candidate]:
+    """The baselines, fitted on the training split, cut at the cold items as training is; those
+    too large for the catalogue (:func:`recsys.modeling.baselines.too_large`) are left out."""
     removed = np.zeros(0, dtype=np.int64) if cold is None else cold
     sequences = [seq for _, seq in cut_at(train_sequences(data.events), removed)]
-    fitted = fit_baselines(sequences, data.n_items, data.n_catalogue)
+    fitted = fit_baselines(sequences, data.n_items, data.n_catalogue, max_dense_items)
     return [Candidate(name=n, kind="baseline", scorer=b) for n, b in fitted.items()]
+
+
+def skipped_baselines(n_items: int, max_dense_items: int) -> list[dict[str, str]]:
+    """The report's ``skipped`` entries: each baseline too large to fit, with why (logged)."""
+    if max_dense_items < 1:
+        raise fail(f"--max-dense-items must be >= 1, got {max_dense_items}")
+    skipped = [{"name": n, "reason": r} for n, r in too_large(n_items, max_dense_items).items()]
+    for entry in skipped:
+        logger.warning(f"skipping baseline {entry['name']}: {entry['reason']}")
+    return skipped
 
 
 def cold_seed(trained: list[Candidate]) -> int:
@@ -421,24 +262,72 @@ def training_popularity(data: ProcessedData) -> torch.Tensor:
     """Popularity percentile of items ``0..n_items`` from training-split counts."""
     train_items = data.events.loc[data.events["split"] == TRAIN, "item_idx"].to_numpy()
     counts = np.bincount(train_items, minlength=data.n_items + 1)[: data.n_items + 1]
-    return M.popularity_percentiles(torch.from_numpy(counts))
+    return metrics.popularity_percentiles(torch.from_numpy(counts))
 
 
 def usable_ks(n_items: int) -> tuple[int, ...]:
-    ks = tuple(k for k in M.KS if k <= n_items)
+    ks = tuple(k for k in metrics.KS if k <= n_items)
     if not ks:
-        raise fail(f"the catalogue has {n_items} items, fewer than the smallest K {M.KS[0]}")
+        raise fail(f"the catalogue has {n_items} items, fewer than the smallest K {metrics.KS[0]}")
     return ks
 
 
-def split_examples(data: ProcessedData, split: str) -> EvalExamples:
+def split_examples(
+    data: ProcessedData, split: str, sample: UserSample | None = None
+) -> EvalExamples:
+    """A split's examples, of the sampled users only when there is a ``sample``."""
     examples = eval_examples(data.events, split)
     if not len(examples.targets):
         raise fail(
             f"processed {data.name!r} has no {split} events; re-run "
             f"'make data DATASET={data.name}' with a split that holds some out"
         )
+    if sample is None:
+        return examples
+    examples = subset(examples, np.isin(examples.users, sample.users))
+    if not len(examples.targets):
+        raise fail(
+            f"the {len(sample.users)} sampled users have no {split} events; "
+            "sample more with a larger --sample-users"
+        )
     return examples
+
+
+def subset(examples: EvalExamples, keep: np.ndarray) -> EvalExamples:
+    """The examples where the boolean ``keep`` is true."""
+    return EvalExamples(
+        users=examples.users[keep],
+        histories=[h for h, k in zip(examples.histories, keep) if k],
+        targets=examples.targets[keep],
+    )
+
+
+@dataclass(frozen=True)
+class UserSample:
+    """A seeded random sample of the test users: every model and split is scored on them."""
+
+    users: np.ndarray  # sorted user ids
+    of: int  # the test users it was drawn from
+    seed: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"n_users": int(len(self.users)), "of": self.of, "seed": self.seed}
+
+
+def user_sample(data: ProcessedData, n: int | None, seed: int) -> UserSample | None:
+    """``n`` test users drawn with ``seed`` (``--sample-users``); None for all of them, also
+    when ``n`` is at least their number."""
+    if n is None:
+        return None
+    if n < 1:
+        raise fail(f"--sample-users must be >= 1 (leave it out to evaluate every user), got {n}")
+    users = np.unique(split_examples(data, "test").users)
+    if n >= len(users):
+        logger.info(f"--sample-users {n}: the {len(users)} test users are all evaluated")
+        return None
+    chosen = np.random.default_rng(seed).choice(users, n, replace=False)
+    logger.info(f"evaluating a sample of {n} of the {len(users)} test users (seed {seed})")
+    return UserSample(np.sort(chosen), len(users), seed)
 
 
 def _timed_rank(candidate: Candidate, examples: EvalExamples, n_items: int, **kwargs) -> Ranked:
@@ -480,7 +369,7 @@ def paired_test(
     seed: int,
 ) -> dict[str, Any]:
     """``model`` - ``baseline`` in test NDCG@10, by a paired bootstrap over the same users."""
-    test = M.paired_bootstrap(
+    test = metrics.paired_bootstrap(
         test_values[model["name"]], test_values[baseline["name"]], n_bootstrap, CONFIDENCE, seed
     )
     return {
@@ -518,15 +407,25 @@ def split_kind(stats: dict[str, Any]) -> str:
     return str(stats.get("split", {}).get("kind", "unknown"))
 
 
-def _header(data: ProcessedData, n_users: int, keep_history: bool, n_bootstrap: int) -> dict:
+def _header(
+    data: ProcessedData,
+    n_users: int,
+    keep_history: bool,
+    n_bootstrap: int,
+    sample: UserSample | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> dict:
+    """What was evaluated how: ``user_sample`` is None when every test user was scored."""
     return {
         "dataset": data.name,
         "split": split_kind(data.stats),
         "n_users": n_users,
+        "user_sample": None if sample is None else sample.as_dict(),
         "n_items": data.n_items,
         "ks": list(usable_ks(data.n_items)),
         "history_masked": not keep_history,
         "bootstrap": {"samples": n_bootstrap, "confidence": CONFIDENCE},
+        "skipped": list(skipped or []),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -574,10 +473,10 @@ def per_user_mean(ranked: list[Ranked], key: str, popularity: torch.Tensor) -> t
     """Each user's ``key`` (``ndcg@10``, ``popularity@10``, ...) averaged over runs on the same
     users; None for coverage, which is a property of the whole list, not a mean over users."""
     name, _, k = key.partition("@")
-    if name in M.RANK_METRICS or name.startswith(SAMPLED_PREFIX):
+    if name in metrics.RANK_METRICS or name.startswith(SAMPLED_PREFIX):
         values = [per_user(r, name, int(k)) for r in ranked]
     elif name == "popularity":
-        values = [M.mean_popularity_at_k(r.top_items, int(k), popularity) for r in ranked]
+        values = [metrics.mean_popularity_at_k(r.top_items, int(k), popularity) for r in ranked]
     else:
         return None
     return torch.stack([v.double().cpu() for v in values]).mean(0)
@@ -589,9 +488,9 @@ def seed_entry(
     """One metric over a config's seeds: the mean of the seeds' ``values``, their spread (``std``:
     sample standard deviation, ``min``, ``max``) and the bootstrap interval of the mean model
     (resampling users on their metric averaged over the seeds; none without such ``users``)."""
-    entry = M.Interval(float(values.mean()), None, None).as_dict()
+    entry = metrics.Interval(float(values.mean()), None, None).as_dict()
     if users is not None:
-        interval = M.bootstrap_ci(users, n_bootstrap, CONFIDENCE, seed).as_dict()
+        interval = metrics.bootstrap_ci(users, n_bootstrap, CONFIDENCE, seed).as_dict()
         entry.update(low=interval["low"], high=interval["high"])
     spread = {"std": values.std(ddof=1), "min": values.min(), "max": values.max()}
     return {**entry, **{k: round(float(v), 6) for k, v in spread.items()}}
@@ -651,20 +550,20 @@ def candidate_row(
         "max_k": cand.max_k,
     }
     for split in SPLITS:
-        metrics = summarize(ranked[split], popularity, n_items, ks, n_bootstrap, seed)
-        row[split] = within_k(metrics, cand.max_k)
+        found = summarize(ranked[split], popularity, n_items, ks, n_bootstrap, seed)
+        row[split] = within_k(found, cand.max_k)
     return row
 
 
-def within_k(metrics: dict[str, dict[str, Any]], max_k: int | None) -> dict[str, dict[str, Any]]:
+def within_k(entries: dict[str, dict[str, Any]], max_k: int | None) -> dict[str, dict[str, Any]]:
     """Blank every metric at a K above ``max_k``: a generative run's list is its beams, so its
     figures there would count the items it never generated as misses."""
     if max_k is None:
-        return metrics
-    blank = M.Interval(None, None, None).as_dict()
+        return entries
+    blank = metrics.Interval(None, None, None).as_dict()
     return {
         key: blank if int(key.rpartition("@")[2]) > max_k else entry
-        for key, entry in metrics.items()
+        for key, entry in entries.items()
     }
 
 
@@ -677,12 +576,15 @@ def evaluate_main(
     batch_size: int = BATCH_SIZE,
     device: torch.device | str | None = None,
     seed: int = 0,
+    sample: UserSample | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The main report: every config (mean over its seeds) and baseline on valid and test, each
-    trained run on its own (``per_seed``), and the significance test."""
+    trained run on its own (``per_seed``), and the significance test; on the ``sample``'s users
+    only when there is one. ``skipped``: the baselines left out, for the header."""
     ks = usable_ks(data.n_items)
     popularity = training_popularity(data)
-    examples = {split: split_examples(data, split) for split in SPLITS}
+    examples = {split: split_examples(data, split, sample) for split in SPLITS}
     options = dict(keep_history=keep_history, k_max=max(ks), batch_size=batch_size, device=device)
     groups = config_groups(candidates)
     rows, per_seed, test_values = [], [], {}
@@ -712,7 +614,8 @@ def evaluate_main(
         test_values[name] = per_user_mean([r["test"] for r in ranked], MAIN_METRIC, popularity)
         if trained:
             per_seed += [{**r, "config": name, "seed": s} for r, s in zip(member_rows, seeds)]
-    report = _header(data, len(examples["test"].targets), keep_history, n_bootstrap)
+    n_test = len(examples["test"].targets)
+    report = _header(data, n_test, keep_history, n_bootstrap, sample, skipped)
     report["models"] = rows
     report["per_seed"] = per_seed
     report["significance"] = significance(rows, test_values, n_bootstrap, seed)
@@ -726,13 +629,13 @@ def log_tracked_runs(report: dict[str, Any]) -> None:
     from recsys.modeling import tracking
 
     for row in report.get("per_seed") or []:
-        metrics = {
+        values = {
             f"{split}_{key}": entry["value"]
             for split in SPLITS
             for key, entry in row[split].items()
             if entry and entry.get("value") is not None
         }
-        if row.get("run") and tracking.log_evaluation(Path(row["run"]), metrics):
+        if row.get("run") and tracking.log_evaluation(Path(row["run"]), values):
             logger.info(f"added the evaluation of {row['name']} to its MLflow run")
 
 
@@ -747,23 +650,23 @@ def evaluate_cold(
     batch_size: int = BATCH_SIZE,
     device: torch.device | str | None = None,
     seed: int = 0,
+    sample: UserSample | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """HR@10 / NDCG@10 on the test events whose target is a cold item.
+    """HR@10 / NDCG@10 on the test events whose target is a cold item (of the ``sample``'s
+    users when there is one; ``skipped``: the baselines left out).
 
     Every candidate reads the same whole histories, cold items kept (see the module docstring).
     """
-    examples = split_examples(data, "test")
+    examples = split_examples(data, "test", sample)
     keep = np.isin(examples.targets, cold)
     if not keep.any():
+        whose, hint = ("sampled ", " or more --sample-users") if sample else ("", "")
         raise fail(
-            f"no test event of {data.name!r} has a cold target at --cold-items {fraction}; "
-            "use a larger fraction"
+            f"no {whose}test event of {data.name!r} has a cold target at --cold-items "
+            f"{fraction}; use a larger fraction{hint}"
         )
-    cold_examples = EvalExamples(
-        users=examples.users[keep],
-        histories=[h for h, k in zip(examples.histories, keep) if k],
-        targets=examples.targets[keep],
-    )
+    cold_examples = subset(examples, keep)
     k = 10
     rows = []
     for cand in candidates:
@@ -783,12 +686,15 @@ def evaluate_cold(
         }
         for metric in ("hr", "ndcg"):
             values = per_user(ranked, metric, k)
-            row[f"{metric}@{k}"] = M.bootstrap_ci(values, n_bootstrap, CONFIDENCE, seed).as_dict()
+            interval = metrics.bootstrap_ci(values, n_bootstrap, CONFIDENCE, seed)
+            row[f"{metric}@{k}"] = interval.as_dict()
         rows.append(row)
     return {
         "fraction": fraction,
         "n_cold_items": int(len(cold)),
         "n_test_events": int(keep.sum()),
+        "user_sample": None if sample is None else sample.as_dict(),
+        "skipped": list(skipped or []),
         "models": rows,
     }
 
@@ -826,18 +732,18 @@ def _spread_lines(models: list[dict[str, Any]]) -> list[str]:
     seeded = [row for row in models if (row.get("n_seeds") or 1) > 1]
     if not seeded:
         return []
-    metrics = ("ndcg@10", "hr@10")
+    shown = ("ndcg@10", "hr@10")
     lines = ["", "## Spread across seeds (K = 10)", ""]
     lines.append(
         "| model | seeds | split | "
-        + " | ".join(f"{m} {part}" for m in metrics for part in ("std", "min..max"))
+        + " | ".join(f"{m} {part}" for m in shown for part in ("std", "min..max"))
         + " |"
     )
-    lines.append("|---|---:|---|" + "---:|" * (2 * len(metrics)))
+    lines.append("|---|---:|---|" + "---:|" * (2 * len(shown)))
     for row in seeded:
         for split in SPLITS:
             cells = []
-            for metric in metrics:
+            for metric in shown:
                 entry = row[split][metric]
                 cells += [f"{entry['std']:.4f}", f"{entry['min']:.4f}..{entry['max']:.4f}"]
             lines.append(
@@ -861,6 +767,26 @@ def _paired_line(title: str, sig: dict[str, Any]) -> str:
     )
 
 
+#: The report keys that say which users and baselines it covers (see :func:`_scope_lines`).
+SCOPE = ("user_sample", "skipped")
+
+
+def _scope_lines(section: dict[str, Any]) -> list[str]:
+    """A sampled evaluation and the baselines left out, said in words."""
+    lines = []
+    sample = section.get("user_sample")
+    if sample:
+        lines += [
+            "",
+            f"**A sample**: {sample['n_users']} of the {sample['of']} test users, drawn with "
+            f"seed {sample['seed']} (`--sample-users`), the same users for every model and "
+            "split: a fast estimate, whose intervals are those of the sample.",
+        ]
+    for entry in section.get("skipped") or ():
+        lines += ["", f"**Skipped baseline {entry['name']}**: {entry['reason']}."]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables (test and valid at K=10 with CIs, then NDCG/HR at every K)."""
     lines = [
@@ -880,6 +806,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "seeds (the mean model), and the spread across seeds is tabled below. Each run's own row "
         "is in the JSON (`per_seed`).",
     ]
+    lines += _scope_lines(report)
     beams = sorted({row["max_k"] for row in report["models"] if row.get("max_k")})
     if beams:
         lines += [
@@ -920,6 +847,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"## Cold-start items (fraction {cold['fraction']}, {cold['n_cold_items']} items, "
             f"{cold['n_test_events']} test events)",
+        ]
+        differs = {key: cold.get(key) for key in SCOPE if cold.get(key) != report.get(key)}
+        lines += _scope_lines(differs)
+        lines += [
             "",
             "| model | item repr | can score cold | hr@10 | ndcg@10 |",
             "|---|---|---|---:|---:|",
@@ -958,12 +889,21 @@ def evaluate(
     models_dir: Path | None = None,
     metrics_dir: Path | None = None,
     device: str = "auto",
+    sample_users: int | None = None,
+    max_dense_items: int = MAX_DENSE_ITEMS,
 ) -> Path:
-    """Evaluate ``dataset`` and write its report; returns the JSON path."""
+    """Evaluate ``dataset`` and write its report; returns the JSON path.
+
+    ``sample_users``: score a seeded (``seed``) random sample of that many test users, the same
+    for every model and split, for a fast estimate. ``max_dense_items``: the largest catalogue
+    on which the dense baselines (EASE) are fitted; above it they are skipped, and the report
+    says why."""
     if n_bootstrap < 0:
         raise fail(f"--bootstrap must be >= 0 (0 turns the intervals off), got {n_bootstrap}")
     torch_device = resolve_device(device)
     data = load_processed(dataset, processed_dir)
+    sample = user_sample(data, sample_users, seed)
+    skipped = skipped_baselines(data.n_items, max_dense_items)
     trained = (
         []
         if baselines_only
@@ -974,13 +914,15 @@ def evaluate(
     cold = cold_item_set(data.n_items, cold_items, cold_seed(trained)) if cold_items else None
     for cand in trained:
         cand.scorer.to(torch_device)
-    candidates = trained + baseline_candidates(data, cold)
+    candidates = trained + baseline_candidates(data, cold, max_dense_items)
     options = dict(
         keep_history=keep_history,
         n_bootstrap=n_bootstrap,
         batch_size=batch_size,
         device=torch_device,
         seed=seed,
+        sample=sample,
+        skipped=skipped,
     )
     out = Path(metrics_dir or METRICS_DIR) / f"{dataset}.json"
     existing = read_existing(out)
@@ -990,8 +932,9 @@ def evaluate(
         report["cold_start"] = (existing or {}).get("cold_start")
     else:
         section = evaluate_cold(data, candidates, cold, cold_items, **options)
-        n_test = len(split_examples(data, "test").targets)
-        report = merge_cold(existing, section, _header(data, n_test, keep_history, n_bootstrap))
+        n_test = len(split_examples(data, "test", sample).targets)
+        header = _header(data, n_test, keep_history, n_bootstrap, sample, skipped)
+        report = merge_cold(existing, section, header)
     path = write_report(report, metrics_dir)
     logger.info(f"wrote {path} and {path.with_suffix('.md')}")
     if cold is None:
@@ -1010,13 +953,23 @@ def main(
     ),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples over users (0: no intervals)."),
     batch_size: int = typer.Option(
-        BATCH_SIZE, help="Users scored per batch (bounds peak memory)."
+        BATCH_SIZE, help="Users scored per batch (shrunk so that a batch's scores fit 256 MiB)."
     ),
     baselines_only: bool = typer.Option(
         False, "--baselines-only", help="Evaluate the baselines even without a trained run."
     ),
-    seed: int = typer.Option(0, help="Seed of the bootstrap resamples."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resamples and of --sample-users."),
+    sample_users: int | None = typer.Option(
+        None,
+        "--sample-users",
+        help="Score a seeded random sample of N test users (a fast estimate; default: all).",
+    ),
+    max_dense_items: int = typer.Option(
+        MAX_DENSE_ITEMS,
+        "--max-dense-items",
+        help="Skip the dense baselines (EASE: n_items^2 floats) on larger catalogues.",
+    ),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     processed_dir: Path = typer.Option(PROCESSED_DATA_DIR, help="Folder of processed datasets."),
     models_dir: Path = typer.Option(MODELS_DIR, help="Folder of trained runs."),
     output_dir: Path = typer.Option(METRICS_DIR, help="Where the report goes."),
@@ -1034,6 +987,8 @@ def main(
         models_dir=models_dir,
         metrics_dir=output_dir,
         device=device,
+        sample_users=sample_users,
+        max_dense_items=max_dense_items,
     )
 
 

@@ -30,7 +30,7 @@ from recsys.catalogue import Catalogue
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import atomic_path, write_parquet
-from recsys.modeling.evaluate import context_length, resolve_device, score_batch
+from recsys.modeling.scoring import context_length, resolve_device, score_batch
 from recsys.processed import left_pad
 from recsys.serving.run import Run, load_run
 

@@ -92,6 +92,10 @@ CHOICES = {
     "train_windows": ("all", "last"),
     "loss_weighting": ("batch", "token"),
 }
+#: Catalogue size above which a config that leaves ``loss`` unset trains with sampled softmax
+#: (logQ-corrected, ``n_negatives`` shared negatives) instead of full-softmax ce, whose logits
+#: over every item dominate a step there (H&M: 105,542 articles).
+LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler n_negatives beam_size"
@@ -164,8 +168,12 @@ def resolve_config(
     dataset: str,
     overrides: dict[str, Any] | None = None,
     configs_dir: Path | None = None,
+    n_catalogue: int | None = None,
 ) -> dict[str, Any]:
-    """Defaults, then the config file, then overrides; validated, with ``dataset`` added."""
+    """Defaults, then the config file, then overrides; validated, with ``dataset`` added.
+
+    ``n_catalogue`` (the dataset's items, when known) picks the loss of a config that leaves it
+    unset, and logs it: see :func:`catalogue_loss`."""
     path = config_path(config, configs_dir)
     loaded = read_yaml(path, "fix it") or {}
     if not isinstance(loaded, dict):
@@ -173,6 +181,9 @@ def resolve_config(
     resolved = dict(DEFAULTS)
     _merge(resolved, loaded, str(path))
     _merge(resolved, overrides or {}, "--set")
+    if n_catalogue is not None:
+        explicit = "loss" in loaded or "loss" in (overrides or {})
+        resolved["loss"] = catalogue_loss(resolved, n_catalogue, explicit)
     for key, allowed in CHOICES.items():
         if resolved[key] not in allowed:
             raise fail(
@@ -194,6 +205,26 @@ def resolve_config(
         )
     _check_model_keys(resolved)
     return {"dataset": dataset, "config_name": path.stem, **resolved}
+
+
+def catalogue_loss(resolved: dict[str, Any], n_catalogue: int, explicit: bool) -> str:
+    """The loss on ``n_catalogue`` items: above :data:`LARGE_CATALOGUE`, ``sampled`` where the
+    config and ``--set`` left ``loss`` unset, saying in one line which loss and why."""
+    loss = resolved["loss"]
+    if n_catalogue <= LARGE_CATALOGUE:
+        return loss
+    large = f"{n_catalogue} items, more than {LARGE_CATALOGUE}"
+    if explicit:
+        logger.info(f"loss {loss}, as the config sets it ({large}, where sampled is the default)")
+        return loss
+    if resolved["item_repr"] == "semantic":
+        logger.info(f"loss {loss}: a semantic-ID decoder predicts codes, not its {large}")
+        return loss
+    logger.info(
+        f"loss sampled (logQ correction, {resolved['n_negatives']} negatives) instead of full "
+        f"softmax {loss}: {large}; --set loss={loss} keeps {loss}"
+    )
+    return "sampled"
 
 
 def _check_model_keys(resolved: dict[str, Any]) -> None:
@@ -233,6 +264,15 @@ def parse_seeds(text: str) -> list[int]:
 
 
 # -------------------------------------------------------------------------------------- data
+def catalogue_size(dataset: str, processed_root: Path | None = None) -> int | None:
+    """The dataset's ``n_catalogue`` from its stats, before the data loads; None when it is not
+    processed (:func:`build_inputs` then says how to make it)."""
+    from recsys.processed import STATS_FILE, processed_dir
+
+    stats = processed_dir(dataset, processed_root) / STATS_FILE
+    return int(read_json(stats)["n_catalogue"]) if stats.is_file() else None
+
+
 def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> dict[str, Any]:
     """Sequences, validation examples, features and counts for one dataset and config.
 
@@ -421,7 +461,9 @@ def train(
             raise fail("--seeds and --set seed=... both set the seed; use one of them")
         overrides["seed"] = seed
     tracking.check_logger(tracker)
-    cfg = resolve_config(config, dataset, overrides, configs_dir)
+    cfg = resolve_config(
+        config, dataset, overrides, configs_dir, catalogue_size(dataset, processed_root)
+    )
     name = run_name or default_run_name(cfg)
     if seed is not None:
         name = f"{name}-seed{seed}"
