@@ -119,6 +119,23 @@ def test_windows_predict_every_training_item_once():
     ]
 
 
+@pytest.mark.parametrize("max_len", [1, 3, 50])
+def test_vectorised_windows_target_each_item_once_within_its_user(max_len):
+    rng = np.random.default_rng(max_len)
+    lengths = rng.integers(1, 40, size=200)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    sequences = {u: np.arange(offsets[u], offsets[u + 1]) + 1 for u in range(len(lengths))}
+    windows = SequenceWindows(sequences, max_len=max_len)
+    seen = []
+    for index in range(len(windows)):
+        user, tokens = windows[index]
+        assert 2 <= len(tokens) <= max_len + 1
+        assert offsets[user] < tokens[0] and tokens[-1] <= offsets[user + 1]  # its own items
+        seen.extend(tokens[1:].tolist())
+    firsts = set((offsets[:-1] + 1).tolist())
+    assert sorted(seen) == [i for i in range(1, offsets[-1] + 1) if i not in firsts]
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 @pytest.mark.parametrize("weighting", ["batch", "token"])
 def test_loss_weighting_sums_an_epoch_as_configured(weighting):

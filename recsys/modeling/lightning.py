@@ -83,16 +83,7 @@ class SequenceWindows(Dataset):
             if kept
             else np.zeros(0, dtype=np.int64)
         )
-        offsets = np.r_[0, np.cumsum(lengths)]
-        rows = []
-        for user, start, n in zip(users, offsets[:-1], lengths):
-            end = n
-            while end >= 2:
-                rows.append((user, start + max(0, end - max_len - 1), start + end))
-                if last_only:
-                    break
-                end -= max_len
-        self.windows = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        self.windows = cut_windows(np.asarray(users, dtype=np.int64), lengths, max_len, last_only)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -106,6 +97,21 @@ class SequenceWindows(Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
         user, start, end = self.windows[index]
         return int(user), self.items[start:end]
+
+
+def cut_windows(
+    users: np.ndarray, lengths: np.ndarray, max_len: int, last_only: bool = False
+) -> np.ndarray:
+    """``[user, start, end)`` rows into the concatenated sequences (each of ``lengths`` >= 2):
+    per user, windows of at most ``max_len + 1`` items cut back from its end, ``max_len`` apart,
+    so every item but the first is a target exactly once. No loop over users."""
+    per_user = np.ones_like(lengths) if last_only else (lengths - 2) // max_len + 1
+    owner = np.repeat(np.arange(len(lengths)), per_user)
+    back = np.arange(len(owner)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]][owner]
+    ends = lengths[owner] - back * max_len
+    rows = [users[owner], starts + np.maximum(0, ends - max_len - 1), starts + ends]
+    return np.stack(rows, axis=1).astype(np.int64).reshape(-1, 3)
 
 
 def collate_windows(batch: list[tuple[int, np.ndarray]]) -> dict[str, Tensor]:
