@@ -11,8 +11,11 @@ for its time, so no two events of a user tie.
 
 from __future__ import annotations
 
+import csv
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,22 +86,74 @@ def read_delimited(
         source = pa.BufferReader(path.read_bytes().replace(b"::", UNIT_SEPARATOR))
         separator = UNIT_SEPARATOR.decode()
     expected = f"columns {', '.join(columns)} separated by {delimiter!r}"
+    parse = pacsv.ParseOptions(delimiter=separator, quote_char='"' if quoted else False)
     try:
         table = pacsv.read_csv(
             source,
             read_options=pacsv.ReadOptions(
                 column_names=None if header else names, encoding=encoding, block_size=8 << 20
             ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=separator, quote_char='"' if quoted else False
-            ),
+            parse_options=parse,
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=names),
         )
     except (pa.ArrowInvalid, pa.ArrowKeyError) as err:
-        raise fail(f"cannot parse {path}: {arrow_message(err)}; expected {expected}")
+        line = None
+        if source is path:
+            line = bad_line(path, err, parse, encoding, None if header else names)
+        where = f" at line {line:,}" if line else ""
+        raise fail(f"cannot parse {path}{where}: {arrow_message(err)}; expected {expected}")
     if table.num_rows == 0:
         raise fail(f"{path} has no data rows; replace it with the original file")
     return table.select(list(columns))
+
+
+_BAD_VALUE = re.compile(r"column #(\d+): CSV conversion error to .*: invalid value '(.*)'")
+
+
+def bad_line(
+    path: Path,
+    err: Exception,
+    parse: pacsv.ParseOptions,
+    encoding: str,
+    names: list[str] | None,
+) -> int | None:
+    """The file line (1 = the first) of a parse or conversion error that Arrow did not place: a
+    second, serial pass on error only, so a bad row 20 million lines down is named.
+
+    ``names``: the columns of a file without a header line (None: it has one)."""
+    read = pacsv.ReadOptions(
+        use_threads=False, encoding=encoding, block_size=8 << 20, column_names=names
+    )
+    found = _BAD_VALUE.search(str(err))
+    try:
+        if found is None:  # a row with the wrong number of fields: Arrow numbers it itself
+            lines: list[int] = []
+
+            def note(row: Any) -> str:
+                lines.append(row.number)
+                return "error"
+
+            options = pacsv.ParseOptions(
+                delimiter=parse.delimiter, quote_char=parse.quote_char, invalid_row_handler=note
+            )
+            try:
+                pacsv.read_csv(path, read, options)
+            except pa.ArrowInvalid:  # raised after the handler saw the row
+                pass
+            return lines[0] if lines else None
+        columns = names or next(
+            csv.reader([path.open(encoding=encoding).readline()], delimiter=parse.delimiter)
+        )
+        strings = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns})
+        column, value, seen = columns[int(found.group(1))], found.group(2), 0
+        for batch in pacsv.open_csv(path, read, parse, strings):
+            hit = pc.index(batch.column(column), value).as_py()
+            if hit >= 0:
+                return seen + hit + (1 if names else 2)
+            seen += batch.num_rows
+    except (pa.ArrowInvalid, pa.ArrowKeyError, IndexError, OSError, StopIteration):
+        return None
+    return None
 
 
 def read_ratings(
@@ -321,6 +376,30 @@ def parse_amazon_beauty(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return interactions, items
 
 
+#: H&M ids are fixed-width text: hex customer ids, article ids with their leading zero.
+HM_ID_WIDTHS = {"customer_id": 64, "article_id": 10}
+LOST_ZERO = " (its leading zero lost, as a spreadsheet does?)"
+
+
+def require_width(path: Path, column: pa.ChunkedArray, width: int, hint: str = "") -> None:
+    """Every id of ``column`` has ``width`` characters, else one line naming the first bad row
+    (an id that lost its leading zero in one file would match nothing in the other)."""
+    seen = 0
+    for chunk in column.chunks:
+        values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+        wrong = pc.not_equal(pc.utf8_length(values), width)
+        if pc.any(wrong).as_py():
+            if pa.types.is_dictionary(chunk.type):
+                wrong = pc.is_in(chunk.indices, value_set=pa.array(np.flatnonzero(wrong)))
+            row = pc.index(wrong, True).as_py()
+            value = chunk[row].as_py()
+            raise fail(
+                f"{path} line {seen + row + 2:,}: id {value!r} has {len(value)} characters, not "
+                f"{width}{hint}; restore the original file"
+            )
+        seen += len(chunk)
+
+
 def parse_hm(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """H&M: purchases (day resolution, so many same-day ties) and article descriptions."""
     ids = pa.dictionary(pa.int32(), pa.string())
@@ -329,6 +408,11 @@ def parse_hm(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         {"t_dat": pa.timestamp("s"), "customer_id": ids, "article_id": ids},
         ",",
         header=True,
+    )
+    transactions_file = raw / "transactions_train.csv"
+    require_width(transactions_file, transactions["customer_id"], HM_ID_WIDTHS["customer_id"])
+    require_width(
+        transactions_file, transactions["article_id"], HM_ID_WIDTHS["article_id"], LOST_ZERO
     )
     interactions = pd.DataFrame(
         {
@@ -343,7 +427,11 @@ def parse_hm(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         {"article_id": pa.string(), **{name: pa.string() for name in HM_TEXT_COLUMNS}},
         ",",
         header=True,
-    ).to_pandas()
+    )
+    require_width(
+        raw / "articles.csv", articles["article_id"], HM_ID_WIDTHS["article_id"], LOST_ZERO
+    )
+    articles = articles.to_pandas()
     items = pd.DataFrame(
         {
             "item_id": articles["article_id"].astype(str),
