@@ -394,7 +394,10 @@ def test_ml_dat_parser_reads_latin1_titles_and_genres(tmp_path):
 @pytest.mark.parametrize(
     "u_data, expected",
     [
-        (b"1,10,4,100\n", r"cannot parse .*u.data: CSV parse error: Expected 4 columns, got 1"),
+        (
+            b"1,10,4,100\n",
+            r"cannot parse .*u.data at line 1: CSV parse error: Expected 4 columns, got 1",
+        ),
         (b"1\t10\t4\n", r"Expected 4 columns, got 3"),
         (b"1\t10\t4\t100\nabc\t10\t4\t100\n", r"conversion error to int64: invalid value 'abc'"),
         (b"1\t10\t4\t2020-01-01\n", r"conversion error to int64: invalid value '2020-01-01'"),
@@ -506,8 +509,8 @@ def test_hm_parser_keeps_string_ids_and_article_text(tmp_path):
         tmp_path,
         {
             "transactions_train.csv": b"t_dat,customer_id,article_id,price,sales_channel_id\n"
-            b"2018-09-20,abc,0108775015,0.05,2\n2018-09-20,abc,0108775044,0.03,2\n"
-            b"2018-09-21,def,0108775015,0.05,1\n",
+            b"2018-09-20,%s,0108775015,0.05,2\n2018-09-20,%s,0108775044,0.03,2\n"
+            b"2018-09-21,%s,0108775015,0.05,1\n" % (b"a" * 64, b"a" * 64, b"d" * 64),
             "articles.csv": (
                 "article_id,prod_name,product_type_name,product_group_name,"
                 "graphical_appearance_name,colour_group_name,perceived_colour_value_name,"
