@@ -397,3 +397,19 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
     assert len(picks) == 5 and not {"1", "2", "3"} & set(picks["item_id"])
     with pytest.raises(Unsupported, match="only by retraining"):
         served.add_items([{"item_id": "new", "title": "a new item"}])
+
+
+def test_cold_share_places_untrained_items_at_their_share_of_the_list() -> None:
+    model = tiny_decoder(cold_share=0.25)
+    counts = torch.ones(N_ITEMS + 1)
+    untrained = [5, 6, 7, 8, 9, 10]
+    counts[untrained] = 0
+    model.set_item_counts(counts)
+    train_briefly(model, HISTORIES)
+    items, _ = model.generate(HISTORIES, beam_size=8, exclude=HISTORIES)
+    for row, history in zip(items, HISTORIES):
+        picks = row.tolist()
+        assert len(set(picks)) == 8 and not set(picks) & set(history.tolist())
+        assert [i for i, item in enumerate(picks) if item in untrained] == [3, 7]  # every 4th
+    with pytest.raises(ValueError, match="cold_share"):
+        tiny_decoder(cold_share=1.0)

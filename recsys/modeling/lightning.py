@@ -316,14 +316,12 @@ class SeqRecModule(pl.LightningModule):
         super().__init__()
         self.config, self.model_config = dict(config), dict(model_config)
         self.model = build_model(ModelConfig.from_dict(model_config), item_features, item_codes)
+        if item_counts is not None:
+            self.model.set_item_counts(item_counts)
         # A scoring model's loss ranks a candidate set; the generative one only ever sees the
         # items of the (cold-cut) training sequences as targets.
-        if isinstance(self.model, SeqRecModel):
-            if item_counts is not None:
-                self.model.set_item_counts(item_counts)
-            if cold_items is not None and len(cold_items):
-                cold = torch.as_tensor(cold_items, dtype=torch.long)
-                self.model.candidate_mask[cold] = False
+        if isinstance(self.model, SeqRecModel) and cold_items is not None and len(cold_items):
+            self.model.candidate_mask[torch.as_tensor(cold_items, dtype=torch.long)] = False
         self._sums: dict[str, Tensor] = {}
         self.epoch_metrics: dict[str, float] = {}
         self._mean_batch_targets = 1.0

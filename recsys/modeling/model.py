@@ -81,6 +81,7 @@ class ModelConfig:
     # items whose codes collide), and the beams kept while generating the next item.
     code_vocab: tuple[int, ...] = ()
     beam_size: int = 20
+    cold_share: float = 0.0  # semantic: the share of beams kept for items never trained on
 
     def __post_init__(self) -> None:
         choices = {
@@ -128,6 +129,8 @@ class ModelConfig:
     def _check_semantic(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size!r}")
+        if not 0.0 <= self.cold_share < 1.0:
+            raise ValueError(f"cold_share must be in [0, 1), got {self.cold_share!r}")
         unsupported = {
             "loss": (self.loss, "ce"),
             "use_user": (self.use_user, False),
@@ -699,6 +702,11 @@ class SemanticDecoder(Decoder):
         self.token_emb = nn.Embedding(int(sizes.sum()), config.d_model)
         self.level_emb = nn.Embedding(len(vocab), config.d_model)
         self.trie = ItemTrie(codes, torch.arange(1, config.n_items + 1), vocab)
+        # Items with training targets (set by the trainer; saved): see ``cold_share``.
+        trained = torch.zeros(config.n_catalogue + 1, dtype=torch.bool)
+        trained[1 : config.n_items + 1] = True
+        self.register_buffer("item_trained", trained)
+        self._split_tries: tuple[ItemTrie, ItemTrie] | None = None
         self._init_weights()
 
     @property
@@ -751,59 +759,119 @@ class SemanticDecoder(Decoder):
         return log_probs.gather(2, tokens[:, -self.levels :, None]).sum(dim=(1, 2))
 
     # ---------------------------------------------------------------------------- retrieval
+    def set_item_counts(self, counts: Tensor) -> None:
+        """Training-target counts per item: which items the decoder has learned to spell."""
+        self.item_trained.copy_(counts > 0)
+        self._split_tries = None
+
+    def _tries(self) -> tuple[ItemTrie, ItemTrie]:
+        """Tries of the trained items and of the others (``cold_share``), built on first use."""
+        if self._split_tries is None:
+            items = torch.arange(1, self.config.n_items + 1, device=self.item_codes.device)
+            trained = self.item_trained[items]
+            self._split_tries = tuple(
+                ItemTrie(self.item_codes, part, self.config.code_vocab).to(items.device)
+                for part in (items[trained], items[~trained])
+            )
+        return self._split_tries
+
     @torch.no_grad()
     def generate(
         self, item_seq: Tensor, beam_size: int, exclude: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The ``beam_size`` most likely next items [B, K] and their log-probabilities, by beam
-        search over the trie with the history's keys and values cached: each level costs one
-        position per beam. Items in ``exclude`` (left-padded ids) are pruned; a row with fewer
-        items left than beams gets item -1 at log-probability -inf in the spare beams."""
-        batch = len(item_seq)
+        """The ``beam_size`` next items [B, K] in recommendation order, with their
+        log-probabilities, by beam search in the trie (see :meth:`_beam_search`). Items in
+        ``exclude`` (left-padded ids) are pruned; a row with fewer items left than beams gets
+        item -1 at log-probability -inf in the spare beams.
+
+        With ``cold_share`` > 0, that share of the beams (at least one) is searched among the
+        items never trained on, as TIGER recommends new items, and they take every
+        1 / cold_share-th place of the list: a decoder never taught to spell an item would
+        otherwise rank it below every item it was.
+        """
+        state = self._encode_history(item_seq)
+        untrained = (~self.item_trained[1 : self.config.n_items + 1]).sum()
+        if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
+            return self._beam_search(self.trie, state, beam_size, exclude)
+        n_cold = max(1, round(beam_size * self.config.cold_share))
+        warm_trie, cold_trie = self._tries()
+        warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude)
+        cold = self._beam_search(cold_trie, state, n_cold, exclude)
+        every = round(1 / self.config.cold_share)
+        places = torch.zeros(beam_size, dtype=torch.bool, device=item_seq.device)
+        places[torch.arange(1, n_cold + 1).mul(every).sub(1).clamp(max=beam_size - 1)] = True
+        merged = []
+        for ours, theirs in zip(warm, cold):
+            out = torch.empty(len(item_seq), beam_size, dtype=ours.dtype, device=ours.device)
+            out[:, ~places], out[:, places] = ours, theirs
+            merged.append(out)
+        return merged[0], merged[1]
+
+    def _encode_history(self, item_seq: Tensor) -> dict[str, Any]:
+        """The history's keys and values at every block, its last hidden state and the position
+        of the item to generate: what every beam search after it reads."""
         tokens, real, positions, levels = self._tokens(item_seq)
         x = self.emb_dropout(self._embed(tokens, positions, levels) * real[..., None])
         mask, history, last = causal_mask(real), [], len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
             history.append(block.attn.keys_values(block.key_input(x, block.ln_1(x))))
             x = block(x, mask, last_only=depth == last)
-        hidden = self.ln_f(x[:, -1:])  # [B, 1, d]: one beam, the root
-        position = (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None]
-        nodes = torch.zeros(batch, 1, dtype=torch.long, device=item_seq.device)
-        scores = torch.zeros(batch, 1, device=item_seq.device)
+        return {
+            "history": history,
+            "real": real,
+            "hidden": self.ln_f(x[:, -1:]),  # [B, 1, d]: one beam, the root
+            "position": (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None],
+        }
+
+    def _beam_search(
+        self, trie: ItemTrie, state: dict[str, Any], beam_size: int, exclude: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` most likely items of ``trie`` [B, K], best first, and their
+        log-probabilities; with the history cached, each level costs one position per beam."""
+        history, real, hidden = state["history"], state["real"], state["hidden"]
+        batch = len(real)
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=real.device)
+        scores = torch.zeros(batch, 1, device=real.device)
         caches: list[KeyValues | None] = [None] * len(self.blocks)
         chosen = torch.zeros_like(nodes)  # each beam's code at the level before
         for level, vocab in enumerate(self.config.code_vocab):
             if level:
                 token = chosen + self.level_offsets[level - 1]
                 level_ids = torch.full_like(token, level - 1)
-                x = self._embed(token, position.expand_as(token), level_ids)
+                x = self._embed(token, state["position"].expand_as(token), level_ids)
                 for depth, block in enumerate(self.blocks):
                     x, caches[depth] = block.step(x, history[depth], real, caches[depth])
                 hidden = self.ln_f(x)
             offset = int(self.level_offsets[level])
             log_probs = self._log_probs(hidden, torch.full_like(nodes, level))
             log_probs = log_probs[..., offset : offset + vocab]  # [B, K, V]
-            children = self.trie.child_table(level)[nodes.clamp(min=0)]
+            children = trie.child_table(level)[nodes.clamp(min=0)]
             children = children.masked_fill((nodes < 0)[..., None], -1).flatten(1)
-            open_ = self.trie.available(level, exclude, batch)
+            open_ = trie.available(level, exclude, batch)
             open_ = open_.expand(batch, -1).gather(1, children.clamp(min=0)) & (children >= 0)
             total = (scores[..., None] + log_probs).flatten(1).masked_fill(~open_, float("-inf"))
             scores, picked = total.topk(min(beam_size, total.shape[1]), dim=1)
             nodes = children.gather(1, picked).masked_fill(scores == float("-inf"), -1)
             parents, chosen = picked // vocab, picked % vocab
             caches = [_pick_beams(cache, parents) for cache in caches]
+        if nodes.shape[1] < beam_size:  # a trie with fewer items than beams
+            spare = beam_size - nodes.shape[1]
+            nodes = F.pad(nodes, (0, spare), value=-1)
+            scores = F.pad(scores, (0, spare), value=float("-inf"))
         return nodes, scores
 
     @torch.no_grad()
     def score(self, item_seq: Tensor, exclude: Tensor | None = None) -> Tensor:
-        """[B, n_catalogue + 1]: the generated items' log-probabilities, -inf for the rest."""
-        items, log_probs = self.generate(item_seq, self.config.beam_size, exclude)
+        """[B, n_catalogue + 1]: the generated items scored by their place in the list (0 for the
+        first, then -1, -2, ...: the order :meth:`generate` recommends), -inf for the rest."""
+        items, _ = self.generate(item_seq, self.config.beam_size, exclude)
         scores = torch.full(
             (len(item_seq), self.config.n_catalogue + 1), float("-inf"), device=item_seq.device
         )
         found = items >= 0
         rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
-        scores[rows[found], items[found]] = log_probs[found]
+        place = -torch.arange(items.shape[1], device=items.device, dtype=scores.dtype)
+        scores[rows[found], items[found]] = place.expand_as(items)[found]
         return scores
 
 

@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # generating (>= 10, the K of validation NDCG@10; evaluation can report K up to it only).
     "semantic_ids": None,
     "beam_size": 20,
+    # semantic: the share of the beams kept for items never trained on (TIGER's epsilon for
+    # cold start); they take every 1 / cold_share-th place of the list. 0: none.
+    "cold_share": 0.0,
     "loss": "ce",  # ce | sampled | bce | bpr
     "sampler": "uniform",  # uniform | popularity | in-batch (loss=sampled)
     "n_negatives": 256,
@@ -98,7 +101,7 @@ CHOICES = {
 LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
-    "item_repr scale_embeddings use_user loss sampler n_negatives beam_size"
+    "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share"
 ).split()
 
 
@@ -195,7 +198,7 @@ def resolve_config(
     for key in ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers"):
         if resolved[key] < 0:
             raise fail(f"config key {key!r} must be >= 0, got {resolved[key]!r}")
-    for key in ("cold_items", "ema_decay"):
+    for key in ("cold_items", "ema_decay", "cold_share"):
         if not 0.0 <= resolved[key] < 1.0:
             raise fail(f"config key {key!r} must be in [0, 1), got {resolved[key]!r}")
     if resolved["item_repr"] == "semantic" and resolved["beam_size"] < 10:
