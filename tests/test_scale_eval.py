@@ -14,6 +14,7 @@ import torch
 import yaml
 from evaluate_helpers import COLD_FRACTION, DATASET, N_COLD_CATALOGUE, N_ITEMS
 from loguru import logger
+from test_evaluate import run_evaluate
 
 from recsys.cli import RecsysError
 from recsys.io import read_json
@@ -40,17 +41,6 @@ def logged():
     handler = logger.add(lambda message: seen.append(str(message)), level="INFO")
     yield seen
     logger.remove(handler)
-
-
-def run_evaluate(world, out, **kwargs):
-    options = dict(
-        n_bootstrap=BOOT,
-        processed_dir=world.processed,
-        models_dir=world.models,
-        metrics_dir=out,
-        device="cpu",
-    )
-    return E.evaluate(DATASET, **{**options, **kwargs})
 
 
 # ------------------------------------------------------------------------- dense baselines
