@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys.config import DATA_MIRROR, PROCESSED_DATA_DIR, PROJ_ROOT, REPORTS_DIR
-from recsys.features import DEFAULT_MODEL_SLUG, FEATURES_DIR, ITEM_TEXT_FILE
+from recsys.text_features import DEFAULT_MODEL_SLUG, FEATURES_DIR, ITEM_TEXT_FILE
 from recsys.io import write_json
 from recsys.processed import ITEMS_FILE
 from recsys.semantic_ids import SemanticIdOptions, semantic_id_paths

@@ -303,7 +303,7 @@ def gather_tsne_inputs(
     notes: list[str] = []
     spaces: list[Space] = []
     try:
-        from recsys.features import load_features_and_manifest, model_label
+        from recsys.text_features import load_features_and_manifest, model_label
 
         text, manifest = load_features_and_manifest(dataset, feature_model, processed_dir)
         spaces.append(Space("text", f"frozen text vectors of {model_label(manifest)}", text))

@@ -30,7 +30,7 @@ import numpy as np
 from loguru import logger
 
 from recsys.cli import RecsysError, fail
-from recsys.features import cpu_cores, load_features_and_manifest, model_slug
+from recsys.text_features import cpu_cores, load_features_and_manifest, model_slug
 from recsys.io import read_array_and_manifest, write_array_and_manifest
 from recsys.processed import processed_dir
 

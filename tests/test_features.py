@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys import features
+from recsys import features, text_features
 from recsys.cli import RecsysError, run
-from recsys.features import (
+from recsys.text_features import (
     build_item_texts,
     embed_items,
     encode_texts,
@@ -112,12 +112,12 @@ def tiny_sentence(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> s
     return str(folder)
 
 
-def embed_tiny(root: Path, tiny_bert: str, **options) -> features.EmbedResult:
+def embed_tiny(root: Path, tiny_bert: str, **options) -> text_features.EmbedResult:
     options = {"max_length": 32, "progress": False, **options}
     return embed_items("ml-toy", model=tiny_bert, processed_root=root, **options)
 
 
-def embed_sentence(root: Path, model: str, **options) -> features.EmbedResult:
+def embed_sentence(root: Path, model: str, **options) -> text_features.EmbedResult:
     return embed_items("ml-toy", model=model, processed_root=root, progress=False, **options)
 
 
@@ -138,10 +138,12 @@ def test_movielens_texts_read_naturally() -> None:
 
 def test_readable_title_keeps_alternate_titles() -> None:
     assert (
-        features.readable_title("City of Lost Children, The (Cité des enfants perdus, La) (1995)")
+        text_features.readable_title(
+            "City of Lost Children, The (Cité des enfants perdus, La) (1995)"
+        )
         == "The City of Lost Children (Cité des enfants perdus, La) (1995)"
     )
-    assert features.readable_title("Heat", 1995.0) == "Heat (1995)"
+    assert text_features.readable_title("Heat", 1995.0) == "Heat (1995)"
 
 
 def test_hm_texts_join_the_article_columns() -> None:
@@ -228,7 +230,7 @@ def test_texts_are_stale_when_items_change(root: Path) -> None:
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_pooling_matches_a_manual_computation_despite_padding(tiny_bert: str, pooling) -> None:
-    tokenizer, model = features.load_encoder(resolve_model(tiny_bert))
+    tokenizer, model = text_features.load_encoder(resolve_model(tiny_bert))
     texts = ["toy story", "schindler's list (1993). genres: drama, war. tags: fun", "item 2"]
     batched = encode_texts(texts, tokenizer, model, pooling=pooling, batch_size=3, progress=False)
     with torch.inference_mode():
@@ -270,7 +272,7 @@ def test_same_texts_and_settings_are_a_cache_hit(
     def no_model(*_):
         raise AssertionError("the model must not load on a cache hit")
 
-    monkeypatch.setattr(features, "load_encoder", no_model)
+    monkeypatch.setattr(text_features, "load_encoder", no_model)
     capsys.readouterr()
     second = embed_tiny(root, tiny_bert)
     assert second.cached and first.path.stat().st_mtime_ns == stamp
@@ -428,7 +430,7 @@ def test_unknown_models_are_one_line_errors(tmp_path: Path, monkeypatch) -> None
         resolve_model("bad model name!")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RecsysError) as err:
-        features.load_encoder(resolve_model("no-org/no-such-model-xyz"))
+        text_features.load_encoder(resolve_model("no-org/no-such-model-xyz"))
     message = str(err.value)
     assert "'no-org/no-such-model-xyz'" in message and "--model" in message
     assert "\n" not in message

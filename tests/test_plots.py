@@ -155,18 +155,18 @@ def test_without_text_features_the_learned_space_is_drawn_alone(
 def test_the_text_panel_names_the_model_its_manifest_records(
     processed: Path, model: str, path: str | None, label: str
 ) -> None:
-    from recsys import features
+    from recsys import text_features
 
     data = load_processed("toy", processed)
-    texts = features.write_item_texts("toy", processed_root=processed).table["text"].tolist()
-    npy, manifest = features.feature_paths("toy", features.model_slug(None), processed)
+    texts = text_features.write_item_texts("toy", processed_root=processed).table["text"].tolist()
+    npy, manifest = text_features.feature_paths("toy", text_features.model_slug(None), processed)
     npy.parent.mkdir(parents=True)
     vectors = np.random.default_rng(0).normal(size=(data.n_catalogue + 1, 6)).astype(np.float32)
     vectors[0] = 0.0
     np.save(npy, vectors)
     record = {"model": model, "path": path, "encoder": "sentence-transformers", "dim": 6}
     record |= {"pooling": "mean", "max_length": 256, "normalize": True, "n_items": len(texts)}
-    write_json({**record, "texts_sha256": features.texts_sha256(texts)}, manifest)
+    write_json({**record, "texts_sha256": text_features.texts_sha256(texts)}, manifest)
     inputs = plots.gather_tsne_inputs(data, None, None, processed)
     assert [s.description for s in inputs.spaces] == [f"frozen text vectors of {label}"]
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys import features
+from recsys import features, text_features
 from recsys.cli import RecsysError, run
-from recsys.features import feature_paths, texts_sha256, write_item_texts
+from recsys.text_features import feature_paths, texts_sha256, write_item_texts
 from recsys.io import write_json
 from recsys.semantic_ids import (
     SemanticIdOptions,
@@ -51,10 +51,10 @@ def write_dataset(root: Path, dataset: str = DATASET, seed: int = 0, title: str 
         {"item_idx": np.arange(1, n + 1), "item_id": np.arange(n), "title": [title] * n}
     ).to_parquet(folder / "items.parquet", index=False)
     texts = write_item_texts(dataset, processed_root=root).table["text"].tolist()
-    npy, manifest_path = feature_paths(dataset, features.DEFAULT_MODEL_SLUG, root)
+    npy, manifest_path = feature_paths(dataset, text_features.DEFAULT_MODEL_SLUG, root)
     npy.parent.mkdir(exist_ok=True)
     np.save(npy, np.vstack([np.zeros((1, DIM), np.float32), x]))
-    manifest = {k: None for k in features._MANIFEST_KEYS}
+    manifest = {k: None for k in text_features._MANIFEST_KEYS}
     manifest |= {
         "model": "synthetic",
         "dim": DIM,

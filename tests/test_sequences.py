@@ -14,7 +14,7 @@ from recsys.data.interim import POSITION_TIME, interim
 from recsys.data.readers import INTERACTION_COLUMNS, read_sequences
 from recsys.data.sources import DATASETS, DatasetSpec, MIRROR_ENV, download, read_manifest
 from recsys.data.split import SplitSettings, process
-from recsys.features import build_item_texts
+from recsys.text_features import build_item_texts
 from recsys.processed import TEST, TRAIN, VALID, load_processed, user_sequences
 
 BEAUTY = DATASETS["amazon-beauty"]

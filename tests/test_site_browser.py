@@ -27,7 +27,7 @@ DATASET = "toy"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every stage of ``make all`` on synthetic data, with the stages' own functions."""
-    from recsys.features import embed_items, write_item_texts
+    from recsys.text_features import embed_items, write_item_texts
     from recsys.modeling.evaluate import evaluate
     from recsys.modeling.train import train
     from recsys.plots import make_all

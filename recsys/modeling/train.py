@@ -337,10 +337,10 @@ def load_features(config: dict[str, Any], n_catalogue: int, processed_root: Path
     """The frozen text vectors of the config's feature model, checked against the catalogue."""
     dataset = config["dataset"]
     try:
-        from recsys.features import load_item_features
+        from recsys.text_features import load_item_features
     except ImportError:
         raise fail(
-            f"item_repr={config['item_repr']} needs text features but recsys.features is not "
+            f"item_repr={config['item_repr']} needs text features but recsys.text_features is not "
             f"available; run 'make features DATASET={dataset}'"
         )
     features = load_item_features(dataset, config["feature_model"], processed_root)

@@ -418,7 +418,7 @@ class Run:
                 "table: a new item gets an id row, or semantic IDs, only by retraining. Serve a "
                 "text or hybrid run to add items by their text"
             )
-        from recsys.features import item_sentences, item_text_fields
+        from recsys.text_features import item_sentences, item_text_fields
 
         # One add at a time (ids and new rows are numbered from the table's size), while
         # recommendations go on: only the append itself takes the scoring lock.
@@ -468,7 +468,7 @@ class Run:
 
     def _encoder(self) -> Callable[[list[str]], np.ndarray]:
         if self.text_encoder is None:
-            from recsys.features import features_encoder
+            from recsys.text_features import features_encoder
 
             encoder = features_encoder(
                 self.dataset, self.config.get("feature_model"), self.processed_root
