@@ -388,9 +388,9 @@ class Decoder(nn.Module):
         """The blocks and final norm over embedded positions ``x`` [B, T, d]; position t sees
         positions <= t that are ``real`` [B, T] only (``last_only``: the last position alone)."""
         x = self.emb_dropout(x * real[..., None])
-        last = len(self.blocks) - 1
+        mask, last = causal_mask(real), len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
-            x = block(x, causal_mask(real), last_only=last_only and depth == last)
+            x = block(x, mask, last_only=last_only and depth == last)
         return self.ln_f(x)
 
     # ---------------------------------------------------------------------------- optimiser
@@ -738,25 +738,28 @@ class SemanticDecoder(Decoder):
         return torch.log_softmax(hidden @ self.token_emb.weight.T + self.level_bias[levels], -1)
 
     # ------------------------------------------------------------------------------ training
-    def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
-        """Mean cross-entropy of every next token of the windows ``item_seq`` + last target."""
-        window = torch.cat([item_seq, targets[:, -1:]], dim=1)
+    def _teacher_forced(self, items: Tensor, last: Tensor) -> tuple[Tensor, ...]:
+        """The windows ``items`` + ``last`` [B] read token by token: the hidden state before
+        each token and that token, its level and whether both it and its input are real."""
+        window = torch.cat([items, last[:, None]], dim=1)
         tokens, real, positions, levels = self._tokens(window)
         x = self._embed(tokens[:, :-1], positions[:, :-1], levels[:, :-1])
         hidden = self.transform(x, real[:, :-1])
-        keep = real[:, 1:] & real[:, :-1]
-        logits = hidden[keep] @ self.token_emb.weight.T + self.level_bias[levels[:, 1:][keep]]
-        return F.cross_entropy(logits.float(), tokens[:, 1:][keep])
+        return hidden, tokens[:, 1:], levels[:, 1:], real[:, 1:] & real[:, :-1]
+
+    def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
+        """Mean cross-entropy of every next token of the windows ``item_seq`` + last target."""
+        hidden, tokens, levels, keep = self._teacher_forced(item_seq, targets[:, -1])
+        logits = hidden[keep] @ self.token_emb.weight.T + self.level_bias[levels[keep]]
+        return F.cross_entropy(logits.float(), tokens[keep])
 
     @torch.no_grad()
     def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
         """log p(item's codes | history) [B], one item per row, token by token (teacher forced)."""
-        window = torch.cat([item_seq, items[:, None]], dim=1)
-        tokens, real, positions, levels = self._tokens(window)
-        x = self._embed(tokens[:, :-1], positions[:, :-1], levels[:, :-1])
-        hidden = self.transform(x, real[:, :-1])[:, -self.levels :]
-        log_probs = self._log_probs(hidden, levels[:, -self.levels :])
-        return log_probs.gather(2, tokens[:, -self.levels :, None]).sum(dim=(1, 2))
+        hidden, tokens, levels, _ = self._teacher_forced(item_seq, items)
+        tail = slice(-self.levels, None)  # the tokens of the item itself
+        log_probs = self._log_probs(hidden[:, tail], levels[:, tail])
+        return log_probs.gather(2, tokens[:, tail, None]).sum(dim=(1, 2))
 
     # ---------------------------------------------------------------------------- retrieval
     def set_item_counts(self, counts: Tensor) -> None:
