@@ -98,21 +98,29 @@ def best_val_ndcg(run_dir: Path) -> float:
     return float(metrics["best_val_ndcg@10"])
 
 
-def _saved_config(run_dir: Path) -> dict[str, Any]:
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved config a run folder was trained with; None when it has no config.yaml.
+
+    A corrupt file is an error, never "the config changed": that would delete the checkpoints.
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        return {}
-    return read_yaml(path, "delete the run or retrain it") or {}
+        return None
+    hint = "fix or delete it, or train with --no-resume to start the run afresh"
+    saved = read_yaml(path, hint)
+    if not isinstance(saved, dict):
+        raise fail(f"{path} is not a mapping of config keys; {hint}")
+    return saved
 
 
 def cold_fraction(run_dir: Path) -> float:
     """The ``cold_items`` fraction a run was trained with, from its config.yaml (0 if absent)."""
-    return float(_saved_config(run_dir).get("cold_items") or 0.0)
+    return float((saved_config(run_dir) or {}).get("cold_items") or 0.0)
 
 
 def is_generative(run_dir: Path) -> bool:
     """Whether a run generates semantic IDs (``item_repr: semantic``) instead of scoring items."""
-    return _saved_config(run_dir).get("item_repr") == "semantic"
+    return (saved_config(run_dir) or {}).get("item_repr") == "semantic"
 
 
 def best_run(dataset: str, models_dir: Path | None = None) -> Path:

@@ -31,7 +31,7 @@ from recsys.cli import fail, run
 from recsys.config import CONFIGS_DIR, MODELS_DIR
 from recsys.io import ensure_dir, read_json, read_yaml, write_text
 from recsys.modeling import distributed, tracking
-from recsys.modeling.runs import LAST_CKPT
+from recsys.modeling.runs import LAST_CKPT, saved_config
 
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads slow
 # every training step. It must be set before torch loads its OpenMP runtime; nothing above
@@ -378,21 +378,6 @@ def load_codes(
 
 
 # ------------------------------------------------------------------------------------- train
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """The resolved config a run folder was trained with; None when it has no config.yaml.
-
-    A corrupt file is an error, never "the config changed": that would delete the checkpoints.
-    """
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    hint = "fix or delete it, or train with --no-resume to start the run afresh"
-    saved = read_yaml(path, hint)
-    if not isinstance(saved, dict):
-        raise fail(f"{path} is not a mapping of config keys; {hint}")
-    return saved
-
-
 def _start_fresh(run_dir: Path) -> None:
     for name in ("checkpoints", "logs"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
