@@ -37,21 +37,15 @@ def unique_codes(n_items: int = N_ITEMS, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.vstack([np.full((1, 3), -1), ids]))
 
 
+def tiny_config(n_items: int = N_ITEMS, **overrides) -> ModelConfig:
+    values = dict(max_len=6, d_model=16, n_heads=2, n_layers=2, dropout=0.0)
+    values |= {"item_repr": "semantic", "code_vocab": VOCAB, **overrides}
+    return ModelConfig(n_items=n_items, n_catalogue=n_items, **values)
+
+
 def tiny_decoder(block: str = "pre-ln", n_items: int = N_ITEMS, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    config = ModelConfig(
-        n_items=n_items,
-        n_catalogue=n_items,
-        max_len=6,
-        d_model=16,
-        n_heads=2,
-        n_layers=2,
-        dropout=0.0,
-        block=block,
-        item_repr="semantic",
-        code_vocab=VOCAB,
-        **overrides,
-    )
+    config = tiny_config(n_items, block=block, **overrides)
     return SemanticDecoder(config, unique_codes(n_items, seed)).eval()
 
 
@@ -333,15 +327,7 @@ def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
     from recsys.modeling.model import SeqRecModel
 
     torch.manual_seed(0)
-    config = ModelConfig(
-        n_items=N_ITEMS,
-        n_catalogue=N_ITEMS,
-        max_len=6,
-        d_model=16,
-        dropout=0.0,
-        item_repr="codes",
-        code_vocab=VOCAB,
-    )
+    config = tiny_config(item_repr="codes")
     model = SeqRecModel(config, item_codes=unique_codes())
     table = model.item_table()
     assert table.shape == (N_ITEMS + 1, 16) and torch.all(table[0] == 0)
