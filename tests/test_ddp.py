@@ -239,6 +239,26 @@ def test_a_rank_started_without_a_launcher_cannot_decide_alone(no_launcher, monk
         distributed.agree_on_plan(tmp_path, lambda: pytest.fail("rank 1 must not decide"))
 
 
+def test_exit_destroys_the_process_group_before_the_stores_go(monkeypatch):
+    """What the exit handler does in every rank of a job, on a one-rank gloo group and a store."""
+    store = torch.distributed.TCPStore("127.0.0.1", free_port(), 1, is_master=True)
+    monkeypatch.setattr(distributed, "_stores", [store])
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    destroyed = []
+    real_destroy = torch.distributed.destroy_process_group
+
+    def destroy(*args: Any) -> None:
+        destroyed.append(len(distributed._stores))  # the stores are still held at this point
+        real_destroy(*args)
+
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", destroy)
+    distributed._close_connections()
+    assert destroyed == [1]
+    assert not torch.distributed.is_initialized() and distributed._stores == []
+    distributed._close_connections()  # a second call (or one with no group) does nothing
+    assert destroyed == [1]
+
+
 def test_num_nodes_below_one_is_a_user_error(setup):
     with pytest.raises(RecsysError, match="--num-nodes must be at least 1"):
         train_stage.train("syn", "tiny", num_nodes=0, configs_dir=setup["root"] / "configs")

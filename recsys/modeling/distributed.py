@@ -26,8 +26,10 @@ cannot be told from this job's without a job id, which torchrun does not give by
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,20 @@ from recsys.cli import RecsysError, fail
 PLANS_ENV = "RECSYS_RANK0_PLANS"
 #: Rendezvous stores stay open: rank 0's server carries the process group built later.
 _stores: list[Any] = []
+
+
+@atexit.register
+def _close_connections() -> None:
+    """Destroy the process group, then let go of the stores, while the interpreter still runs.
+
+    Lightning destroys only NCCL groups at exit. Left to interpreter teardown, a gloo group and
+    rank 0's store server are freed in no fixed order, and now and then a rank's exit aborted
+    ("terminate called without an active exception", exit 134).
+    """
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to close
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _stores.clear()
 
 
 def launcher() -> Any | None:
