@@ -125,7 +125,7 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
     from recsys.modeling import evaluate as E
     from recsys.modeling.baselines import BASELINES
     from recsys.modeling.scoring import rank_examples
-    from recsys.processed import load_processed, train_sequences
+    from recsys.processed import load_processed, train_pieces
 
     if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
         print(
@@ -133,7 +133,7 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
         )
         return {"skipped": f"data/processed/{dataset} not found"}
     data = load_processed(dataset)
-    sequences = list(train_sequences(data.events).values())
+    sequences = train_pieces(data.events)
     ks, popularity = E.usable_ks(data.n_items), E.training_popularity(data)
     examples = {split: E.split_examples(data, split) for split in E.SPLITS}
     out: dict[str, Any] = {"dataset": dataset, "n_items": data.n_items, "models": {}}

@@ -26,7 +26,7 @@ from torch import nn
 from recsys.modeling.evaluate import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.scoring import rank_examples
-from recsys.processed import left_pad, load_processed, train_sequences
+from recsys.processed import load_processed, train_pieces
 
 
 class PlainSASRec(nn.Module):
@@ -98,7 +98,7 @@ def main(dataset: str, epochs: int, patience: int, seed: int = 42) -> dict:
     rng = np.random.default_rng(seed)
     max_len, batch_size = 200, 128
     data = load_processed(dataset)
-    windows = left_pad([s[-(max_len + 1) :] for s in train_sequences(data.events).values()], 201)
+    windows = train_pieces(data.events).padded(max_len + 1)
     windows = torch.from_numpy(windows)
     model = PlainSASRec(data.n_items, max_len, d=64, n_blocks=2, dropout=0.2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98))

@@ -32,7 +32,6 @@ from recsys.cli import RecsysError, fail, run  # noqa: E402
 from recsys.config import FIGURES_DIR, METRICS_DIR, MODELS_DIR, PROCESSED_DATA_DIR  # noqa: E402
 from recsys.io import atomic_path, read_json, write_json  # noqa: E402
 from recsys.processed import (  # noqa: E402
-    EvalExamples,
     ProcessedData,
     cold_item_set,
     eval_examples,
@@ -531,15 +530,11 @@ def sample_recommendations(
     examples = eval_examples(events, "test")
     if len(examples.users) == 0:
         raise fail("the processed data has no test events to sample users from; re-run make data")
-    lengths = np.array([len(h) for h in examples.histories])
+    lengths = examples.histories.lengths()
     long_enough = np.flatnonzero(lengths >= k)
     pool = long_enough if len(long_enough) >= n_users else np.arange(len(lengths))
     chosen = np.sort(np.random.default_rng(seed).choice(pool, min(n_users, len(pool)), False))
-    sample = EvalExamples(
-        users=examples.users[chosen],
-        histories=[examples.histories[i] for i in chosen],
-        targets=examples.targets[chosen],
-    )
+    sample = examples.take(chosen)
     ranked = rank_examples(scorer, sample, n_items, k_max=k, device="cpu")
     titles, captions = item_titles(items), item_captions(items)
     user_ids = users.set_index("user_idx")["user_id"]

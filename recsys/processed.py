@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ class ProcessedData:
 
 def processed_dir(dataset: str, root: Path | None = None) -> Path:
     return Path(root or PROCESSED_DATA_DIR) / dataset
+
+
+def load_stats(dataset: str, root: Path | None = None) -> dict[str, Any]:
+    """``stats.json`` alone (counts and settings), without loading the tables."""
+    path = processed_dir(dataset, root) / STATS_FILE
+    if not path.is_file():
+        load_processed(dataset, root)  # says what is missing and how to make it
+    return read_json(path)
 
 
 def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
@@ -130,6 +139,76 @@ def _group_bounds(user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return user_idx[starts], starts, ends
 
 
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i]..ends[i]-1`` of every range, concatenated in order."""
+    lengths = np.maximum(ends - starts, 0)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Item sequences as one flat array with ``[start, end)`` bounds per sequence.
+
+    A sequence is a slice of ``items`` (the events' item column), so no stage builds a dict or
+    list of per-user arrays: memory grows with the events, not with per-user objects, every
+    operation is vectorised, and DataLoader workers share the one array. Indexing gives one
+    sequence, so code written for a list of arrays reads these unchanged.
+    """
+
+    items: np.ndarray
+    users: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, arrays: list[np.ndarray], users: np.ndarray | None = None) -> Sequences:
+        """Sequences of a list of arrays (user ``i + 1`` each, unless ``users`` says)."""
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        items = np.concatenate([*arrays, np.zeros(0, np.int64)]).astype(np.int64)
+        owners = np.arange(1, len(arrays) + 1) if users is None else np.asarray(users)
+        return cls(items, owners.astype(np.int64), ends - lengths, ends)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.items[self.starts[index] : self.ends[index]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.items[s:e] for s, e in zip(self.starts, self.ends))
+
+    def lengths(self) -> np.ndarray:
+        return self.ends - self.starts
+
+    def take(self, rows: np.ndarray) -> Sequences:
+        """The sequences at ``rows`` (indices or a boolean mask), over the same items."""
+        return Sequences(self.items, self.users[rows], self.starts[rows], self.ends[rows])
+
+    def flat(self, skip_first: bool = False, skip_last: bool = False) -> np.ndarray:
+        """Every sequence's items in order; without each one's first item (the next-item
+        targets) or last item (their inputs)."""
+        return self.items[_ranges(self.starts + int(skip_first), self.ends - int(skip_last))]
+
+    def padded(self, width: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """The last ``width`` items of each sequence (of ``rows``), left-padded with 0, int64."""
+        starts = self.starts if rows is None else self.starts[rows]
+        ends = self.ends if rows is None else self.ends[rows]
+        index = ends[:, None] - width + np.arange(width)
+        inside = index >= starts[:, None]
+        source = self.items if len(self.items) else np.zeros(1, dtype=np.int64)
+        return np.where(inside, source[np.maximum(index, 0)], 0).astype(np.int64)
+
+
+def read_events(dataset: str, root: Path | None = None) -> pd.DataFrame:
+    """The columns of events.parquet that sequences are built from, without the rest."""
+    path = processed_dir(dataset, root) / EVENTS_FILE
+    if not path.is_file():
+        load_processed(dataset, root)  # says what is missing and how to make it
+    return pd.read_parquet(path, columns=["user_idx", "item_idx", "split"])
+
+
 def user_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
     """Each user's whole time-ordered sequence (every split): what a deployed model reads."""
     users, starts, ends = _group_bounds(events["user_idx"].to_numpy())
@@ -137,9 +216,25 @@ def user_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
     return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
 
 
-def train_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
-    """Each user's time-ordered training items (split == train)."""
-    return user_sequences(events[events["split"] == TRAIN])
+def train_pieces(events: pd.DataFrame, removed: np.ndarray | None = None) -> Sequences:
+    """Each user's time-ordered training items, cut into pieces at the ``removed`` items.
+
+    ``a b X c d`` becomes ``[a b]`` and ``[c d]``: dropping ``X`` and joining its neighbours
+    would invent the transition ``b -> c`` that never happened. A piece is a run of consecutive
+    kept training events of one user, so an event of another split cuts too. Every model fitted
+    without the cold items (trained runs and baselines) reads these same pieces; a piece of one
+    item gives a sequence model no target but still counts as an interaction for a baseline.
+    """
+    users = events["user_idx"].to_numpy()
+    items = events["item_idx"].to_numpy()
+    keep = events["split"].to_numpy() == TRAIN
+    if removed is not None and len(removed):
+        keep &= ~np.isin(items, removed)
+    rows = np.flatnonzero(keep)
+    first = np.r_[True, (np.diff(rows) != 1) | (users[rows[1:]] != users[rows[:-1]])]
+    starts = rows[first] if len(rows) else rows
+    ends = np.r_[rows[np.flatnonzero(first)[1:] - 1] + 1, rows[-1:] + 1] if len(rows) else rows
+    return Sequences(items, users[starts].astype(np.int64), starts.astype(np.int64), ends)
 
 
 @dataclass
@@ -147,8 +242,12 @@ class EvalExamples:
     """Next-item examples: ``histories[i]`` (time-ordered item ids) precedes ``targets[i]``."""
 
     users: np.ndarray
-    histories: list[np.ndarray]
+    histories: Sequences
     targets: np.ndarray
+
+    def take(self, rows: np.ndarray) -> EvalExamples:
+        """The examples at ``rows`` (indices or a boolean mask)."""
+        return EvalExamples(self.users[rows], self.histories.take(rows), self.targets[rows])
 
 
 def eval_examples(events: pd.DataFrame, split: str | int) -> EvalExamples:
@@ -160,32 +259,17 @@ def eval_examples(events: pd.DataFrame, split: str | int) -> EvalExamples:
     code = SPLIT_NAMES[split] if isinstance(split, str) else int(split)
     users_col = events["user_idx"].to_numpy()
     items = events["item_idx"].to_numpy()
-    splits = events["split"].to_numpy()
-    users, starts, ends = _group_bounds(users_col)
-    out_users, histories, targets = [], [], []
-    for u, s, e in zip(users, starts, ends):
-        hits = np.flatnonzero(splits[s:e] == code)
-        if len(hits) == 0:
-            continue
-        pos = s + int(hits[0])
-        out_users.append(int(u))
-        histories.append(items[s:pos])
-        targets.append(int(items[pos]))
-    return EvalExamples(
-        users=np.asarray(out_users, dtype=np.int64),
-        histories=histories,
-        targets=np.asarray(targets, dtype=np.int64),
-    )
+    hits = np.flatnonzero(events["split"].to_numpy() == code)
+    first = hits[np.r_[True, users_col[hits[1:]] != users_col[hits[:-1]]]] if len(hits) else hits
+    users = users_col[first].astype(np.int64)
+    starts = np.searchsorted(users_col, users, side="left").astype(np.int64)
+    histories = Sequences(items, users, starts, first.astype(np.int64))
+    return EvalExamples(users=users, histories=histories, targets=items[first].astype(np.int64))
 
 
 def left_pad(sequences: list[np.ndarray], max_len: int) -> np.ndarray:
     """Stack the last ``max_len`` items of each sequence into a left-padded int64 matrix."""
-    out = np.zeros((len(sequences), max_len), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        tail = np.asarray(seq[-max_len:], dtype=np.int64)
-        if len(tail):
-            out[row, max_len - len(tail) :] = tail
-    return out
+    return Sequences.of(sequences).padded(max_len)
 
 
 def cold_item_set(n_items: int, fraction: float, seed: int = 0) -> np.ndarray:
@@ -198,24 +282,3 @@ def cold_item_set(n_items: int, fraction: float, seed: int = 0) -> np.ndarray:
     n_cold = int(round(fraction * n_items))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(np.arange(1, n_items + 1), size=n_cold, replace=False))
-
-
-def cut_at(sequences: dict[int, np.ndarray], removed: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Each user's sequence cut into ``(user, piece)`` runs at the ``removed`` items.
-
-    ``a b X c d`` becomes ``[a b]`` and ``[c d]``: dropping ``X`` and joining its neighbours
-    would invent the transition ``b -> c`` that never happened. Every model fitted without the
-    cold items (trained runs and baselines) reads these same pieces; a piece of one item gives a
-    sequence model no target but still counts as an interaction for a baseline.
-    """
-    if not len(removed):
-        return list(sequences.items())
-    pieces = []
-    for user, seq in sequences.items():
-        bounds = np.r_[-1, np.flatnonzero(np.isin(seq, removed)), len(seq)]
-        pieces.extend(
-            (user, seq[start + 1 : stop])
-            for start, stop in zip(bounds[:-1], bounds[1:])
-            if stop - start > 1
-        )
-    return pieces

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,11 +18,14 @@ from recsys.modeling.model import ModelConfig, SeqRecModel
 from recsys.modeling.runs import load_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import (
+    TRAIN,
+    VALID,
+    Sequences,
     cold_item_set,
-    cut_at,
     eval_examples,
     load_processed,
-    train_sequences,
+    train_pieces,
+    user_sequences,
 )
 
 DATASET, N_ITEMS, N_EXTRA, FRACTION, SEED = "cold", 40, 3, 0.2, 7
@@ -55,26 +59,30 @@ def pairs(seq: np.ndarray) -> set[tuple[int, int]]:
     return set(zip(seq[:-1].tolist(), seq[1:].tolist()))
 
 
+def listed(sequences: Sequences) -> list[tuple[int, list[int]]]:
+    return [(int(u), s.tolist()) for u, s in zip(sequences.users, sequences)]
+
+
 def test_sequences_are_cut_at_removed_items_never_joined() -> None:
     sequences = {
-        1: np.array([1, 2, 9, 3, 4]),
-        2: np.array([9, 5]),
-        3: np.array([5, 9, 9, 6]),
-        4: np.array([9]),
-        5: np.array([6, 7]),
+        1: [1, 2, 9, 3, 4],
+        2: [9, 5],
+        3: [5, 9, 9, 6],
+        4: [9],
+        5: [6, 7, 8],  # 8 is user 5's valid item: training ends before it
     }
-    pieces = cut_at(sequences, np.array([9]))
-    assert [(u, s.tolist()) for u, s in pieces] == [
-        (1, [1, 2]),
-        (1, [3, 4]),
-        (2, [5]),
-        (3, [5]),
-        (3, [6]),
-        (5, [6, 7]),
-    ]
-    assert [(u, s.tolist()) for u, s in cut_at(sequences, np.array([], dtype=np.int64))] == [
-        (u, s.tolist()) for u, s in sequences.items()
-    ]
+    events = pd.DataFrame(
+        [(u, item) for u, seq in sequences.items() for item in seq],
+        columns=["user_idx", "item_idx"],
+    )
+    events["split"] = np.where(events["item_idx"] == 8, VALID, TRAIN)
+    pieces = train_pieces(events, np.array([9]))
+    assert listed(pieces) == [(1, [1, 2]), (1, [3, 4]), (2, [5]), (3, [5]), (3, [6]), (5, [6, 7])]
+    whole = {u: [i for i in seq if i != 8] for u, seq in sequences.items()}
+    assert listed(train_pieces(events)) == list(whole.items())
+    assert listed(train_pieces(events, np.array([], dtype=np.int64))) == list(whole.items())
+    assert pieces.flat(skip_first=True).tolist() == [2, 4, 7]  # the next-item targets
+    assert pieces.flat(skip_last=True).tolist() == [1, 3, 6]  # their inputs
     windows = SequenceWindows(pieces, max_len=8)
     assert sorted(windows[i][1].tolist() for i in range(len(windows))) == [[1, 2], [3, 4], [6, 7]]
     assert windows.n_targets() == 3  # one-item pieces predict nothing
@@ -85,8 +93,8 @@ def test_training_inputs_follow_the_cut_sequences_and_validation_keeps_cold_item
 ) -> None:
     inputs = train_module.build_inputs(config(), processed)
     data = load_processed(DATASET, processed)
-    original = train_sequences(data.events)
-    pieces = inputs["sequences"]
+    original = user_sequences(data.events[data.events["split"] == TRAIN])
+    pieces = list(zip(inputs["sequences"].users.tolist(), inputs["sequences"]))
     assert np.array_equal(inputs["cold"], cold) and len(cold) == round(FRACTION * N_ITEMS)
     assert not any(np.isin(seq, cold).any() for _, seq in pieces)
     real = {u: pairs(seq) for u, seq in original.items()}
@@ -100,20 +108,20 @@ def test_training_inputs_follow_the_cut_sequences_and_validation_keeps_cold_item
     assert np.array_equal(inputs["counts"].numpy(), counts) and not counts[cold].any()
     valid = eval_examples(data.events, "valid")
     keep = ~np.isin(valid.targets, cold)
-    assert np.array_equal(inputs["valid_targets"], valid.targets[keep])
+    assert np.array_equal(inputs["valid"].targets, valid.targets[keep])
     histories = [h for h, k in zip(valid.histories, keep) if k]
-    assert all(np.array_equal(a, b) for a, b in zip(inputs["valid_histories"], histories))
-    assert any(np.isin(h, cold).any() for h in inputs["valid_histories"])
+    assert all(np.array_equal(a, b) for a, b in zip(inputs["valid"].histories, histories))
+    assert any(np.isin(h, cold).any() for h in inputs["valid"].histories)
     whole = train_module.build_inputs(config(cold_items=0.0), processed)["sequences"]
-    assert [(u, s.tolist()) for u, s in whole] == [(u, s.tolist()) for u, s in original.items()]
+    assert listed(whole) == [(u, s.tolist()) for u, s in original.items()]
 
 
 def test_baselines_learn_from_the_same_cut_sequences(processed: Path, cold: np.ndarray) -> None:
     data = load_processed(DATASET, processed)
     baselines = {c.name: c.scorer for c in baseline_candidates(data, cold)}
-    pieces = cut_at(train_sequences(data.events), cold)
+    pieces = train_pieces(data.events, cold)
     expected = np.zeros((data.n_catalogue + 1,) * 2)
-    for _, seq in pieces:
+    for seq in pieces:
         np.add.at(expected, (seq[:-1], seq[1:]), 1.0)
     assert np.array_equal(baselines["transitions"].counts.toarray(), expected)
     assert not baselines["most-popular"].popularity[cold].any()

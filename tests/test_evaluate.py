@@ -18,13 +18,13 @@ from recsys.modeling import evaluate as E
 from recsys.modeling import metrics
 from recsys.modeling.baselines import EASE, MostPopular
 from recsys.modeling.scoring import rank_examples
-from recsys.processed import eval_examples, train_sequences
+from recsys.processed import eval_examples, train_pieces
 
 BOOT = 50  # resamples: enough to exercise the intervals, cheap enough for unit tests
 
 
 def fitted(cls, data):
-    return cls().fit(list(train_sequences(data.events).values()), data.n_items, data.n_catalogue)
+    return cls().fit(train_pieces(data.events), data.n_items, data.n_catalogue)
 
 
 def run_evaluate(world, out, **kwargs):

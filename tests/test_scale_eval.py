@@ -30,7 +30,7 @@ from recsys.modeling.baselines import (
     too_large,
 )
 from recsys.modeling.synthetic import write_synthetic_processed
-from recsys.processed import eval_examples, left_pad, train_sequences
+from recsys.processed import eval_examples, train_pieces
 
 BOOT = 20
 
@@ -66,7 +66,7 @@ def test_only_the_dense_baseline_is_too_large(data):
     assert too_large(N_ITEMS, N_ITEMS) == {}
     assert list(too_large(105_542)) == ["ease"] and MAX_DENSE_ITEMS < 105_542
     assert "44.6 GB" in too_large(105_542)["ease"]  # H&M's articles, float32
-    sequences = list(train_sequences(data.events).values())
+    sequences = train_pieces(data.events)
     fitted = fit_baselines(sequences, data.n_items, data.n_catalogue, max_dense_items=10)
     assert list(fitted) == ["most-popular", "transitions", "item-knn"]
 
@@ -110,9 +110,9 @@ def test_sample_metrics_are_the_means_over_the_sampled_users(world, data, tmp_pa
     )
     sample = E.user_sample(data, 15, seed=0)
     examples = eval_examples(data.events, "test")
-    test = E.subset(examples, np.isin(examples.users, sample.users))
+    test = examples.take(np.isin(examples.users, sample.users))
     assert len(test.targets) == 15
-    sequences = list(train_sequences(data.events).values())
+    sequences = train_pieces(data.events)
     popular = MostPopular().fit(sequences, data.n_items, data.n_catalogue)
     ranks = scoring.rank_examples(popular, test, data.n_items, device="cpu")
     row = next(m for m in report["models"] if m["name"] == "most-popular")
@@ -178,7 +178,7 @@ class Recording:
 
 def test_batches_shrink_to_the_score_budget_with_the_same_ranks(data, logged):
     examples = eval_examples(data.events, "test")
-    ease = EASE().fit(list(train_sequences(data.events).values()), data.n_items, data.n_catalogue)
+    ease = EASE().fit(train_pieces(data.events), data.n_items, data.n_catalogue)
     columns = data.n_catalogue + 1
     assert scoring.score_columns(ease, data.n_items) == columns == N_ITEMS + N_COLD_CATALOGUE + 1
     small = Recording(ease)
@@ -222,7 +222,7 @@ def test_negatives_from_pairs_are_those_of_the_padded_matrix(n_items, n):
 def test_split_negatives_need_no_padded_histories(data):
     examples = eval_examples(data.events, "test")
     longest = max(len(h) for h in examples.histories)
-    padded = np.concatenate([left_pad(examples.histories, longest), examples.targets[:, None]], 1)
+    padded = np.concatenate([examples.histories.padded(longest), examples.targets[:, None]], 1)
     for n in (20, 100):  # rejection draws, and every allowed item of this small catalogue
         expected = metrics.sample_negatives(torch.from_numpy(padded), data.n_items, n, seed=5)
         assert torch.equal(scoring.split_negatives(examples, data.n_items, n, 5), expected)

@@ -30,7 +30,7 @@ from recsys.modeling.lightning import (
 from recsys.modeling.metrics import ndcg_at_k, target_ranks
 from recsys.modeling.runs import best_run, list_runs, load_run
 from recsys.modeling.synthetic import write_synthetic_processed
-from recsys.processed import eval_examples, left_pad, load_processed
+from recsys.processed import EvalExamples, Sequences, eval_examples, left_pad, load_processed
 
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -104,7 +104,7 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_windows_predict_every_training_item_once():
-    sequences = {1: np.arange(1, 12), 2: np.array([5, 6]), 3: np.array([7])}
+    sequences = Sequences.of([np.arange(1, 12), np.array([5, 6]), np.array([7])])
     windows = SequenceWindows(sequences, max_len=4)
     targets = []
     for index in range(len(windows)):
@@ -124,8 +124,8 @@ def test_vectorised_windows_target_each_item_once_within_its_user(max_len):
     rng = np.random.default_rng(max_len)
     lengths = rng.integers(1, 40, size=200)
     offsets = np.r_[0, np.cumsum(lengths)]
-    sequences = {u: np.arange(offsets[u], offsets[u + 1]) + 1 for u in range(len(lengths))}
-    windows = SequenceWindows(sequences, max_len=max_len)
+    arrays = [np.arange(offsets[u], offsets[u + 1]) + 1 for u in range(len(lengths))]
+    windows = SequenceWindows(Sequences.of(arrays, np.arange(len(lengths))), max_len=max_len)
     seen = []
     for index in range(len(windows)):
         user, tokens = windows[index]
@@ -143,8 +143,9 @@ def test_loss_weighting_sums_an_epoch_as_configured(weighting):
     an epoch's summed loss is the plain sum over targets (over the mean batch), as with
     unbucketed batches, instead of each batch's mean counting the same."""
     rng = np.random.default_rng(0)
-    sequences = {u: rng.integers(1, 21, size=n) for u, n in enumerate([3, 4, 30, 45, 5, 60], 1)}
-    data = SeqDataModule(sequences, np.array([1]), [np.array([1])], np.array([2]), 16, 2)
+    sequences = Sequences.of([rng.integers(1, 21, size=n) for n in [3, 4, 30, 45, 5, 60]])
+    valid = EvalExamples(np.array([1]), Sequences.of([np.array([1])]), np.array([2]))
+    data = SeqDataModule(sequences, valid, 16, 2)
     config = {**train_stage.DEFAULTS, "loss_weighting": weighting}
     model_config = {"n_items": 20, "n_catalogue": 20, "max_len": 16, "d_model": 8}
     module = SeqRecModule(config, {**model_config, "dropout": 0.0})

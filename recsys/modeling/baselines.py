@@ -1,6 +1,6 @@
 """Non-neural baselines that a sequence model must beat, behind the trained model's interface.
 
-Each baseline is fitted on training sequences (lists of item ids, 1..n_items) and then answers
+Each baseline is fitted on training sequences (of item ids, 1..n_items) and then answers
 ``score(item_seq: LongTensor[B, L]) -> FloatTensor[B, n_catalogue + 1]`` for left-padded
 sequences, exactly like ``SeqRecModel.score``; column 0 (padding) is ``-inf``. Evaluation and
 prediction code can therefore treat baselines and trained runs alike.
@@ -20,6 +20,8 @@ import scipy.linalg.lapack
 import scipy.sparse as sp
 import torch
 
+from recsys.processed import Sequences
+
 #: Weight of the popularity tie-breaker (popularity is scaled into [0, 1) first).
 TIE_BREAK = 1e-6
 #: Items above which a baseline that holds a dense item x item matrix (EASE) is not fitted. At
@@ -28,10 +30,10 @@ TIE_BREAK = 1e-6
 MAX_DENSE_ITEMS = 20_000
 
 
-def _interactions(sequences: Sequence[np.ndarray], n_cols: int) -> sp.csr_matrix:
-    """Binary users x items matrix of the training sequences."""
-    rows = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
-    cols = np.concatenate(sequences)
+def _interactions(sequences: Sequences, n_cols: int) -> sp.csr_matrix:
+    """Binary sequences x items matrix of the training sequences."""
+    rows = np.repeat(np.arange(len(sequences)), sequences.lengths())
+    cols = sequences.flat()
     data = np.ones(len(cols), dtype=np.float32)
     matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(sequences), n_cols))
     matrix.sum_duplicates()
@@ -62,22 +64,24 @@ class Baseline:
         self.n_catalogue = 0
         self.popularity = np.zeros(1, dtype=np.float32)
 
-    def fit(self, sequences: Iterable[np.ndarray], n_items: int, n_catalogue: int) -> Baseline:
-        """Learn from training sequences of item ids in ``1..n_items``."""
-        seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
-        if not seqs or not sum(len(s) for s in seqs):
+    def fit(
+        self, sequences: Sequences | Iterable[np.ndarray], n_items: int, n_catalogue: int
+    ) -> Baseline:
+        """Learn from training sequences of item ids in ``1..n_items`` (a list of arrays will do
+        as well as :class:`~recsys.processed.Sequences`)."""
+        seqs = sequences if isinstance(sequences, Sequences) else Sequences.of(list(sequences))
+        items = seqs.flat().astype(np.int64)
+        if not len(items):
             raise ValueError(f"{self.name}: no training interactions to fit on")
-        if max(int(s.max()) for s in seqs if len(s)) > n_items:
+        if int(items.max()) > n_items:
             raise ValueError(f"{self.name}: training items must be in 1..{n_items}")
         self.n_items, self.n_catalogue = n_items, n_catalogue
-        self.popularity = np.bincount(np.concatenate(seqs), minlength=n_catalogue + 1).astype(
-            np.float32
-        )
+        self.popularity = np.bincount(items, minlength=n_catalogue + 1).astype(np.float32)
         self.popularity[0] = 0.0
         self._fit(seqs)
         return self
 
-    def _fit(self, sequences: list[np.ndarray]) -> None:
+    def _fit(self, sequences: Sequences) -> None:
         """Baseline-specific fitting; popularity is already known."""
 
     def _tie_break(self) -> np.ndarray:
@@ -111,9 +115,8 @@ class Transitions(Baseline):
 
     name = "transitions"
 
-    def _fit(self, sequences: list[np.ndarray]) -> None:
-        src = np.concatenate([s[:-1] for s in sequences])
-        dst = np.concatenate([s[1:] for s in sequences])
+    def _fit(self, sequences: Sequences) -> None:
+        src, dst = sequences.flat(skip_last=True), sequences.flat(skip_first=True)
         size = self.n_catalogue + 1
         data = np.ones(len(src), dtype=np.float32)
         self.counts = sp.csr_matrix((data, (src, dst)), shape=(size, size))
@@ -135,7 +138,7 @@ class ItemKNN(Baseline):
         self.neighbors = neighbors
         self.block = block
 
-    def _fit(self, sequences: list[np.ndarray]) -> None:
+    def _fit(self, sequences: Sequences) -> None:
         users_items = _interactions(sequences, self.n_catalogue + 1)
         items_users = users_items.T.tocsr()
         norms = np.sqrt(np.asarray(users_items.sum(0)).ravel())
@@ -177,7 +180,7 @@ class EASE(Baseline):
         super().__init__()
         self.l2 = l2
 
-    def _fit(self, sequences: list[np.ndarray]) -> None:
+    def _fit(self, sequences: Sequences) -> None:
         weights = _spd_inverse(self._ridge_gram(_interactions(sequences, self.n_items + 1)))
         weights /= -np.diag(weights)[None, :]
         np.fill_diagonal(weights, 0.0)
@@ -251,7 +254,7 @@ def too_large(n_items: int, max_dense_items: int = MAX_DENSE_ITEMS) -> dict[str,
 
 
 def fit_baselines(
-    sequences: Sequence[np.ndarray],
+    sequences: Sequences | Sequence[np.ndarray],
     n_items: int,
     n_catalogue: int,
     max_dense_items: int = MAX_DENSE_ITEMS,

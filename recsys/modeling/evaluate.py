@@ -20,13 +20,13 @@ log-probabilities, and every other item -inf: a target outside the beams is a mi
 metrics at K above the beam size are left blank. It is compared with ``sasrec-ce`` by the same
 paired test (``generative`` in the report).
 
-Output: ``reports/metrics/<dataset>.json`` (contract 4) and ``<dataset>.md``. ``--cold-items F``
-adds (or replaces) only the ``cold_start`` section of that file.
+Output: ``reports/metrics/<dataset>.json`` (read by plots and report) and ``<dataset>.md``.
+``--cold-items F`` adds (or replaces) only the ``cold_start`` section of that file.
 
 Cold start: the held-out items leave training by cutting each training sequence where they were
-(:func:`recsys.processed.cut_at`), for trained runs and baselines alike. At test time every model
-reads the same, whole history, cold items included: that is what a deployed model would see, and
-text models can read those items. Id models and baselines take the ids they never trained on
+(:func:`recsys.processed.train_pieces`), for trained runs and baselines alike. At test time every
+model reads the same, whole history, cold items included: that is what a deployed model would see,
+and text models can read those items. Id models and baselines take the ids they never trained on
 without harm (an untrained embedding row, a row of zero co-occurrences), so stripping them would
 only hide information from the models that can use it.
 """
@@ -58,10 +58,9 @@ from recsys.processed import (
     EvalExamples,
     ProcessedData,
     cold_item_set,
-    cut_at,
     eval_examples,
     load_processed,
-    train_sequences,
+    train_pieces,
 )
 from recsys.modeling.scoring import BATCH_SIZE, Ranked, rank_examples, resolve_device
 
@@ -212,8 +211,7 @@ def baseline_candidates(
 ) -> list[Candidate]:
     """The baselines, fitted on the training split, cut at the cold items as training is; those
     too large for the catalogue (:func:`recsys.modeling.baselines.too_large`) are left out."""
-    removed = np.zeros(0, dtype=np.int64) if cold is None else cold
-    sequences = [seq for _, seq in cut_at(train_sequences(data.events), removed)]
+    sequences = train_pieces(data.events, cold)
     fitted = fit_baselines(sequences, data.n_items, data.n_catalogue, max_dense_items)
     return [Candidate(name=n, kind="baseline", scorer=b) for n, b in fitted.items()]
 
@@ -284,22 +282,13 @@ def split_examples(
         )
     if sample is None:
         return examples
-    examples = subset(examples, np.isin(examples.users, sample.users))
+    examples = examples.take(np.isin(examples.users, sample.users))
     if not len(examples.targets):
         raise fail(
             f"the {len(sample.users)} sampled users have no {split} events; "
             "sample more with a larger --sample-users"
         )
     return examples
-
-
-def subset(examples: EvalExamples, keep: np.ndarray) -> EvalExamples:
-    """The examples where the boolean ``keep`` is true."""
-    return EvalExamples(
-        users=examples.users[keep],
-        histories=[h for h, k in zip(examples.histories, keep) if k],
-        targets=examples.targets[keep],
-    )
 
 
 @dataclass(frozen=True)
@@ -666,7 +655,7 @@ def evaluate_cold(
             f"no {whose}test event of {data.name!r} has a cold target at --cold-items "
             f"{fraction}; use a larger fraction{hint}"
         )
-    cold_examples = subset(examples, keep)
+    cold_examples = examples.take(keep)
     k = 10
     rows = []
     for cand in candidates:

@@ -1,7 +1,8 @@
 """Lightning wiring for :mod:`recsys.modeling.model`: data windows, the training module, records.
 
-Data go in as plain arrays (training sequences, validation examples), never as paths, so tests
-build them synthetically and a streaming source can replace the in-memory dict later.
+Data go in as :class:`recsys.processed.Sequences` (training pieces, validation histories): slices
+of one flat item array each, never per-user arrays or paths, so tests build them synthetically
+and the windows of an epoch are index rows into that array.
 
 * Training: each user's sequence is cut, from its end backwards, into windows of at most
   ``max_len + 1`` items; a window predicts every item from the ones before it, so one epoch
@@ -44,7 +45,7 @@ from recsys.modeling.model import (
     build_model,
     next_item_scores,
 )
-from recsys.processed import left_pad
+from recsys.processed import EvalExamples, Sequences, left_pad
 
 METRIC = "val_ndcg@10"
 CSV_COLUMNS = (
@@ -64,26 +65,15 @@ CSV_COLUMNS = (
 class SequenceWindows(Dataset):
     """Training windows over users' sequences; item ``i`` predicts item ``i + 1``.
 
-    ``sequences`` maps users to sequences, or lists ``(user, sequence)`` pairs where a user may
-    have several (cold-start training cuts sequences at the held-out items).
+    A window is a ``[user, start, end)`` row into the one items array of ``sequences``, so the
+    windows of every user cost three integers each, and a sequence (or cold-start piece) of one
+    item yields none.
     """
 
-    def __init__(
-        self,
-        sequences: dict[int, np.ndarray] | list[tuple[int, np.ndarray]],
-        max_len: int,
-        last_only: bool = False,
-    ) -> None:
-        pairs = sequences.items() if isinstance(sequences, dict) else sequences
-        kept = [(u, seq) for u, seq in pairs if len(seq) >= 2]
-        users = [u for u, _ in kept]
-        lengths = np.array([len(seq) for _, seq in kept], dtype=np.int64)
-        self.items = (
-            np.concatenate([seq for _, seq in kept]).astype(np.int64)
-            if kept
-            else np.zeros(0, dtype=np.int64)
-        )
-        self.windows = cut_windows(np.asarray(users, dtype=np.int64), lengths, max_len, last_only)
+    def __init__(self, sequences: Sequences, max_len: int, last_only: bool = False) -> None:
+        kept = sequences.take(sequences.lengths() >= 2)
+        self.items = kept.items
+        self.windows = cut_windows(kept.users, kept.starts, kept.lengths(), max_len, last_only)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -100,17 +90,20 @@ class SequenceWindows(Dataset):
 
 
 def cut_windows(
-    users: np.ndarray, lengths: np.ndarray, max_len: int, last_only: bool = False
+    users: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    max_len: int,
+    last_only: bool = False,
 ) -> np.ndarray:
-    """``[user, start, end)`` rows into the concatenated sequences (each of ``lengths`` >= 2):
-    per user, windows of at most ``max_len + 1`` items cut back from its end, ``max_len`` apart,
-    so every item but the first is a target exactly once. No loop over users."""
+    """``[user, start, end)`` rows of the sequences at ``starts`` (each of ``lengths`` >= 2):
+    per sequence, windows of at most ``max_len + 1`` items cut back from its end, ``max_len``
+    apart, so every item but the first is a target exactly once. No loop over users."""
     per_user = np.ones_like(lengths) if last_only else (lengths - 2) // max_len + 1
     owner = np.repeat(np.arange(len(lengths)), per_user)
     back = np.arange(len(owner)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
-    starts = np.r_[0, np.cumsum(lengths)[:-1]][owner]
     ends = lengths[owner] - back * max_len
-    rows = [users[owner], starts + np.maximum(0, ends - max_len - 1), starts + ends]
+    rows = [users[owner], starts[owner] + np.maximum(0, ends - max_len - 1), starts[owner] + ends]
     return np.stack(rows, axis=1).astype(np.int64).reshape(-1, 3)
 
 
@@ -132,20 +125,18 @@ def collate_windows(batch: list[tuple[int, np.ndarray]]) -> dict[str, Tensor]:
 class ValidationExamples(Dataset):
     """Held-out next items with their (full) histories, for masking and for the model input."""
 
-    def __init__(
-        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, max_len: int
-    ) -> None:
-        self.users, self.histories, self.targets = users, histories, targets
-        self.max_len = max_len
+    def __init__(self, examples: EvalExamples, max_len: int) -> None:
+        self.examples, self.max_len = examples, max_len
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.examples.targets)
 
     def lengths(self) -> np.ndarray:
-        return np.array([min(len(h), self.max_len) for h in self.histories], dtype=np.int64)
+        return np.minimum(self.examples.histories.lengths(), self.max_len)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray, int]:
-        return int(self.users[index]), self.histories[index], int(self.targets[index])
+        examples = self.examples
+        return int(examples.users[index]), examples.histories[index], int(examples.targets[index])
 
 
 def make_collate_examples(max_len: int):
@@ -223,14 +214,12 @@ class BucketSampler(Sampler[int]):
 
 
 class SeqDataModule(pl.LightningDataModule):
-    """Training windows and validation examples from in-memory arrays."""
+    """Training windows and validation examples, over the flat item arrays they slice."""
 
     def __init__(
         self,
-        train_sequences: dict[int, np.ndarray] | list[tuple[int, np.ndarray]],
-        valid_users: np.ndarray,
-        valid_histories: list[np.ndarray],
-        valid_targets: np.ndarray,
+        train_sequences: Sequences,
+        valid: EvalExamples,
         max_len: int,
         batch_size: int,
         seed: int = 0,
@@ -239,7 +228,7 @@ class SeqDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_set = SequenceWindows(train_sequences, max_len, last_window_only)
-        self.valid_set = ValidationExamples(valid_users, valid_histories, valid_targets, max_len)
+        self.valid_set = ValidationExamples(valid, max_len)
         self.max_len, self.batch_size = max_len, batch_size
         self.seed, self.num_workers = seed, num_workers
 

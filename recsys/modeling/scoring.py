@@ -30,7 +30,7 @@ from loguru import logger
 from recsys.cli import fail
 from recsys.modeling import metrics
 from recsys.modeling.model import Decoder, next_item_scores
-from recsys.processed import EvalExamples, left_pad
+from recsys.processed import EvalExamples, Sequences
 
 #: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
 BATCH_SIZE = 128
@@ -107,7 +107,7 @@ def score_batch(
 @torch.inference_mode()
 def batched_scores(
     scorer: Any,
-    histories: list[np.ndarray],
+    histories: Sequences,
     users: np.ndarray,
     *,
     keep_history: bool = False,
@@ -123,12 +123,11 @@ def batched_scores(
     """
     device = torch.device(device) if device is not None else default_device()
     max_len = context_length(scorer)
-    order = np.argsort([len(h) for h in histories], kind="stable")
+    lengths = histories.lengths()
+    order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = [histories[i] for i in rows]
-        longest = max(1, max(len(h) for h in batch))
-        padded = torch.from_numpy(left_pad(batch, longest))
+        padded = torch.from_numpy(histories.padded(max(1, int(lengths[rows].max())), rows))
         item_seq = padded[:, -max_len:].contiguous() if max_len else padded
         exclude = None if keep_history else padded.to(device)
         batch_users = torch.from_numpy(users[rows]).to(device)
@@ -222,10 +221,10 @@ def split_negatives(
     if not n_negatives:
         return None
     n_rows = len(examples.targets)
-    lengths = np.array([len(h) for h in examples.histories], dtype=np.int64)
+    lengths = examples.histories.lengths()
     # Each row's history, then every row's target, as (row, item) pairs: no padded matrix.
     rows = np.concatenate([np.repeat(np.arange(n_rows), lengths), np.arange(n_rows)])
-    items = np.concatenate([*examples.histories, examples.targets]).astype(np.int64)
+    items = np.concatenate([examples.histories.flat(), examples.targets]).astype(np.int64)
     digest = hashlib.blake2b(lengths.tobytes() + items.tobytes(), digest_size=16).hexdigest()
     key = (digest, n_rows, n_items, n_negatives, seed)
     if key not in _NEGATIVES:

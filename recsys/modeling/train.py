@@ -280,9 +280,10 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     """Sequences, validation examples, features and counts for one dataset and config.
 
     Cold items leave training by cutting each sequence where they were (see
-    :func:`recsys.processed.cut_at`), so ``sequences`` is a list of ``(user, piece)``. Validation
+    :func:`recsys.processed.train_pieces`), so a user may have several pieces. Validation
     follows the evaluation protocol: histories keep every item the user met, cold ones included,
-    and only examples with a warm target count.
+    and only examples with a warm target count. Only the three event columns that sequences need
+    are read, and every sequence is a slice of one array.
     """
     import numpy as np
     import torch
@@ -290,44 +291,42 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     from recsys.modeling.model import CODE_REPRS
     from recsys.processed import (
         cold_item_set,
-        cut_at,
         eval_examples,
-        load_processed,
-        train_sequences,
+        load_stats,
+        read_events,
+        train_pieces,
     )
 
-    data = load_processed(config["dataset"], processed_root)
-    cold = cold_item_set(data.n_items, config["cold_items"], config["cold_seed"])
-    sequences = cut_at(train_sequences(data.events), cold)
-    valid = eval_examples(data.events, "valid")
-    keep = ~np.isin(valid.targets, cold)
-    histories = [h for h, k in zip(valid.histories, keep) if k]
-    counts = np.zeros(data.n_catalogue + 1, dtype=np.float64)
-    for _, seq in sequences:
-        np.add.at(counts, seq[1:], 1.0)
+    dataset = config["dataset"]
+    events = read_events(dataset, processed_root)
+    stats = load_stats(dataset, processed_root)
+    n_items, n_catalogue = int(stats["n_items"]), int(stats["n_catalogue"])
+    cold = cold_item_set(n_items, config["cold_items"], config["cold_seed"])
+    sequences = train_pieces(events, cold)
+    valid = eval_examples(events, "valid")
+    valid = valid.take(~np.isin(valid.targets, cold))
+    counts = np.bincount(sequences.flat(skip_first=True), minlength=n_catalogue + 1)
     features = codes = None
     code_vocab: list[int] = []
     if config["item_repr"] in CODE_REPRS:
-        ids, code_vocab = load_codes(config, data.n_catalogue, processed_root)
+        ids, code_vocab = load_codes(config, n_catalogue, processed_root)
         codes = torch.from_numpy(ids)
     elif config["item_repr"] != "id":
-        features = torch.from_numpy(load_features(config, data.n_catalogue, processed_root))
+        features = torch.from_numpy(load_features(config, n_catalogue, processed_root))
     model_config = {
         **{k: config[k] for k in MODEL_KEYS},
-        "n_items": data.n_items,
-        "n_catalogue": data.n_catalogue,
-        "n_users": data.n_users,
+        "n_items": n_items,
+        "n_catalogue": n_catalogue,
+        "n_users": int(stats["n_users"]),
         "feature_dim": 0 if features is None else int(features.shape[1]),
         "code_vocab": code_vocab,
     }
     return {
         "sequences": sequences,
-        "valid_users": valid.users[keep],
-        "valid_histories": histories,
-        "valid_targets": valid.targets[keep],
+        "valid": valid,
         "features": features,
         "codes": codes,
-        "counts": torch.from_numpy(counts),
+        "counts": torch.from_numpy(counts.astype(np.float64)),
         "cold": cold,
         "model_config": model_config,
     }
@@ -505,9 +504,7 @@ def lightning_parts(cfg: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, A
     )
     data = SeqDataModule(
         inputs["sequences"],
-        inputs["valid_users"],
-        inputs["valid_histories"],
-        inputs["valid_targets"],
+        inputs["valid"],
         max_len=cfg["max_len"],
         batch_size=cfg["batch_size"],
         seed=cfg["seed"],
