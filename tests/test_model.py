@@ -7,7 +7,13 @@ import torch
 
 import torch.nn.functional as F
 
-from recsys.modeling.model import BLOCKS, ModelConfig, SeqRecModel, SoftmaxCrossEntropy
+from recsys.modeling.model import (
+    BLOCKS,
+    CE_SCORE_BUDGET,
+    ModelConfig,
+    SeqRecModel,
+    SoftmaxCrossEntropy,
+)
 from recsys.modeling.runs import model_from_checkpoint
 from recsys.processed import left_pad
 
@@ -275,7 +281,9 @@ def test_too_long_sequence_is_rejected():
         make_model().score(torch.ones(1, 17, dtype=torch.long))
 
 
-def test_fused_cross_entropy_matches_autograd_over_the_candidates():
+@pytest.mark.parametrize("budget", [CE_SCORE_BUDGET, 4 * (N_CATALOGUE + 1) * 7, 1])
+def test_fused_cross_entropy_matches_autograd_over_the_candidates(budget):
+    """In one piece, and in chunks of 7 rows (and of 1) when the scores would pass the budget."""
     torch.manual_seed(0)
     hidden, table = torch.randn(40, 8), torch.randn(N_CATALOGUE + 1, 8)
     candidates = torch.ones(N_CATALOGUE + 1, dtype=torch.bool)
@@ -286,7 +294,7 @@ def test_fused_cross_entropy_matches_autograd_over_the_candidates():
     for fused in (True, False):
         h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
         if fused:
-            loss = SoftmaxCrossEntropy.apply(h, w, bias, targets)
+            loss = SoftmaxCrossEntropy.apply(h, w, bias, targets, budget)
         else:
             column = candidates.long().cumsum(0) - 1
             loss = F.cross_entropy(h @ w[candidates].T, column[targets])
@@ -297,12 +305,35 @@ def test_fused_cross_entropy_matches_autograd_over_the_candidates():
     assert results[0][2][[0, 3, 17]].abs().sum() == 0  # non-candidates get no gradient
 
 
-def test_fused_cross_entropy_refuses_a_second_backward():
+@pytest.mark.parametrize("budget", [CE_SCORE_BUDGET, 4 * 6 * 3])
+def test_fused_cross_entropy_refuses_a_second_backward(budget):
     h, w = torch.randn(4, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
-    loss = SoftmaxCrossEntropy.apply(h, w, torch.zeros(6), torch.tensor([1, 2, 3, 4]))
+    loss = SoftmaxCrossEntropy.apply(h, w, torch.zeros(6), torch.tensor([1, 2, 3, 4]), budget)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backpropagated twice"):
         loss.backward()
+
+
+def test_chunked_cross_entropy_never_holds_all_the_scores():
+    """Above the budget no [N, C] tensor is made: the largest one is a chunk's."""
+    torch.manual_seed(0)
+    n, c = 64, 50
+    hidden = torch.randn(n, 8, requires_grad=True)
+    table = torch.randn(c, 8, requires_grad=True)
+    targets = torch.randint(1, c, (n,))
+    sizes = []
+    real_addmm = torch.addmm
+
+    def recording_addmm(*args, **kwargs):
+        out = real_addmm(*args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "addmm", recording_addmm)
+        SoftmaxCrossEntropy.apply(hidden, table, torch.zeros(c), targets, 4 * c * 16).backward()
+    assert sizes and max(sizes) == 16 * c  # 16 rows at a time, forward and backward
+    assert len(sizes) == 2 * n // 16
 
 
 def test_gated_block_gates_both_residual_branches_and_uses_swiglu():

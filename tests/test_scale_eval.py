@@ -306,6 +306,8 @@ def test_an_explicit_loss_is_kept_on_many_items(
     assert cfg["loss"] == expected
     [line] = [line for line in logged if "loss " in line]
     assert f"loss {expected}" in line and "30 items, more than 20" in line
+    # full softmax on a large catalogue says that it goes through the targets in chunks
+    assert ("target rows at a time" in line) == (in_file == {"loss": "ce"})
 
 
 def test_small_catalogues_keep_full_softmax_silently(processed, tmp_path, logged):

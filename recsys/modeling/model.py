@@ -310,6 +310,11 @@ def sinusoidal_table(length: int, width: int) -> Tensor:
     return table
 
 
+#: Bytes of float32 scores that the full-softmax loss holds at once: above it (a large
+#: catalogue), it goes through the targets a chunk of rows at a time.
+CE_SCORE_BUDGET = 256 * 2**20
+
+
 class SoftmaxCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the scores ``hidden @ table.T + bias`` [N, C] at ``targets`` [N].
 
@@ -320,15 +325,38 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     Here the saved log-probabilities become the gradient in place, ``softmax - one_hot``, so
     the graph can be backpropagated once only (no ``retain_graph``). ``bias`` is -inf for the
     columns that are not candidates.
+
+    When [N, C] would pass ``budget`` bytes, no such tensor exists: the forward pass keeps one
+    log-normaliser per row, and the backward pass recomputes the scores chunk by chunk (one
+    more matrix product), so memory stays bounded at any catalogue size.
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, table: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
-        scores = torch.addmm(bias, hidden, table.T)  # autocast may make these bf16
-        log_probs = torch.log_softmax(scores.float(), dim=1)
-        ctx.save_for_backward(hidden, table, targets, log_probs)
-        ctx.dtype, ctx.used = scores.dtype, False
-        return -log_probs.gather(1, targets[:, None]).mean()
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        table: Tensor,
+        bias: Tensor,
+        targets: Tensor,
+        budget: int = CE_SCORE_BUDGET,
+    ) -> Tensor:
+        rows = max(1, budget // (4 * table.shape[0]))
+        ctx.used, ctx.rows = False, rows
+        if len(targets) <= rows:
+            scores = torch.addmm(bias, hidden, table.T)  # autocast may make these bf16
+            ctx.dtype = scores.dtype
+            log_probs = torch.log_softmax(scores.float(), dim=1)
+            ctx.save_for_backward(hidden, table, targets, log_probs)
+            return -log_probs.gather(1, targets[:, None]).mean()
+        normalisers, picked = [], []
+        for start in range(0, len(targets), rows):
+            scores = torch.addmm(bias, hidden[start : start + rows], table.T)
+            ctx.dtype = scores.dtype
+            normalisers.append(torch.logsumexp(scores.float(), dim=1))
+            picked.append(scores.float().gather(1, targets[start : start + rows, None])[:, 0])
+        normaliser = torch.cat(normalisers)
+        ctx.save_for_backward(hidden, table, targets, normaliser, bias)
+        return (normaliser - torch.cat(picked)).mean()
 
     @staticmethod
     @once_differentiable
@@ -336,14 +364,34 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         if ctx.used:
             raise RuntimeError("SoftmaxCrossEntropy cannot be backpropagated twice")
         ctx.used = True
-        hidden, table, targets, log_probs = ctx.saved_tensors
-        d_scores = log_probs.exp_()
-        d_scores[torch.arange(len(targets), device=targets.device), targets] -= 1.0
-        d_scores = d_scores.to(ctx.dtype)
+        hidden, table, targets, saved, *chunked = ctx.saved_tensors
         scale = grad / max(1, len(targets))
-        d_hidden = (d_scores @ table.to(ctx.dtype)) * scale
-        d_table = (d_scores.T @ hidden.to(ctx.dtype)) * scale
-        return d_hidden, d_table, None, None
+        dtype = ctx.dtype
+        hidden, table = hidden.to(dtype), table.to(dtype)
+        if not chunked:  # one chunk: the saved log-probabilities become the gradient
+            d_hidden, d_table = _softmax_grads(saved.exp_(), hidden, table, targets, dtype)
+            return d_hidden * scale, d_table * scale, None, None, None
+        bias = chunked[0].to(dtype)
+        d_hidden, d_table = torch.empty_like(hidden), torch.zeros_like(table)
+        for start in range(0, len(targets), ctx.rows):
+            end = start + ctx.rows
+            scores = torch.addmm(bias, hidden[start:end], table.T).float()
+            probs = (scores - saved[start:end, None]).exp_()
+            part, table_part = _softmax_grads(
+                probs, hidden[start:end], table, targets[start:end], dtype
+            )
+            d_hidden[start:end] = part
+            d_table += table_part
+        return d_hidden * scale, d_table * scale, None, None, None
+
+
+def _softmax_grads(
+    probs: Tensor, hidden: Tensor, table: Tensor, targets: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``softmax - one_hot`` of some rows, carried back to those hidden rows and to the table."""
+    probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+    d_scores = probs.to(dtype)
+    return d_scores @ table, d_scores.T @ hidden
 
 
 class Decoder(nn.Module):

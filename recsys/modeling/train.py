@@ -218,7 +218,15 @@ def catalogue_loss(resolved: dict[str, Any], n_catalogue: int, explicit: bool) -
         return loss
     large = f"{n_catalogue} items, more than {LARGE_CATALOGUE}"
     if explicit:
-        logger.info(f"loss {loss}, as the config sets it ({large}, where sampled is the default)")
+        how = ""
+        if loss == "ce":
+            from recsys.modeling.model import CE_SCORE_BUDGET
+
+            rows = CE_SCORE_BUDGET // (4 * (n_catalogue + 1))
+            how = f"; the full softmax goes {rows} target rows at a time, never all scores at once"
+        logger.info(
+            f"loss {loss}, as the config sets it ({large}, where sampled is the default){how}"
+        )
         return loss
     if resolved["item_repr"] == "semantic":
         logger.info(f"loss {loss}: a semantic-ID decoder predicts codes, not its {large}")
