@@ -187,7 +187,10 @@ def test_sampled_ranks_by_hand():
     assert M.ndcg_at_k(ranks, 5).item() == pytest.approx(0.5)
 
 
-def test_sample_negatives_exclude_history_and_target_and_are_seeded():
+@pytest.mark.parametrize("chunk_rows", [M.SAMPLE_CHUNK_ROWS, 7])
+def test_sample_negatives_exclude_history_and_target_and_are_seeded(monkeypatch, chunk_rows):
+    """Also when the rows are drawn a few at a time, each chunk against its own exclusions."""
+    monkeypatch.setattr(M, "SAMPLE_CHUNK_ROWS", chunk_rows)
     gen = torch.Generator().manual_seed(0)
     n_items, n = 300, 100
     exclude = torch.randint(0, n_items + 1, (40, 30), generator=gen)  # history + target, 0-padded
