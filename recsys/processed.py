@@ -209,11 +209,16 @@ def read_events(dataset: str, root: Path | None = None) -> pd.DataFrame:
     return pd.read_parquet(path, columns=["user_idx", "item_idx", "split"])
 
 
-def user_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
+def user_histories(events: pd.DataFrame) -> Sequences:
     """Each user's whole time-ordered sequence (every split): what a deployed model reads."""
     users, starts, ends = _group_bounds(events["user_idx"].to_numpy())
-    items = events["item_idx"].to_numpy()
-    return {int(u): items[s:e] for u, s, e in zip(users, starts, ends)}
+    return Sequences(events["item_idx"].to_numpy(), users.astype(np.int64), starts, ends)
+
+
+def user_sequences(events: pd.DataFrame) -> dict[int, np.ndarray]:
+    """:func:`user_histories` by user (for lookups by hand)."""
+    histories = user_histories(events)
+    return dict(zip(histories.users.tolist(), histories))
 
 
 def train_pieces(events: pd.DataFrame, removed: np.ndarray | None = None) -> Sequences:

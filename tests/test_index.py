@@ -65,6 +65,21 @@ def test_exact_index_equals_brute_force(table):
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+@pytest.mark.parametrize("share", [1.0, 0.01])
+def test_exact_search_in_query_chunks_equals_one_pass(table, monkeypatch, share):
+    """Many queries go a few at a time (scores within the budget), with the same answers."""
+    rng = np.random.default_rng(4)
+    queries = hidden_states(table, 23)
+    exclude = [rng.integers(1, len(table), 50) for _ in range(23)]
+    allowed = rng.random(len(table)) < share if share < 1 else None
+    whole = idx.ExactIndex(table).search(queries, 10, exclude=exclude, allowed=allowed)
+    monkeypatch.setattr(idx, "SCORE_BUDGET", 4 * len(table) * 5)  # 5 queries at a time
+    chunked = idx.ExactIndex(table).search(queries, 10, exclude=exclude, allowed=allowed)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    np.testing.assert_array_equal(whole[0], brute_force(table, queries, 10, exclude, allowed))
+
+
 def test_auto_kind_follows_the_threshold(table, monkeypatch):
     assert idx.build_index(table).kind == "exact"
     monkeypatch.setattr(idx, "ANN_THRESHOLD", len(table))

@@ -68,6 +68,17 @@ def test_a_users_recommendations_are_the_models_full_ranking(id_run, data):
     }
 
 
+def test_many_rows_at_once_are_the_frames_of_each_row_stacked(id_run):
+    """predict --output reads every user's fields in one lookup: the same as row by row."""
+    ids = np.array([[3, 1, 0], [2, 0, 0], [0, 0, 0], [5, 4, 6]])
+    scores = np.array([[0.9, 0.5, -np.inf], [0.7, -np.inf, -np.inf], [-np.inf] * 3, [3, 2, 1.0]])
+    rows, frame = id_run.frames(ids, scores)
+    expected = pd.concat([id_run.frame(i, s) for i, s in zip(ids, scores)], ignore_index=True)
+    pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
+    assert rows.tolist() == [0, 0, 1, 3, 3, 3]
+    assert id_run.user_ids_of(np.array([6, 1])) == ["5", "0"]
+
+
 def test_adhoc_histories_by_ids_and_titles_agree(id_run):
     by_titles = id_run.recommend(titles=["toy story", "Heat (1995)"], k=4)
     by_items = id_run.recommend(items=["1", "2"], k=4)

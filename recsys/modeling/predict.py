@@ -31,7 +31,7 @@ from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import atomic_path, write_parquet
 from recsys.modeling.scoring import context_length, resolve_device, score_batch
-from recsys.processed import left_pad
+from recsys.processed import Sequences, left_pad
 from recsys.serving.run import Run, load_run
 
 OUTPUT_SUFFIXES = (".parquet", ".csv")
@@ -158,9 +158,9 @@ def recommendations_frame(
 ) -> pd.DataFrame:
     """One row per (user, rank): user_id, then the run API's fields (rank, item_id, title, the
     dataset's text fields, score)."""
-    frames = [run.frame(i, s).assign(user_id=u) for u, i, s in zip(user_ids, items, scores)]
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[["user_id", *[c for c in frame.columns if c != "user_id"]]]
+    rows, frame = run.frames(items, scores)
+    frame.insert(0, "user_id", np.asarray(user_ids, dtype=object)[rows])
+    return frame
 
 
 def write_recommendations(frame: pd.DataFrame, path: Path) -> Path:
@@ -232,13 +232,13 @@ def open_run(
 
 
 @dataclass
-class Request:
-    """One sequence to recommend for: a dataset user (``user_idx`` > 0) or an ad-hoc one."""
+class Requests:
+    """The sequences to recommend for: dataset users (``user_idx`` > 0) or one ad-hoc one."""
 
-    label: str
-    user_id: str | None
-    user_idx: int
-    history: np.ndarray
+    labels: list[str]
+    user_ids: list[str | None]
+    user_idx: np.ndarray
+    histories: Sequences
 
 
 def check_options(
@@ -274,17 +274,24 @@ def build_requests(
     all_users: bool,
     history: str | None,
     items: str | None,
-) -> list[Request]:
-    """The sequences asked for: an ad-hoc one, or the named (or all) users' whole histories."""
+) -> Requests:
+    """The sequences asked for: an ad-hoc one, or the named (or all) users' whole histories.
+
+    All users take the run's histories as they are (one array for all), with no per-user step.
+    """
     if history is not None or items is not None:
-        return [Request("your sequence", None, 0, adhoc_history(run.catalogue, history, items))]
-    chosen = list(run.users) if all_users else users
-    requests = [Request(f"user {u}", str(u), *run.user_history(u)) for u in chosen]
-    if not all_users:
-        for request in requests:
-            if not len(request.history):
-                raise fail(f"{request.label} has an empty history; nothing to recommend from")
-    return requests
+        sequence = Sequences.of([adhoc_history(run.catalogue, history, items)], np.zeros(1))
+        return Requests(["your sequence"], [None], sequence.users, sequence)
+    if all_users:
+        ids = run.user_ids_of(run.histories.users)
+        return Requests([], ids, run.histories.users, run.histories)
+    found = [run.user_history(u) for u in users]
+    for user, (_, seq) in zip(users, found):
+        if not len(seq):
+            raise fail(f"user {user} has an empty history; nothing to recommend from")
+    user_idx = np.array([i for i, _ in found], dtype=np.int64)
+    histories = Sequences.of([seq for _, seq in found], user_idx)
+    return Requests([f"user {u}" for u in users], [str(u) for u in users], user_idx, histories)
 
 
 def predict(
@@ -325,24 +332,26 @@ def predict(
         console.print(f"run: {run.run_dir}")
 
     if n_generate:
-        for request in requests:
+        for label, user_idx, sequence in zip(
+            requests.labels, requests.user_idx, requests.histories
+        ):
             steps = generate(
                 run.model,
-                request.history,
+                sequence,
                 n_generate,
                 candidates,
                 strategy=strategy,
                 temperature=temperature,
                 seed=seed,
                 beam_width=beam_width,
-                user=request.user_idx,
+                user=int(user_idx),
                 device=torch_device,
             )
             show(
                 console,
                 catalogue,
-                request.label,
-                request.history,
+                label,
+                sequence,
                 n_history,
                 f"generated session ({strategy.value})",
                 [s.item for s in steps],
@@ -350,25 +359,24 @@ def predict(
             )
         return None
 
-    histories = [r.history for r in requests]
+    histories = requests.histories
     top, scores = run.top_k(
-        histories,
-        np.asarray([r.user_idx for r in requests], dtype=np.int64),
-        k,
-        exclude=None if keep_history else histories,
+        histories, requests.user_idx, k, exclude=None if keep_history else histories
     )
     if output is not None:
-        frame = recommendations_frame(run, [r.user_id for r in requests], top, scores)
+        frame = recommendations_frame(run, requests.user_ids, top, scores)
         write_recommendations(frame, output)
-        logger.info(f"wrote top-{k} of {len(requests)} users to {output}")
+        logger.info(f"wrote top-{k} of {len(histories)} users to {output}")
         return frame
-    for request, row_items, row_scores in zip(requests, top.tolist(), scores.tolist()):
+    for label, sequence, row_items, row_scores in zip(
+        requests.labels, histories, top.tolist(), scores.tolist()
+    ):
         picks = [i for i in row_items if i]
         show(
             console,
             catalogue,
-            request.label,
-            request.history,
+            label,
+            sequence,
             n_history,
             f"top {k} recommendations",
             picks,

@@ -36,6 +36,7 @@ from loguru import logger
 
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_dir, ensure_dir, read_json, write_json
+from recsys.modeling.scoring import SCORE_BUDGET
 
 #: Rows from which ``kind="auto"`` builds the approximate (IVF) index. Exact single-query time
 #: grows with rows x dim (``exact_single_query_by_rows`` in reports/bench/ann.json); below this
@@ -125,7 +126,16 @@ def _exact_top_k(
     """Exact top-``k`` of ``queries @ table.T``, never row 0, ``exclude[b]`` or a disallowed row.
 
     A sparse ``allowed`` mask scores only its rows, so the cost follows them, not the table.
+    Queries go a chunk at a time, so their scores stay within :data:`SCORE_BUDGET` (every H&M
+    customer at once would be 1.36M x 105k scores).
     """
+    chunk = max(1, SCORE_BUDGET // (4 * len(table)))
+    if len(queries) > chunk:
+        parts = [
+            _exact_top_k(table, queries[at : at + chunk], k, exclude[at : at + chunk], allowed)
+            for at in range(0, len(queries), chunk)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     rows = None
     if allowed is not None and np.count_nonzero(allowed) < SPARSE_SHARE * len(allowed):
         rows = np.flatnonzero(allowed[1:]) + 1

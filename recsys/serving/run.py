@@ -30,7 +30,7 @@ from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
 from recsys.modeling.model import CONTENT_REPRS, TEXT_REPRS
-from recsys.processed import ProcessedData, left_pad, load_processed, user_sequences
+from recsys.processed import ProcessedData, Sequences, load_processed, user_histories
 from recsys.serving.index import ItemIndex, normalized, open_run_index
 
 #: Items added at run time (their fields and text vectors), replayed when the run loads again.
@@ -161,7 +161,11 @@ class Run:
         self.users = {
             str(u): int(i) for u, i in zip(data.users["user_id"], data.users["user_idx"])
         }
-        self.sequences = user_sequences(data.events)
+        self._user_ids = np.empty(
+            int(data.users["user_idx"].to_numpy().max(initial=0)) + 1, dtype=object
+        )
+        self._user_ids[data.users["user_idx"].to_numpy()] = data.users["user_id"].astype(str)
+        self.histories = user_histories(data.events)
         self.max_len = int(model.config.max_len)
         self.uses_users = bool(getattr(model.config, "use_user", False))
         self.table = item_vectors(self.model)
@@ -218,6 +222,10 @@ class Run:
             raise NotFound(f"unknown title {title!r}; nearest: {shown}", nearest)
         return found
 
+    def user_ids_of(self, user_idx: np.ndarray) -> list[str]:
+        """The original ids of internal user indices (vectorised)."""
+        return self._user_ids[np.asarray(user_idx, dtype=np.int64)].tolist()
+
     def user_history(self, user_id: Any) -> tuple[int, np.ndarray]:
         """``(user_idx, history)`` of an original user id; unknown -> :class:`NotFound`."""
         user_idx = self.users.get(str(user_id))
@@ -227,7 +235,10 @@ class Run:
                 f"unknown user id {str(user_id)!r} for {self.dataset!r}; ids are the dataset's "
                 f"original user ids, e.g. {examples}"
             )
-        return user_idx, self.sequences.get(user_idx, np.zeros(0, dtype=np.int64))
+        row = int(np.searchsorted(self.histories.users, user_idx))
+        if row < len(self.histories) and self.histories.users[row] == user_idx:
+            return user_idx, self.histories[row]
+        return user_idx, np.zeros(0, dtype=np.int64)
 
     def resolve(self, query: Query) -> Resolved:
         """A :class:`Query` in internal indices, checked; bad parts raise one clear error."""
@@ -271,11 +282,12 @@ class Run:
         A next-item score is this state's inner product with the item's table row, so this is
         the query vector for the item index. Reads each history's last ``max_len`` items.
         """
+        if not isinstance(histories, Sequences):
+            histories = Sequences.of([np.asarray(h, dtype=np.int64) for h in histories])
         out = np.zeros((len(histories), self.table.shape[1]), dtype=np.float32)
-        lengths = np.minimum([len(h) for h in histories], self.max_len)
+        lengths = np.minimum(histories.lengths(), self.max_len)
         for rows in length_buckets(lengths):
-            batch = [np.asarray(histories[r], dtype=np.int64)[-self.max_len :] for r in rows]
-            item_seq = torch.from_numpy(left_pad(batch, max(1, int(lengths[rows].max()))))
+            item_seq = torch.from_numpy(histories.padded(max(1, int(lengths[rows].max())), rows))
             user_ids = torch.from_numpy(np.asarray(users, dtype=np.int64)[rows])
             hidden = self.model.encode(
                 item_seq.to(self.device),
@@ -403,6 +415,15 @@ class Run:
     def frame(self, ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
         """:meth:`records` as a DataFrame (the run API's answer)."""
         return pd.DataFrame(self.records(ids, scores), columns=self.columns)
+
+    def frames(self, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+        """:meth:`frame` of many rows of ``ids`` ``[B, k]`` at once, stacked, and the row of
+        each line: the items' fields come from one vectorised lookup, not one per row."""
+        rows, ranks = np.nonzero(ids > 0)
+        frame = self.catalogue.fields_of(ids[rows, ranks])
+        frame.insert(0, "rank", ranks + 1)
+        frame["score"] = scores[rows, ranks].astype(np.float64)
+        return rows, frame[self.columns]
 
     # ------------------------------------------------------------------------- new items
     def add_items(self, items: pd.DataFrame | Sequence[dict[str, Any]]) -> pd.DataFrame:
