@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from recsys.io import atomic_path, read_json
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
-EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE = (
+EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE = PROCESSED_FILES = (
     "events.parquet",
     "items.parquet",
     "users.parquet",
@@ -75,17 +76,25 @@ def processed_dir(dataset: str, root: Path | None = None) -> Path:
     return Path(root or PROCESSED_DATA_DIR) / dataset
 
 
-def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
-    """Load ``data/processed/<dataset>``; a missing stage output is a user error naming the fix."""
+def require_processed(
+    dataset: str, root: Path | None = None, files: Sequence[str] = PROCESSED_FILES
+) -> Path:
+    """``data/processed/<dataset>``, checked to hold ``files`` (those a stage reads): the one
+    error that every stage reading processed data gives, before any other work, for a dataset
+    that ``make data`` has not made."""
     folder = processed_dir(dataset, root)
-    missing = [
-        f for f in (EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE) if not (folder / f).exists()
-    ]
+    missing = [f for f in files if not (folder / f).exists()]
     if missing:
         raise fail(
             f"processed data for {dataset!r} is missing {', '.join(missing)} in {folder}; "
             f"run 'make data DATASET={dataset}' first"
         )
+    return folder
+
+
+def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
+    """Load ``data/processed/<dataset>``; a missing stage output is a user error naming the fix."""
+    folder = require_processed(dataset, root)
     return ProcessedData(
         name=dataset,
         events=pd.read_parquet(folder / EVENTS_FILE),
