@@ -21,52 +21,43 @@ import typer
 from loguru import logger
 
 from recsys.cli import run
-from recsys.config import DEFAULT_DATASET
+from recsys.config import DEFAULT_DATASET, INTERIM_DATA_DIR, PROCESSED_DATA_DIR, RAW_DATA_DIR
 from recsys.data.custom import CustomSource
 from recsys.data.interim import interim
-from recsys.data.sources import DATASETS, MIRROR_ENV, download, get_spec
+from recsys.data.sources import MIRROR_ENV, download, get_spec
 from recsys.data.split import FilterSettings, SplitSettings, check_settings, process
+from recsys.options import DatasetOpt, InterimDirOpt, ProcessedDirOpt, RawDirOpt
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
-DatasetOpt = Annotated[
-    str,
-    typer.Option(
-        "--dataset", "-d", help=f"One of {', '.join(DATASETS)}.", show_default=DEFAULT_DATASET
-    ),
-]
-RawDirOpt = Annotated[Optional[Path], typer.Option(help="Root of raw data (default data/raw).")]
-InterimDirOpt = Annotated[
-    Optional[Path], typer.Option(help="Root of interim data (default data/interim).")
-]
 StrictOpt = Annotated[
     bool, typer.Option(help="Fail instead of dropping interactions with unknown item ids.")
 ]
 InteractionsOpt = Annotated[
-    Optional[Path], typer.Option(help="custom: interactions file (.csv or .parquet).")
+    Optional[Path], typer.Option(help="Custom: the interactions file (.csv or .parquet).")
 ]
 ItemsOpt = Annotated[
-    Optional[Path], typer.Option(help="custom: item table (.csv or .parquet); optional.")
+    Optional[Path], typer.Option(help="Custom: the item table (.csv or .parquet), if any.")
 ]
-UserColOpt = Annotated[str, typer.Option(help="custom: user id column.")]
-ItemColOpt = Annotated[str, typer.Option(help="custom: item id column of the interactions.")]
-TimeColOpt = Annotated[str, typer.Option(help="custom: time column (unix seconds or dates).")]
-RatingColOpt = Annotated[Optional[str], typer.Option(help="custom: rating column, if any.")]
+UserColOpt = Annotated[str, typer.Option(help="Custom: the user id column.")]
+ItemColOpt = Annotated[str, typer.Option(help="Custom: the item id column of the interactions.")]
+TimeColOpt = Annotated[str, typer.Option(help="Custom: the time column (unix seconds or dates).")]
+RatingColOpt = Annotated[Optional[str], typer.Option(help="Custom: the rating column, if any.")]
 ItemsIdColOpt = Annotated[
     Optional[str],
-    typer.Option(help="custom: item id column of the item table (default: --item-col)."),
+    typer.Option(help="Custom: the item id column of the item table (default: --item-col)."),
 ]
-TitleColOpt = Annotated[str, typer.Option(help="custom: title column of the item table.")]
+TitleColOpt = Annotated[str, typer.Option(help="Custom: the title column of the item table.")]
 TextColsOpt = Annotated[
     Optional[str],
-    typer.Option(help="custom: comma-separated text columns to keep (default: all others)."),
+    typer.Option(help="Custom: comma-separated text columns to keep (default: all others)."),
 ]
-DelimiterOpt = Annotated[str, typer.Option(help="custom: CSV delimiter.")]
+DelimiterOpt = Annotated[str, typer.Option(help="Custom: the CSV delimiter.")]
 FormatOpt = Annotated[
     str,
     typer.Option(
         "--format",
-        help="custom: events (one interaction per row, the columns above) or sequences (one "
+        help="Custom: events (one interaction per row, the columns above) or sequences (one "
         "line per user: 'user item item ...' in time order, integer ids, no timestamps).",
     ),
 ]
@@ -112,12 +103,12 @@ def download_command(
     mirror: Annotated[
         Optional[Path],
         typer.Option(
-            help=f"Local folder with <dataset>/ files or archives [env {MIRROR_ENV}]; "
+            help=f"Local folder with <dataset>/ files or archives (env {MIRROR_ENV}); "
             "nothing is fetched from the network when it is set."
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Check and install again even if present.")] = False,
-    raw_dir: RawDirOpt = None,
+    raw_dir: RawDirOpt = RAW_DATA_DIR,
 ) -> None:
     """Put the original files in data/raw/<dataset>/ (verified by size and md5)."""
     download(dataset, raw_root=raw_dir, mirror=mirror, force=force)
@@ -127,8 +118,8 @@ def download_command(
 def interim_command(
     dataset: DatasetOpt = DEFAULT_DATASET,
     strict: StrictOpt = False,
-    raw_dir: RawDirOpt = None,
-    interim_dir: InterimDirOpt = None,
+    raw_dir: RawDirOpt = RAW_DATA_DIR,
+    interim_dir: InterimDirOpt = INTERIM_DATA_DIR,
 ) -> None:
     """Parse raw files into data/interim/<dataset>/ interactions.parquet and items.parquet."""
     if get_spec(dataset).parser == "custom":
@@ -141,23 +132,25 @@ def interim_command(
 @app.command("main", hidden=True)
 def process_command(
     dataset: DatasetOpt = DEFAULT_DATASET,
-    split: Annotated[str, typer.Option(help="leave-one-out or temporal.")] = "leave-one-out",
+    split: Annotated[
+        str, typer.Option(help="How to split: leave-one-out or temporal.")
+    ] = "leave-one-out",
     min_user_interactions: Annotated[int, typer.Option(help="Drop users with fewer.")] = 3,
     min_item_interactions: Annotated[int, typer.Option(help="Drop items with fewer.")] = 1,
     k_core: Annotated[
         Optional[int], typer.Option(help="Repeat both filters at >= K until stable.")
     ] = None,
     valid_start: Annotated[
-        Optional[str], typer.Option(help="temporal: validation from this time (unix s or ISO).")
+        Optional[str], typer.Option(help="Temporal: validation from this time (unix s or ISO).")
     ] = None,
     test_start: Annotated[
-        Optional[str], typer.Option(help="temporal: test from this time (unix s or ISO).")
+        Optional[str], typer.Option(help="Temporal: test from this time (unix s or ISO).")
     ] = None,
     valid_frac: Annotated[
-        float, typer.Option(help="temporal, no --valid-start: share of events for validation.")
+        float, typer.Option(help="Temporal, no --valid-start: share of events for validation.")
     ] = 0.1,
     test_frac: Annotated[
-        float, typer.Option(help="temporal, no --test-start: share of latest events for test.")
+        float, typer.Option(help="Temporal, no --test-start: share of latest events for test.")
     ] = 0.1,
     ties: Annotated[
         str,
@@ -168,11 +161,9 @@ def process_command(
     ] = "shuffle",
     ties_seed: Annotated[int, typer.Option(help="Seed of --ties shuffle.")] = 0,
     strict: StrictOpt = False,
-    raw_dir: RawDirOpt = None,
-    interim_dir: InterimDirOpt = None,
-    processed_dir: Annotated[
-        Optional[Path], typer.Option(help="Root of processed data (default data/processed).")
-    ] = None,
+    raw_dir: RawDirOpt = RAW_DATA_DIR,
+    interim_dir: InterimDirOpt = INTERIM_DATA_DIR,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
     interactions: InteractionsOpt = None,
     items: ItemsOpt = None,
     user_col: UserColOpt = "user_id",

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import matplotlib
 
@@ -29,13 +29,27 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from recsys.cli import RecsysError, fail, run  # noqa: E402
-from recsys.config import FIGURES_DIR, METRICS_DIR, MODELS_DIR, PROCESSED_DATA_DIR  # noqa: E402
+from recsys.config import (  # noqa: E402
+    DEFAULT_DATASET,
+    FIGURES_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PROCESSED_DATA_DIR,
+)
 from recsys.io import atomic_path, read_json, write_json  # noqa: E402
+from recsys.options import (  # noqa: E402
+    DatasetOpt,
+    FiguresDirOpt,
+    MetricsDirOpt,
+    ModelsDirOpt,
+    ProcessedDirOpt,
+)
 from recsys.processed import (  # noqa: E402
     ProcessedData,
     cold_item_set,
     eval_examples,
     load_processed,
+    require_processed,
 )
 from recsys.text import cell_values  # noqa: E402
 
@@ -710,12 +724,14 @@ def run_dirs_with_logs(dataset: str, models_dir: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- commands
 
-DatasetOpt = typer.Option(..., "--dataset", "-d", help="dataset name, e.g. ml-100k")
-RunOpt = typer.Option(None, "--run", help="run name under models/<dataset>/ or a run folder")
-FiguresOpt = typer.Option(FIGURES_DIR, help="figures root; files go to <root>/<dataset>/")
-ProcessedOpt = typer.Option(PROCESSED_DATA_DIR, help="processed data root")
-ModelsOpt = typer.Option(MODELS_DIR, help="trained runs root")
-MetricsOpt = typer.Option(METRICS_DIR, help="evaluation reports folder")
+RunOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--run",
+        help="Run folder, or a run name under models/<dataset>/ (default: the dataset's best run; "
+        "for curves, every run).",
+    ),
+]
 
 
 def make_tsne(
@@ -731,6 +747,7 @@ def make_tsne(
     """t-SNE figure and ``tsne_knn_agreement.json``; a missing run or text space is only noted."""
     if max_items < 2:
         raise fail(f"--max-items must be at least 2, got {max_items}")
+    data = load_processed(dataset, processed_dir)
     try:
         run_dir = resolve_run(dataset, run_name, models_dir)
     except RecsysError as err:
@@ -738,7 +755,6 @@ def make_tsne(
             raise
         logger.info("t-SNE without a learned space: {}", err)
         run_dir = None
-    data = load_processed(dataset, processed_dir)
     inputs = gather_tsne_inputs(data, run_dir, feature_model, processed_dir)
     for note in inputs.notes:
         logger.info("t-SNE: {}", note)
@@ -798,9 +814,9 @@ def make_recs(
     """Sample users' recommendations from a trained run: ``recs.png/.svg`` and ``recs.json``."""
     from recsys.modeling.runs import load_run
 
+    data = load_processed(dataset, processed_dir)
     run_dir = resolve_run(dataset, run_name, models_dir)
     trained = load_run(run_dir)
-    data = load_processed(dataset, processed_dir)
     recs = sample_recommendations(
         data.events, data.items, data.users, data.n_items, trained.model, n_users, seed=seed
     )
@@ -818,6 +834,7 @@ def make_semantic_ids(
     features`` builds, else the newest built with other options."""
     from recsys.semantic_ids import SemanticIdOptions, built_slugs, load_semantic_ids
 
+    require_processed(dataset, processed_dir)
     slugs = built_slugs(dataset, processed_dir)
     ids, manifest = load_semantic_ids(
         dataset, slugs[0] if slugs else SemanticIdOptions(), processed_dir
@@ -828,14 +845,16 @@ def make_semantic_ids(
 
 @app.command()
 def tsne(
-    dataset: str = DatasetOpt,
-    run_name: str = RunOpt,
-    max_items: int = typer.Option(2000, help="cap on items drawn (stratified sample)"),
-    seed: int = typer.Option(0, help="seed of the sample and of t-SNE"),
-    feature_model: str = typer.Option(None, help="text-feature model (default: make features')"),
-    figures_dir: Path = FiguresOpt,
-    processed_dir: Path = ProcessedOpt,
-    models_dir: Path = ModelsOpt,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    run_name: RunOpt = None,
+    max_items: int = typer.Option(2000, help="Cap on the items drawn (a stratified sample)."),
+    seed: int = typer.Option(0, help="Seed of the sample and of t-SNE."),
+    feature_model: str = typer.Option(
+        None, help="Text-feature model (default: the one make features builds)."
+    ),
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """t-SNE of the text vectors beside the learned item table, with kNN genre agreement."""
     make_tsne(
@@ -845,10 +864,10 @@ def tsne(
 
 @app.command()
 def curves(
-    dataset: str = DatasetOpt,
-    run_name: str = RunOpt,
-    figures_dir: Path = FiguresOpt,
-    models_dir: Path = ModelsOpt,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    run_name: RunOpt = None,
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Training/validation loss and validation NDCG@10 per epoch."""
     make_curves(dataset, run_name, figures_dir, models_dir)
@@ -856,7 +875,9 @@ def curves(
 
 @app.command()
 def metrics(
-    dataset: str = DatasetOpt, metrics_dir: Path = MetricsOpt, figures_dir: Path = FiguresOpt
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    metrics_dir: MetricsDirOpt = METRICS_DIR,
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
 ) -> None:
     """Models against baselines, NDCG@10 and HR@10 with confidence intervals."""
     make_metrics(dataset, metrics_dir, figures_dir)
@@ -864,13 +885,13 @@ def metrics(
 
 @app.command()
 def recs(
-    dataset: str = DatasetOpt,
-    run_name: str = RunOpt,
-    n_users: int = typer.Option(3, "--users", help="how many sample users"),
-    seed: int = typer.Option(0, help="seed of the user sample"),
-    figures_dir: Path = FiguresOpt,
-    processed_dir: Path = ProcessedOpt,
-    models_dir: Path = ModelsOpt,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    run_name: RunOpt = None,
+    n_users: int = typer.Option(3, "--users", help="How many sample users."),
+    seed: int = typer.Option(0, help="Seed of the user sample."),
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Last 10 items and top-10 recommendations of sample users, with titles and genres."""
     make_recs(dataset, run_name, n_users, seed, figures_dir, processed_dir, models_dir)
@@ -878,7 +899,9 @@ def recs(
 
 @app.command("semantic-ids")
 def semantic_ids(
-    dataset: str = DatasetOpt, figures_dir: Path = FiguresOpt, processed_dir: Path = ProcessedOpt
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
 ) -> None:
     """Items per code at each level of the semantic IDs."""
     make_semantic_ids(dataset, figures_dir, processed_dir)
@@ -916,13 +939,15 @@ def make_all(
 
 @app.command("all")
 def all_plots(
-    dataset: str = DatasetOpt,
-    run_name: str = RunOpt,
-    max_items: int = typer.Option(2000, help="t-SNE cap on items (stratified sample)"),
-    figures_dir: Path = FiguresOpt,
-    processed_dir: Path = ProcessedOpt,
-    models_dir: Path = ModelsOpt,
-    metrics_dir: Path = MetricsOpt,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    run_name: RunOpt = None,
+    max_items: int = typer.Option(
+        2000, help="Cap on the items t-SNE draws (a stratified sample)."
+    ),
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
+    metrics_dir: MetricsDirOpt = METRICS_DIR,
 ) -> None:
     """Every plot whose inputs exist; says which were skipped and why."""
     outcome = make_all(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from recsys.io import atomic_path, read_json
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
-EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE = (
+EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE = PROCESSED_FILES = (
     "events.parquet",
     "items.parquet",
     "users.parquet",
@@ -76,25 +76,30 @@ def processed_dir(dataset: str, root: Path | None = None) -> Path:
     return Path(root or PROCESSED_DATA_DIR) / dataset
 
 
-def load_stats(dataset: str, root: Path | None = None) -> dict[str, Any]:
-    """``stats.json`` alone (counts and settings), without loading the tables."""
-    path = processed_dir(dataset, root) / STATS_FILE
-    if not path.is_file():
-        load_processed(dataset, root)  # says what is missing and how to make it
-    return read_json(path)
-
-
-def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
-    """Load ``data/processed/<dataset>``; a missing stage output is a user error naming the fix."""
+def require_processed(
+    dataset: str, root: Path | None = None, files: Sequence[str] = PROCESSED_FILES
+) -> Path:
+    """``data/processed/<dataset>``, checked to hold ``files`` (those a stage reads): the one
+    error that every stage reading processed data gives, before any other work, for a dataset
+    that ``make data`` has not made."""
     folder = processed_dir(dataset, root)
-    missing = [
-        f for f in (EVENTS_FILE, ITEMS_FILE, USERS_FILE, STATS_FILE) if not (folder / f).exists()
-    ]
+    missing = [f for f in files if not (folder / f).exists()]
     if missing:
         raise fail(
             f"processed data for {dataset!r} is missing {', '.join(missing)} in {folder}; "
             f"run 'make data DATASET={dataset}' first"
         )
+    return folder
+
+
+def load_stats(dataset: str, root: Path | None = None) -> dict[str, Any]:
+    """``stats.json`` alone (counts and settings), without loading the tables."""
+    return read_json(require_processed(dataset, root) / STATS_FILE)
+
+
+def load_processed(dataset: str, root: Path | None = None) -> ProcessedData:
+    """Load ``data/processed/<dataset>``; a missing stage output is a user error naming the fix."""
+    folder = require_processed(dataset, root)
     return ProcessedData(
         name=dataset,
         events=pd.read_parquet(folder / EVENTS_FILE),
@@ -203,9 +208,7 @@ class Sequences:
 
 def read_events(dataset: str, root: Path | None = None) -> pd.DataFrame:
     """The columns of events.parquet that sequences are built from, without the rest."""
-    path = processed_dir(dataset, root) / EVENTS_FILE
-    if not path.is_file():
-        load_processed(dataset, root)  # says what is missing and how to make it
+    path = require_processed(dataset, root) / EVENTS_FILE
     return pd.read_parquet(path, columns=["user_idx", "item_idx", "split"])
 
 

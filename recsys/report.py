@@ -35,6 +35,13 @@ from recsys.config import (
     TUNING_DIR,
 )
 from recsys.io import atomic_dir, read_json, read_yaml
+from recsys.options import (
+    DatasetsOpt,
+    FiguresDirOpt,
+    MetricsDirOpt,
+    ModelsDirOpt,
+    ProcessedDirOpt,
+)
 from recsys.processed import STATS_FILE
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -462,18 +469,20 @@ def default_datasets(metrics_dir: Path) -> list[str]:
 
 @app.command()
 def main(
-    dataset: list[str] = typer.Option(
-        None, "--dataset", "-d", help="dataset(s) to report; default: every reports/metrics/*.json"
+    dataset: DatasetsOpt = None,
+    build: bool = typer.Option(True, help="Also run mkdocs build --strict into --site-dir."),
+    metrics_dir: MetricsDirOpt = METRICS_DIR,
+    figures_dir: FiguresDirOpt = FIGURES_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    docs_dir: Path = typer.Option(GENERATED_DIR, help="Folder the generated pages go to."),
+    site_dir: Path = typer.Option(SITE_DIR, help="Folder the built site goes to."),
+    configs_dir: Path = typer.Option(
+        CONFIGS_DIR, help="Folder of the training configs, for the exact commands."
     ),
-    build: bool = typer.Option(True, help="also run mkdocs build --strict into --site-dir"),
-    metrics_dir: Path = typer.Option(METRICS_DIR, help="evaluation reports folder"),
-    figures_dir: Path = typer.Option(FIGURES_DIR, help="figures root"),
-    models_dir: Path = typer.Option(MODELS_DIR, help="trained runs root"),
-    processed_dir: Path = typer.Option(PROCESSED_DATA_DIR, help="processed data root"),
-    docs_dir: Path = typer.Option(GENERATED_DIR, help="where the generated pages go"),
-    site_dir: Path = typer.Option(SITE_DIR, help="where the built site goes"),
-    configs_dir: Path = typer.Option(CONFIGS_DIR, help="training configs, for exact commands"),
-    tuning_dir: Path = typer.Option(TUNING_DIR, help="tuning study summaries (make tune)"),
+    tuning_dir: Path = typer.Option(
+        TUNING_DIR, help="Folder of the tuning study summaries (make tune)."
+    ),
 ) -> None:
     """Generate the report pages and build the site with mkdocs --strict."""
     datasets = dataset or default_datasets(metrics_dir)

@@ -15,19 +15,21 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from loguru import logger
 
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
+from recsys.options import DatasetOpt, DeviceOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.serving.batching import MAX_BATCH
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-RunOpt = typer.Option(None, "--run", help="Run folder (default: the dataset's best run).")
-DatasetOpt = typer.Option(DEFAULT_DATASET, "--dataset", help="Processed dataset.")
-ModelsOpt = typer.Option(MODELS_DIR, help="Folder of trained runs.")
+RunOpt = Annotated[
+    Optional[Path], typer.Option("--run", help="Run folder (default: the dataset's best run).")
+]
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -119,15 +121,15 @@ def build_index(dataset: str, run_dir: Path | None, models_dir: Path | None = No
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    dataset: str = DatasetOpt,
-    run_dir: Path | None = RunOpt,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    run_dir: RunOpt = None,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every one)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free one)."),
     max_batch: int = typer.Option(MAX_BATCH, help="Most queries scored in one forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: DeviceOpt = "auto",
     access_log: bool = typer.Option(False, help="Log every request (off: /metrics counts)."),
-    processed_dir: Path = typer.Option(PROCESSED_DATA_DIR, help="Folder of processed datasets."),
-    models_dir: Path = ModelsOpt,
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Serve recommendations over HTTP; the index command builds a run's item index."""
     if ctx.invoked_subcommand is not None:
@@ -147,7 +149,9 @@ def main(
 
 @app.command("index")
 def index_command(
-    dataset: str = DatasetOpt, run_dir: Path | None = RunOpt, models_dir: Path = ModelsOpt
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    run_dir: RunOpt = None,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Build the run's item index into RUN/index/ (exact or FAISS IVF by catalogue size)."""
     folder = build_index(dataset, run_dir, models_dir)

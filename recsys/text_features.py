@@ -538,12 +538,6 @@ class Pooling(str, Enum):
     cls = "cls"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 def pool_hidden(hidden: Any, attention_mask: Any, pooling: str) -> Any:
     """Sentence vectors from token states: the mask keeps padding out of the mean."""
     if pooling == Pooling.cls:

@@ -463,7 +463,7 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> Non
         run(features.app)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1
-    assert err.startswith("error: ") and "make features DATASET=no-such-dataset-xyz" in err
+    assert err.startswith("error: ") and "make data DATASET=no-such-dataset-xyz" in err
     assert len(err.splitlines()) == 1
     monkeypatch.setattr(sys, "argv", ["features", "embed", "--pooling", "max"])
     with pytest.raises(SystemExit) as exit_info:  # a typer usage error: no traceback either

@@ -191,14 +191,14 @@ def test_missing_features_name_make_features(tmp_path: Path) -> None:
     [
         (["--levels", "0"], "error: --levels must be at least 1, got 0"),
         (["--codebook-size", "0"], "error: --codebook-size must be at least 1, got 0"),
-        (["--dataset", "no-such-dataset-xyz"], "make features DATASET=no-such-dataset-xyz"),
+        (["--dataset", "no-such-dataset-xyz"], "make data DATASET=no-such-dataset-xyz"),
     ],
 )
 def test_cli_errors_are_one_line(
     root: Path, monkeypatch: pytest.MonkeyPatch, capsys, args: list[str], message: str
 ) -> None:
-    monkeypatch.setattr("recsys.processed.PROCESSED_DATA_DIR", root)
-    monkeypatch.setattr(sys, "argv", ["features", "semantic-ids", "--dataset", DATASET, *args])
+    argv = ["features", "semantic-ids", "--dataset", DATASET, "--processed-dir", str(root)]
+    monkeypatch.setattr(sys, "argv", [*argv, *args])
     with pytest.raises(SystemExit) as exit_info:
         run(features.app)
     err = capsys.readouterr().err.strip()

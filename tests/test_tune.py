@@ -123,6 +123,7 @@ def test_a_study_of_another_dataset_or_config_is_refused(world):
     other_db = dirs["models_dir"] / "other" / "tuning" / "tiny.db"
     other_db.parent.mkdir(parents=True)
     other_db.write_bytes(setup.db.read_bytes())
+    write_synthetic_processed(world["processed"], "other", n_users=60, n_items=40, n_events=1500)
     elsewhere = tune.prepare("other", "tiny", 1, **dirs)
     with pytest.raises(RecsysError, match="another dataset \\('syn', not 'other'\\)"):
         run_tune(world, elsewhere)

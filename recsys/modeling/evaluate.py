@@ -63,6 +63,7 @@ from recsys.processed import (
     train_pieces,
 )
 from recsys.modeling.scoring import BATCH_SIZE, Ranked, rank_examples, resolve_device
+from recsys.options import DatasetOpt, DeviceOpt, MetricsOutDirOpt, ModelsDirOpt, ProcessedDirOpt
 
 SPLITS = ("valid", "test")
 CONFIDENCE = 0.95
@@ -933,7 +934,7 @@ def evaluate(
 
 @app.command()
 def main(
-    dataset: str = typer.Option(DEFAULT_DATASET, help="Processed dataset to evaluate."),
+    dataset: DatasetOpt = DEFAULT_DATASET,
     cold_items: float = typer.Option(
         0.0, "--cold-items", help="Cold-start mode: fraction of items held out of training."
     ),
@@ -958,10 +959,10 @@ def main(
         "--max-dense-items",
         help="Skip the dense baselines (EASE: n_items^2 floats) on larger catalogues.",
     ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    processed_dir: Path = typer.Option(PROCESSED_DATA_DIR, help="Folder of processed datasets."),
-    models_dir: Path = typer.Option(MODELS_DIR, help="Folder of trained runs."),
-    output_dir: Path = typer.Option(METRICS_DIR, help="Where the report goes."),
+    device: DeviceOpt = "auto",
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
+    metrics_dir: MetricsOutDirOpt = METRICS_DIR,
 ) -> None:
     """Score trained runs and baselines on valid and test; write the metrics report."""
     evaluate(
@@ -974,7 +975,7 @@ def main(
         seed=seed,
         processed_dir=processed_dir,
         models_dir=models_dir,
-        metrics_dir=output_dir,
+        metrics_dir=metrics_dir,
         device=device,
         sample_users=sample_users,
         max_dense_items=max_dense_items,

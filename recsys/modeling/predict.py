@@ -31,6 +31,7 @@ from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import atomic_path, write_parquet
 from recsys.modeling.scoring import context_length, resolve_device, score_batch
+from recsys.options import DatasetOpt, DeviceOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.processed import Sequences, left_pad
 from recsys.serving.run import Run, load_run
 
@@ -387,7 +388,7 @@ def predict(
 
 @app.command()
 def main(
-    dataset: str = typer.Option(DEFAULT_DATASET, help="Processed dataset."),
+    dataset: DatasetOpt = DEFAULT_DATASET,
     user: list[str] = typer.Option([], "--user", help="Original user id (repeatable)."),
     all_users: bool = typer.Option(False, "--all-users", help="Every user of the dataset."),
     history: str | None = typer.Option(
@@ -412,9 +413,9 @@ def main(
         False, "--keep-history", help="Allow items already in the history."
     ),
     show_history: int = typer.Option(10, help="How many recent history items to print."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    processed_dir: Path = typer.Option(PROCESSED_DATA_DIR, help="Folder of processed datasets."),
-    models_dir: Path = typer.Option(MODELS_DIR, help="Folder of trained runs."),
+    device: DeviceOpt = "auto",
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Print readable recommendations, or write them to a file."""
     predict(

@@ -28,10 +28,11 @@ import yaml
 from loguru import logger
 
 from recsys.cli import fail, run
-from recsys.config import CONFIGS_DIR, MODELS_DIR
+from recsys.config import CONFIGS_DIR, DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import ensure_dir, read_json, read_yaml, write_text
 from recsys.modeling import distributed, tracking
 from recsys.modeling.runs import LAST_CKPT, saved_config
+from recsys.options import DatasetOpt, ModelsDirOpt, ProcessedDirOpt
 
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads slow
 # every training step. It must be set before torch loads its OpenMP runtime; nothing above
@@ -608,27 +609,38 @@ def fit(
 
 @app.command()
 def main(
-    dataset: str = typer.Option(..., help="Processed dataset name, e.g. ml-100k"),
-    config: str = typer.Option(..., help="Config name in configs/ or a YAML path"),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set lr=0.002"),
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    config: str = typer.Option(..., help="Config name in configs/ or a YAML path."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set lr=0.002."),
     resume: bool | None = typer.Option(
-        None, "--resume/--no-resume", help="Default: resume when last.ckpt has the same config"
+        None,
+        "--resume/--no-resume",
+        help="Resume from last.ckpt (default: when it was trained with the same config).",
     ),
-    devices: str = typer.Option("auto", help="Devices per node: auto, a count or a GPU list"),
+    devices: str = typer.Option("auto", help="Devices per node: auto, a count or a GPU list."),
     strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, ..."),
-    precision: str | None = typer.Option(None, help="Default: bf16-mixed on GPU, else 32-true"),
-    max_epochs: int | None = typer.Option(None, help="Override the config's max_epochs"),
-    run_name: str | None = typer.Option(None, help="Run folder name (default: config name)"),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu"),
-    num_nodes: int = typer.Option(1, help="Nodes of a torchrun or SLURM job (--devices per node)"),
+    precision: str | None = typer.Option(
+        None, help="Lightning precision (default: bf16-mixed on GPU, else 32-true)."
+    ),
+    max_epochs: int | None = typer.Option(None, help="Override the config's max_epochs."),
+    run_name: str | None = typer.Option(None, help="Run folder name (default: config name)."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+    num_nodes: int = typer.Option(
+        1, help="Nodes of a torchrun or SLURM job (--devices per node)."
+    ),
     seeds: str | None = typer.Option(
-        None, help="One run per seed, e.g. 42,1,2, into RUN-seedN/ (default: the config's seed)"
+        None, help="One run per seed, e.g. 42,1,2, into RUN-seedN/ (default: the config's seed)."
     ),
     logger_: str = typer.Option(
-        "csv", "--logger", help="csv; tensorboard or mlflow also track the run there"
+        "csv", "--logger", help="Tracker: csv; tensorboard or mlflow also track the run there."
     ),
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Train CONFIG on DATASET into models/DATASET/RUN/ (one run per seed with --seeds)."""
+    from recsys.processed import require_processed
+
+    require_processed(dataset, processed_dir)
     options = dict(
         overrides=parse_sets(set_),
         resume=resume,
@@ -640,6 +652,8 @@ def main(
         accelerator=accelerator,
         num_nodes=num_nodes,
         tracker=logger_,
+        processed_root=processed_dir,
+        models_dir=models_dir,
     )
     if seeds is None:
         run_dirs = [train(dataset, config, **options)]

@@ -37,7 +37,15 @@ import yaml
 from loguru import logger
 
 from recsys.cli import RecsysError, fail, run
-from recsys.config import CONFIGS_DIR, FIGURES_DIR, MODELS_DIR, PROJ_ROOT, TUNING_DIR
+from recsys.config import (
+    CONFIGS_DIR,
+    DEFAULT_DATASET,
+    FIGURES_DIR,
+    MODELS_DIR,
+    PROCESSED_DATA_DIR,
+    PROJ_ROOT,
+    TUNING_DIR,
+)
 from recsys.io import ensure_dir, read_json, read_yaml, write_json, write_text
 from recsys.modeling.lightning import METRIC
 from recsys.modeling.runs import best_val_ndcg
@@ -49,6 +57,8 @@ from recsys.modeling.train import (
     resolve_config,
     train,
 )
+from recsys.options import DatasetOpt, ModelsDirOpt, ProcessedDirOpt
+from recsys.processed import require_processed
 
 # Imported after recsys.modeling.train, which sets OMP_WAIT_POLICY before torch loads.
 import lightning.pytorch as pl  # noqa: E402
@@ -562,6 +572,7 @@ def tune(
     tuned config, the trials JSON and the figures. Returns what the JSON holds."""
     if timeout is not None and timeout <= 0:
         raise fail(f"--timeout must be > 0 seconds, got {timeout}")
+    require_processed(setup.dataset, processed_root)  # before the study and its first trial
     settings = setup.settings
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=settings.prune_after, n_warmup_steps=settings.prune_warmup
@@ -673,26 +684,40 @@ def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
 
 @app.command()
 def main(
-    dataset: str = typer.Option(..., help="Processed dataset name, e.g. ml-100k"),
-    config: str = typer.Option(..., help="Base config name in configs/ or a YAML path"),
-    trials: int = typer.Option(20, help="Finished trials the study should hold (runs the rest)"),
-    study: str | None = typer.Option(None, help="Study name (default: the config's name)"),
-    timeout: float | None = typer.Option(None, help="Start no new trial after this many seconds"),
-    max_epochs: int | None = typer.Option(None, help="max_epochs of every trial"),
-    set_: list[str] = typer.Option([], "--set", help="Fix a key in every trial: --set patience=5"),
-    space: Path | None = typer.Option(
-        None, help="Search space (default configs/search/CONFIG.yaml)"
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    config: str = typer.Option(..., help="Base config name in configs/ or a YAML path."),
+    trials: int = typer.Option(20, help="Finished trials the study should hold (runs the rest)."),
+    study: str | None = typer.Option(None, help="Study name (default: the config's name)."),
+    timeout: float | None = typer.Option(None, help="Start no new trial after this many seconds."),
+    max_epochs: int | None = typer.Option(None, help="The max_epochs of every trial."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Fix a key in every trial: --set patience=5."
     ),
-    seed: int = typer.Option(0, help="Seed of the TPE sampler"),
-    startup_trials: int = typer.Option(10, help="Random trials before TPE models the results"),
-    prune_after: int = typer.Option(3, help="Finished trials before the pruner stops any"),
-    prune_warmup: int = typer.Option(3, help="First epochs of a trial that are never pruned"),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu"),
+    space: Path | None = typer.Option(
+        None, help="Search space (default configs/search/CONFIG.yaml)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the TPE sampler."),
+    startup_trials: int = typer.Option(10, help="Random trials before TPE models the results."),
+    prune_after: int = typer.Option(3, help="Finished trials before the pruner stops any."),
+    prune_warmup: int = typer.Option(3, help="First epochs of a trial that are never pruned."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu."),
+    processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
+    models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
     """Tune CONFIG's hyper-parameters on DATASET's validation split; write configs/tuned/."""
     settings = SearchSettings(seed, startup_trials, prune_after, prune_warmup)
-    setup = prepare(dataset, config, trials, study, max_epochs, parse_sets(set_), space, settings)
-    summary = tune(setup, timeout, accelerator)
+    setup = prepare(
+        dataset,
+        config,
+        trials,
+        study,
+        max_epochs,
+        parse_sets(set_),
+        space,
+        settings,
+        models_dir=models_dir,
+    )
+    summary = tune(setup, timeout, accelerator, processed_root=processed_dir)
     best = summary["best"]
     if best is None:
         typer.echo(f"study {setup.name}: no complete trial yet")

@@ -30,7 +30,13 @@ from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
 from recsys.modeling.model import CONTENT_REPRS, TEXT_REPRS
-from recsys.processed import ProcessedData, Sequences, load_processed, user_histories
+from recsys.processed import (
+    ProcessedData,
+    Sequences,
+    load_processed,
+    require_processed,
+    user_histories,
+)
 from recsys.serving.index import ItemIndex, normalized, open_run_index
 
 #: Items added at run time (their fields and text vectors), replayed when the run loads again.
@@ -580,8 +586,12 @@ def load_run(
 ) -> Run:
     """Load a run folder (default: ``dataset``'s best run by validation NDCG@10) for serving.
 
-    The processed data of the run's dataset supplies the titles, users and histories.
+    The processed data of the run's dataset supplies the titles, users and histories. Without
+    ``run``, ``dataset`` is checked to have it before its best run is looked for; with one, a run
+    of another dataset is named as such first.
     """
+    if run is None and dataset is not None:
+        require_processed(dataset, processed_dir)
     trained, path = trained_run(run, dataset, checkpoint, models_dir)
     data = load_processed(trained.dataset, processed_dir)
     expected = int(trained.model.config.n_catalogue)
