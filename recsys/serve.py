@@ -72,7 +72,7 @@ def serve(
     """Load the run, check it answers, then serve it until interrupted."""
     import uvicorn
 
-    from recsys.modeling.scoring import resolve_device
+    from recsys.devices import resolve_device
     from recsys.serving.app import API_KEY_ENV, create_app, run_loader, settle_memory, warm_up
 
     if not 1 <= max_batch <= 4096:

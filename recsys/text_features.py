@@ -719,7 +719,7 @@ def features_encoder(
     if not manifest_path.is_file():
         raise fail(f"{manifest_path} does not exist; {_features_hint(dataset, model)}")
     manifest = read_json(manifest_path)
-    from recsys.modeling.scoring import resolve_device
+    from recsys.devices import resolve_device
 
     return load_text_encoder(resolve_model(model), manifest, str(resolve_device(device)))
 
@@ -800,7 +800,7 @@ def embed_items(
                 logger.info(f"features up to date (same texts and settings), cache hit: {npy}")
                 return EmbedResult(npy, old, cached=True)
             logger.info(f"recomputing features: {', '.join(changed)} changed")
-    from recsys.modeling.scoring import resolve_device
+    from recsys.devices import resolve_device
 
     run_on = str(resolve_device(device))
     started = time.perf_counter()

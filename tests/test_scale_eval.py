@@ -16,6 +16,7 @@ from evaluate_helpers import COLD_FRACTION, DATASET, N_COLD_CATALOGUE, N_ITEMS
 from loguru import logger
 from test_evaluate import run_evaluate
 
+from recsys import devices
 from recsys.cli import RecsysError
 from recsys.io import read_json
 from recsys.modeling import evaluate as E
@@ -244,11 +245,11 @@ def test_trained_runs_know_their_score_width(world):
 
 
 def test_one_device_rule():
-    assert scoring.resolve_device("cpu") == torch.device("cpu")
-    assert scoring.resolve_device("auto") == scoring.default_device()
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+    assert devices.resolve_device("auto") == devices.default_device()
     for name in ("tpu", "mps"):
         with pytest.raises(RecsysError, match=f"--device '{name}' is not a device"):
-            scoring.resolve_device(name)
+            devices.resolve_device(name)
 
 
 # --------------------------------------------------------------------- training loss

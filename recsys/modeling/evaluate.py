@@ -62,7 +62,8 @@ from recsys.processed import (
     load_processed,
     train_pieces,
 )
-from recsys.modeling.scoring import BATCH_SIZE, Ranked, rank_examples, resolve_device
+from recsys.devices import resolve_device
+from recsys.modeling.scoring import BATCH_SIZE, Ranked, rank_examples
 from recsys.options import DatasetOpt, DeviceOpt, MetricsOutDirOpt, ModelsDirOpt, ProcessedDirOpt
 
 SPLITS = ("valid", "test")

@@ -30,7 +30,8 @@ from recsys.catalogue import Catalogue
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
 from recsys.io import atomic_path, write_parquet
-from recsys.modeling.scoring import context_length, resolve_device, score_batch
+from recsys.devices import resolve_device
+from recsys.modeling.scoring import context_length, score_batch
 from recsys.options import DatasetOpt, DeviceOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.processed import Sequences, left_pad
 from recsys.serving.run import Run, load_run

@@ -4,7 +4,8 @@ Every model (trained run or baseline) is a *scorer*: ``score(item_seq[B, L]) -> 
 :func:`rank_examples` scores a split batch by batch and reduces each batch's score matrix to the
 target's pessimistic rank and the top list (:func:`recsys.modeling.metrics.rank_batch`), so memory
 grows with batch x catalogue, never with users x items. Evaluation, predict, the figures, the
-service and the benchmarks all score through here, on the device :func:`resolve_device` picks.
+service and the benchmarks all score through here, on the device that
+:func:`recsys.devices.resolve_device` picks.
 
 Memory: a batch's float32 scores are ``batch x (n_catalogue + 1) x 4`` bytes, and ranking holds
 one more matrix of that size (the masked copy; the comparison with the target's score is counted
@@ -28,6 +29,7 @@ import torch
 from loguru import logger
 
 from recsys.cli import fail
+from recsys.devices import default_device
 from recsys.modeling import metrics
 from recsys.modeling.model import Decoder, next_item_scores
 from recsys.processed import EvalExamples, Sequences
@@ -36,7 +38,6 @@ from recsys.processed import EvalExamples, Sequences
 BATCH_SIZE = 128
 #: Bytes of float32 scores one batch may hold; larger batches shrink to fit (see module doc).
 SCORE_BUDGET = 256 * 2**20
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -47,26 +48,6 @@ class Ranked:
     ranks: torch.Tensor  # [U] pessimistic 0-based rank of the target
     top_items: torch.Tensor  # [U, k_max]
     sampled_ranks: torch.Tensor | None = None  # [U] rank among the user's sampled negatives
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``, checked: asking for a
-    GPU that is not there is a user error, not a CPU run."""
-    if name == "auto":
-        return default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in DEVICES:
-        raise fail(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise fail(f"--device {name}: no CUDA GPU is visible here; use --device auto or cpu")
-    return device
 
 
 def context_length(scorer: Any) -> int | None:
