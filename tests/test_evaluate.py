@@ -341,7 +341,7 @@ def test_seeds_of_one_config_are_one_row_with_mean_spread_and_interval(
     assert logged["tiny-id-seed1"]["test_ndcg@10"] == runs[1]["test"]["ndcg@10"]["value"]
 
     # the figures read the configs' rows: the mean over seeds with the mean model's interval
-    from recsys.plots import metric_rows
+    from recsys.figures import metric_rows
 
     table = metric_rows(report, "test", "ndcg@10").set_index("name")
     assert table.loc["tiny-id", "value"] == config["test"]["ndcg@10"]["value"]

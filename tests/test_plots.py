@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from report_helpers import metrics_report, write_processed
 
-from recsys import plots
+from recsys import figures, plots
 from recsys.cli import RecsysError
 from recsys.io import write_json
 from recsys.processed import cold_item_set, eval_examples, load_processed
@@ -41,28 +41,28 @@ def test_primary_labels_take_the_first_genre_or_the_product_group() -> None:
     items = pd.DataFrame(
         {"item_idx": [1, 2, 3, 4], "genres": ["Drama|Comedy", "Action, Crime", ["Horror"], None]}
     )
-    labels, kind = plots.primary_labels(items)
+    labels, kind = figures.primary_labels(items)
     assert labels.to_dict() == {1: "Drama", 2: "Action", 3: "Horror", 4: "(none)"}
     assert kind == "primary genre"
     hm = pd.DataFrame({"item_idx": [1, 2], "product_group_name": ["Garment Upper body", None]})
-    labels, kind = plots.primary_labels(hm)
+    labels, kind = figures.primary_labels(hm)
     assert labels.to_dict() == {1: "Garment Upper body", 2: "(none)"}
     assert kind == "product group"
     with pytest.raises(RecsysError, match="neither a 'genres' nor a 'product_group_name'"):
-        plots.primary_labels(pd.DataFrame({"item_idx": [1], "title": ["x"]}))
+        figures.primary_labels(pd.DataFrame({"item_idx": [1], "title": ["x"]}))
 
 
 def test_stratified_sample_keeps_the_forced_items_and_the_label_shares() -> None:
     labels = np.array(["a"] * 600 + ["b"] * 300 + ["c"] * 100)
     keep = np.array([950, 951])
-    rows = plots.stratified_sample(labels, 100, seed=0, keep=keep)
+    rows = figures.stratified_sample(labels, 100, seed=0, keep=keep)
     assert len(rows) == 100 and len(np.unique(rows)) == 100
     assert set(keep) <= set(rows)
     shares = {label: int((labels[rows] == label).sum()) for label in "abc"}
     # 98 drawn in proportion 6:3:1 (59/29/10 after rounding) plus the two forced "c" items
     assert shares == {"a": 59, "b": 29, "c": 12}
-    assert np.array_equal(rows, plots.stratified_sample(labels, 100, seed=0, keep=keep))
-    assert np.array_equal(plots.stratified_sample(labels, 5000, seed=0), np.arange(1000))
+    assert np.array_equal(rows, figures.stratified_sample(labels, 100, seed=0, keep=keep))
+    assert np.array_equal(figures.stratified_sample(labels, 5000, seed=0), np.arange(1000))
 
 
 def test_knn_agreement_is_high_for_clustered_labels_and_near_chance_for_noise() -> None:
@@ -70,38 +70,38 @@ def test_knn_agreement_is_high_for_clustered_labels_and_near_chance_for_noise() 
     labels = np.repeat(np.array(["x", "y", "z"]), 50)
     centres = {"x": [10, 0, 0], "y": [0, 10, 0], "z": [0, 0, 10]}
     clustered = np.stack([np.array(centres[lab]) + rng.normal(size=3) for lab in labels])
-    assert plots.knn_label_agreement(clustered, labels) == pytest.approx(1.0)
+    assert figures.knn_label_agreement(clustered, labels) == pytest.approx(1.0)
     noise = rng.normal(size=(150, 16))
-    chance = plots.chance_agreement(labels)
+    chance = figures.chance_agreement(labels)
     assert chance == pytest.approx(3 * 50 * 49 / (150 * 149))
-    assert abs(plots.knn_label_agreement(noise, labels) - chance) < 0.1
-    assert plots.chance_agreement(np.array(["a", "a", "b", "b"])) == pytest.approx(1 / 3)
+    assert abs(figures.knn_label_agreement(noise, labels) - chance) < 0.1
+    assert figures.chance_agreement(np.array(["a", "a", "b", "b"])) == pytest.approx(1 / 3)
 
 
 def test_draw_tsne_gives_two_panels_the_same_items_and_a_record(processed: Path) -> None:
     data = load_processed("toy", processed)
-    labels, kind = plots.primary_labels(data.items)
+    labels, kind = figures.primary_labels(data.items)
     idx = np.arange(1, data.n_items + 1)
     rng = np.random.default_rng(1)
-    inputs = plots.TsneInputs(
+    inputs = figures.TsneInputs(
         idx,
         labels.loc[idx].to_numpy(),
         kind,
         [
-            plots.Space("text", "text vectors", rng.normal(size=(len(idx), 12))),
-            plots.Space("learned", "learned table", rng.normal(size=(len(idx), 6))),
+            figures.Space("text", "text vectors", rng.normal(size=(len(idx), 12))),
+            figures.Space("learned", "learned table", rng.normal(size=(len(idx), 6))),
         ],
     )
-    popular = plots.most_popular(data.items, plots.N_LABELLED)
-    fig, record = plots.draw_tsne(inputs, plots.item_titles(data.items), popular, 40, seed=0)
+    popular = figures.most_popular(data.items, figures.N_LABELLED)
+    fig, record = figures.draw_tsne(inputs, figures.item_titles(data.items), popular, 40, seed=0)
     assert isinstance(fig, Figure)
     panels = [ax for ax in fig.axes if ax.collections]
     assert len(panels) == 2
     assert [len(ax.collections[0].get_offsets()) for ax in panels] == [40, 40]
     named = {t.get_text() for t in panels[0].texts}
-    top_title = plots.item_titles(data.items).loc[popular[0]]
+    top_title = figures.item_titles(data.items).loc[popular[0]]
     assert any(top_title.startswith(text.rstrip("…")) for text in named)
-    assert len(panels[0].texts) == plots.N_LABELLED
+    assert len(panels[0].texts) == figures.N_LABELLED
     assert record["n_items_used"] == 40 and record["n_items_total"] == data.n_items
     assert record["sampled"] is True
     assert set(record["spaces"]) == {"text", "learned"}
@@ -193,7 +193,7 @@ def test_curves_draw_every_run_and_reject_bad_logs(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["curves.png", "curves.svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
     logs = {r.name: plots.read_curves(r) for r in plots.run_dirs_with_logs("toy", models)}
-    fig = plots.plot_curves(logs)
+    fig = figures.plot_curves(logs)
     assert [len(ax.lines) for ax in fig.axes] == [2, 2, 4]  # NDCG: a line and a star per run
     gpt_line, gpt_star, sasrec_line, sasrec_star = fig.axes[2].lines  # runs in name order
     assert [len(gpt_line.get_xdata()), len(sasrec_line.get_xdata())] == [6, 4]
@@ -212,7 +212,7 @@ def test_curves_draw_every_run_and_reject_bad_logs(tmp_path: Path) -> None:
 
 def test_metrics_plot_has_one_bar_and_error_bar_per_model(tmp_path: Path) -> None:
     report = metrics_report("toy")
-    fig = plots.plot_metrics(report)
+    fig = figures.plot_metrics(report)
     ndcg_ax, hr_ax = fig.axes[:2]
     assert len(ndcg_ax.patches) == len(report["models"])
     widths = sorted(round(p.get_width(), 4) for p in ndcg_ax.patches)
@@ -260,15 +260,15 @@ def test_sample_recommendations_mask_the_history_and_rank_the_held_out_item(
         better = set(range(target + 1, data.n_items + 1)) - set(history)
         assert user.held_out_rank == len(better) + 1
         assert user.recommendations[0]["caption"].endswith(")")
-    fig = plots.plot_recs(recs)
+    fig = figures.plot_recs(recs)
     texts = [t.get_text() for t in fig.texts]
     assert sum(t.startswith("User ") for t in texts) == 3
     assert any(recs[0].recommendations[0]["title"] in t for t in texts)
 
 
 def test_save_figure_writes_png_and_svg_atomically(tmp_path: Path) -> None:
-    fig = plots.plot_curves({"r": pd.DataFrame({c: [0, 1] for c in plots.CURVE_COLUMNS})})
-    paths = plots.save_figure(fig, tmp_path / "figs", "curves")
+    fig = figures.plot_curves({"r": pd.DataFrame({c: [0, 1] for c in figures.CURVE_COLUMNS})})
+    paths = figures.save_figure(fig, tmp_path / "figs", "curves")
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in paths[1].read_bytes()[:500]
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["curves.png", "curves.svg"]
@@ -305,3 +305,18 @@ def test_metrics_command_without_a_metrics_file_is_one_line(tmp_path: Path) -> N
     assert done.stderr.strip() == (
         f"error: {tmp_path / 'toy.json'} does not exist; run 'make evaluate DATASET=toy' first"
     )
+
+
+def test_the_figure_library_imports_neither_modeling_nor_serving() -> None:
+    """The tuner (in modeling) draws with recsys.figures, so figures must not reach back up."""
+    source = (PROJ_ROOT / "recsys" / "figures.py").read_text()
+    assert "recsys.modeling" not in source and "recsys.serving" not in source
+    probe = (
+        "import recsys.figures, sys; "
+        "print(any(m.startswith(('recsys.modeling', 'recsys.serving')) for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJ_ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -611,7 +611,7 @@ def tuned_config_text(setup: TuneSetup, best: optuna.trial.FrozenTrial, header: 
 
 def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
     """The tuned config (once a trial has completed), the trials JSON and the figures."""
-    from recsys.plots import plot_param_importances, plot_tuning_history, save_figure
+    from recsys.figures import plot_param_importances, plot_tuning_history, save_figure
 
     frozen = study.get_trials(deepcopy=False)
     if not frozen:
