@@ -233,13 +233,35 @@ def event_order(
 ) -> np.ndarray:
     """Row order by user, then time; a user's same-time events in ``ties`` order.
 
-    ``file`` keeps the given row order among them (the sort is stable). ``shuffle`` breaks them
-    by a seeded random key per row: only events that share user and timestamp change places.
+    ``file`` keeps the given row order among them. ``shuffle`` breaks them by a seeded random
+    key per row: only events that share user and timestamp change places. Each row's three keys
+    are packed into one int64 where they fit (one sort instead of numpy's three-key lexsort,
+    several times faster at H&M size); the result is the same either way.
     """
-    if ties == "file":
-        return np.lexsort((timestamps, user_idx))
-    key = np.random.default_rng(seed).permutation(len(user_idx))
-    return np.lexsort((key, timestamps, user_idx))
+    n = len(user_idx)
+    tie_key = np.arange(n) if ties == "file" else np.random.default_rng(seed).permutation(n)
+    packed = _packed_keys(user_idx, timestamps, tie_key)
+    if packed is None:
+        return np.lexsort((tie_key, timestamps, user_idx))
+    return np.argsort(packed)
+
+
+def _packed_keys(
+    user_idx: np.ndarray, timestamps: np.ndarray, tie_key: np.ndarray
+) -> np.ndarray | None:
+    """``user, time, tie_key`` as one int64 per row, ordered as the triple is; None when the
+    three do not fit in 63 bits. Times become offsets from the first, or their rank."""
+    if not len(user_idx) or user_idx.min() < 0:
+        return None
+    users = user_idx.astype(np.int64)
+    times = timestamps.astype(np.int64) - timestamps.min()
+    user_bits, key_bits = int(users.max()).bit_length(), int(len(tie_key) - 1).bit_length()
+    if user_bits + int(times.max()).bit_length() + key_bits > 63:
+        times = np.unique(timestamps, return_inverse=True)[1].astype(np.int64).ravel()
+    time_bits = int(times.max()).bit_length()
+    if user_bits + time_bits + key_bits > 63:
+        return None
+    return (users << (time_bits + key_bits)) | (times << key_bits) | tie_key
 
 
 def tie_counts(

@@ -1,0 +1,64 @@
+"""The data stage's fast paths at H&M size give what their plain forms give: the event order
+(by user, then time, ties by policy) is numpy's three-key lexsort however the keys are packed,
+and the exact duplicates are pandas' ``duplicated``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.data import interim
+from recsys.data.split import event_order
+
+
+def reference(user_idx: np.ndarray, timestamps: np.ndarray, ties: str, seed: int) -> np.ndarray:
+    if ties == "file":
+        return np.lexsort((timestamps, user_idx))
+    key = np.random.default_rng(seed).permutation(len(user_idx))
+    return np.lexsort((key, timestamps, user_idx))
+
+
+@pytest.mark.parametrize("ties", ["shuffle", "file"])
+@pytest.mark.parametrize(
+    "max_user, times",
+    [
+        (50, lambda rng, n: rng.integers(0, 5, n) * 86_400 + 1_537_401_600),  # days: offsets
+        (2**20, lambda rng, n: rng.integers(0, 2**40, n)),  # wide times: packed by their rank
+        (2**61, lambda rng, n: rng.integers(0, 2**40, n)),  # too wide to pack: lexsort
+    ],
+)
+def test_event_order_is_the_lexsort_of_user_time_and_tie_key(ties, max_user, times):
+    rng = np.random.default_rng(0)
+    n = 5_000
+    user_idx = rng.integers(1, max_user, n, dtype=np.int64)
+    user_idx[: n // 2] = user_idx[0]  # one heavy user, so that many events tie
+    timestamps = times(rng, n)
+    timestamps[: n // 4] = timestamps[0]
+    for seed in (0, 7):
+        order = event_order(user_idx, timestamps, ties, seed)
+        np.testing.assert_array_equal(order, reference(user_idx, timestamps, ties, seed))
+
+
+def test_no_events_give_an_empty_order():
+    assert event_order(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_exact_duplicates_are_pandas_duplicated_even_when_hashes_collide(monkeypatch, collide):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "user_id": pd.Categorical(rng.choice(["a", "b", "c"], 400)),
+            "item_id": rng.integers(0, 6, 400).astype(str),
+            "timestamp": rng.integers(0, 3, 400),
+            "rating": np.where(rng.random(400) < 0.5, np.nan, 4.0),
+        }
+    )
+    if collide:  # every row the same hash: only the exact comparison tells them apart
+        monkeypatch.setattr(
+            pd.util, "hash_pandas_object", lambda f, index: pd.Series(np.zeros(len(f), np.uint64))
+        )
+    found = interim.exact_duplicates(frame)
+    np.testing.assert_array_equal(found, frame.duplicated(keep="first").to_numpy())
+    assert 0 < found.sum() < len(frame)
