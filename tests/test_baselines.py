@@ -1,4 +1,5 @@
-"""EASE's fast path: the in-place float32 inverse and the sparse scoring give the plain numbers."""
+"""The baselines' fast paths give the plain numbers: EASE's in-place float32 inverse and sparse
+scoring, and item-kNN's neighbours from sparse blocks of the co-occurrence product."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.modeling.baselines import EASE, _mirror_upper, _spd_inverse
+from recsys.modeling.baselines import EASE, ItemKNN, _mirror_upper, _spd_inverse
 
 
 def test_mirror_upper_copies_the_upper_triangle_across_tiles():
@@ -48,3 +49,28 @@ def test_ease_scores_are_the_dense_multi_hot_product_plus_tie_break():
     assert scores.shape == (3, 34)
     assert torch.allclose(scores[:, 1:], expected[:, 1:], atol=1e-6)
     assert torch.isinf(scores[:, 0]).all()
+
+
+@pytest.mark.parametrize("neighbors, block", [(5, 7), (200, 1024)])
+def test_item_knn_keeps_each_items_most_similar_items_of_the_dense_cosine(neighbors, block):
+    """Against the dense cosine of the co-occurrence, diagonal out: each row keeps the values of
+    its best ``neighbors`` (which of several tied items is kept is not fixed), in row blocks
+    smaller and larger than the catalogue."""
+    rng = np.random.default_rng(2)
+    n_items = 30
+    seqs = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(1, 8)) for _ in range(60)]
+    model = ItemKNN(neighbors=neighbors, block=block).fit(seqs, n_items, n_items)
+    users_items = np.zeros((len(seqs), n_items + 1))
+    for row, seq in enumerate(seqs):
+        users_items[row, seq] = 1.0
+    co = users_items.T @ users_items
+    norms = np.sqrt(users_items.sum(0))
+    norms[norms == 0] = 1.0
+    cosine = co / np.outer(norms, norms)
+    np.fill_diagonal(cosine, 0.0)
+    similarity = model.similarity.toarray()
+    kept = similarity > 0
+    np.testing.assert_allclose(similarity[kept], cosine[kept], rtol=1e-6)
+    for item in range(n_items + 1):
+        best = np.sort(cosine[item][cosine[item] > 0])[::-1][:neighbors]
+        np.testing.assert_allclose(np.sort(similarity[item][kept[item]])[::-1], best, rtol=1e-6)
