@@ -151,8 +151,8 @@ class ItemKNN(Baseline):
             block = (items_users[start:stop] @ users_items).toarray()
             block /= norms[start:stop, None] * norms[None, :]
             block[np.arange(stop - start), np.arange(start, stop)] = 0.0
-            top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
-            top_vals = np.take_along_axis(block, top, axis=1)
+            # torch's top-k: several times faster than numpy's argpartition on a wide block
+            top_vals, top = (t.numpy() for t in torch.from_numpy(block).topk(keep, dim=1))
             nonzero = top_vals > 0
             rows.append(np.nonzero(nonzero)[0] + start)
             cols.append(top[nonzero])
