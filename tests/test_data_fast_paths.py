@@ -23,8 +23,9 @@ def reference(user_idx: np.ndarray, timestamps: np.ndarray, ties: str, seed: int
 @pytest.mark.parametrize(
     "max_user, times",
     [
-        (50, lambda rng, n: rng.integers(0, 5, n) * 86_400 + 1_537_401_600),  # days: offsets
-        (2**20, lambda rng, n: rng.integers(0, 2**40, n)),  # wide times: packed by their rank
+        (50, lambda rng, n: rng.integers(0, 5, n) * 86_400 + 1_537_401_600),  # one sort
+        (2**20, lambda rng, n: rng.integers(0, 2**40, n)),  # wide times: by their rank
+        (2**45, lambda rng, n: rng.integers(0, 2**40, n)),  # no room for the tie key: stable
         (2**61, lambda rng, n: rng.integers(0, 2**40, n)),  # too wide to pack: lexsort
     ],
 )
