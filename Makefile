@@ -18,7 +18,7 @@ SEEDS ?=
 # The config `make tune` tunes, and how many finished trials its study should hold in the end
 TUNE_CONFIG ?= sasrec-ce
 TRIALS ?= 20
-# Which benchmark `make bench` runs: all, data, features, train, evaluate, serve, ann, tiger
+# Which benchmark `make bench` runs: all, data, features, train, evaluate, serve, ann, tiger, scale
 BENCH ?= all
 # Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
 DATA_ARGS ?=
@@ -90,7 +90,7 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-## Run the benchmarks (BENCH=all|data|features|train|evaluate|serve|ann|tiger); results go to reports/bench/
+## Run the benchmarks (BENCH=all|data|features|train|evaluate|serve|ann|tiger|scale); results go to reports/bench/
 .PHONY: bench
 bench: requirements
 	$(PYTHON) -m benchmarks $(BENCH)
