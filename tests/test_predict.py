@@ -87,6 +87,12 @@ def test_recommendations_skip_history_and_come_in_score_order(data, id_run):
     assert any(set(k) & set(h.tolist()) for k, h in zip(kept.tolist(), histories))
 
 
+def test_all_users_without_output_shows_each_users_table(world, data):
+    _, text = run_predict(world, all_users=True, k=2, n_history=1)
+    for user_id in data.users["user_id"].astype(str):
+        assert f"user {user_id}: top 2 recommendations" in text
+
+
 def test_output_writes_every_users_top_k(world, tmp_path):
     frame, _ = run_predict(world, k=3, output=tmp_path / "recs.parquet")
     written = pd.read_parquet(tmp_path / "recs.parquet")

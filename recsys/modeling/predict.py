@@ -286,7 +286,7 @@ def build_requests(
         return Requests(["your sequence"], [None], sequence.users, sequence)
     if all_users:
         ids = run.user_ids_of(run.histories.users)
-        return Requests([], ids, run.histories.users, run.histories)
+        return Requests([f"user {u}" for u in ids], ids, run.histories.users, run.histories)
     found = [run.user_history(u) for u in users]
     for user, (_, seq) in zip(users, found):
         if not len(seq):
