@@ -159,6 +159,37 @@ def _exact_top_k(
     return _pad(ids if rows is None else rows[ids], top.values.numpy(), k)
 
 
+def _fetch_blocks(rows: np.ndarray, depths: np.ndarray) -> Iterator[np.ndarray]:
+    """``rows`` (sorted by their non-decreasing ``depths``) in blocks whose candidate arrays,
+    rows x deepest fetch x (id + score), stay within :data:`SCORE_BUDGET`: fetching every H&M
+    customer's candidates at the longest history's depth at once would take 24 GB."""
+    at = 0
+    while at < len(rows):
+        window = depths[at : at + max(1, SCORE_BUDGET // (12 * int(depths[at])))]
+        cost = np.arange(1, len(window) + 1) * window * 12
+        size = max(1, int(np.searchsorted(cost, SCORE_BUDGET, side="right")))
+        yield rows[at : at + size]
+        at += size
+
+
+def _survivors(
+    found: np.ndarray, exclude: list[np.ndarray], allowed: np.ndarray | None, n_rows: int
+) -> np.ndarray:
+    """Which of each row's faiss candidates ``found [B, n]`` may be returned: real items (faiss
+    pads with -1), allowed, and not in that row's sorted ``exclude``; one membership test for
+    the whole block, on (row, item) keys."""
+    keep = found > 0
+    if allowed is not None:
+        keep &= allowed[np.maximum(found, 0)]
+    lengths = [len(ex) for ex in exclude]
+    if sum(lengths):
+        owner = np.repeat(np.arange(len(found), dtype=np.int64), lengths)
+        excluded = owner * n_rows + np.concatenate(exclude)
+        keys = np.arange(len(found), dtype=np.int64)[:, None] * n_rows + found
+        keep &= ~_member(np.where(keep, keys, -1), excluded)
+    return keep
+
+
 class ItemIndex(abc.ABC):
     """Top-k item ids by score for a batch of query vectors; ids are item table rows (0 = pad).
 
@@ -333,7 +364,7 @@ class _FaissIndex(ItemIndex):
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         n_allowed = self.n_items if allowed is None else np.count_nonzero(allowed[1:])
         share = max(n_allowed, 1) / self.n_items
-        fetch = np.array([math.ceil((k + FETCH_MARGIN) / share) + len(ex) for ex in exclude])
+        fetch = math.ceil((k + FETCH_MARGIN) / share) + np.array([len(ex) for ex in exclude])
         pending = np.arange(len(queries))
         while pending.size:
             exact = pending[fetch[pending] > MAX_FETCH]
@@ -343,22 +374,18 @@ class _FaissIndex(ItemIndex):
                     self.table, queries[exact], k, ex, allowed
                 )
             pending = pending[fetch[pending] <= MAX_FETCH]
-            if not pending.size:
-                break
-            found_scores, found = self._candidates(queries[pending], int(fetch[pending].max()), k)
-            short = []
-            for row, b in enumerate(pending):
-                keep = found[row] > 0
-                if allowed is not None:
-                    keep &= allowed[found[row]]
-                if exclude[b].size:
-                    keep &= ~_member(found[row], exclude[b])
-                if keep.sum() >= k:
-                    ids[b], scores[b] = found[row][keep][:k], found_scores[row][keep][:k]
-                else:
-                    fetch[b] *= 4
-                    short.append(b)
-            pending = np.array(short, dtype=np.int64)
+            pending = pending[np.argsort(fetch[pending], kind="stable")]
+            short = [np.empty(0, dtype=np.int64)]
+            for block in _fetch_blocks(pending, fetch[pending]):
+                found_scores, found = self._candidates(queries[block], int(fetch[block[-1]]), k)
+                keep = _survivors(found, [exclude[b] for b in block], allowed, self.n_rows)
+                enough = keep.sum(axis=1) >= k
+                first_k = keep & (np.cumsum(keep, axis=1) <= k) & enough[:, None]
+                ids[block[enough]] = found[first_k].reshape(-1, k)
+                scores[block[enough]] = found_scores[first_k].reshape(-1, k)
+                short.append(block[~enough])
+            pending = np.concatenate(short)
+            fetch[pending] *= 4
         return ids, scores
 
     def _save(self, folder: Path) -> None:
