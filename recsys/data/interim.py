@@ -84,14 +84,23 @@ def exact_duplicates(frame: pd.DataFrame) -> np.ndarray:
     repeats are compared exactly, so a hash collision never drops a row (and the hash is several
     times faster than pandas' factorising of every column at H&M size)."""
     hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    order = np.argsort(hashes)
-    same = hashes[order[1:]] == hashes[order[:-1]]
-    repeated = np.zeros(len(frame), dtype=bool)
-    repeated[order[1:][same]] = repeated[order[:-1][same]] = True
+    # The repeated hash values from a sort, not an argsort (at H&M size 1 s against 13 s), then
+    # each row's membership among them by binary search.
+    ordered = np.sort(hashes)
+    repeats = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     duplicates = np.zeros(len(frame), dtype=bool)
-    if repeated.any():
-        duplicates[repeated] = frame[repeated].duplicated(keep="first").to_numpy()
+    if not repeats.size:
+        return duplicates
+    repeated = repeats[np.minimum(np.searchsorted(repeats, hashes), len(repeats) - 1)] == hashes
+    duplicates[repeated] = frame[repeated].duplicated(keep="first").to_numpy()
     return duplicates
+
+
+def write_interactions(interactions: pd.DataFrame, path: Path) -> None:
+    """The interactions as one parquet row group. Parquet writes a dictionary column's whole
+    dictionary into every row group, so H&M's 1.36M customer ids went in 31 times: a 2.8 GB
+    file, 48 s to write and 25 s to read back. Once, the file is a tenth of that."""
+    interactions.to_parquet(path, index=False, row_group_size=max(1, len(interactions)))
 
 
 def _raw_provenance(files: list[Path], manifest: dict[str, Any] | None) -> dict[str, Any]:
@@ -161,7 +170,7 @@ def interim(
         **_raw_provenance(used, manifest),
     }
     with atomic_dir(out) as staging:
-        interactions[INTERACTION_COLUMNS].to_parquet(staging / INTERACTIONS_FILE, index=False)
+        write_interactions(interactions[INTERACTION_COLUMNS], staging / INTERACTIONS_FILE)
         items.to_parquet(staging / ITEMS_FILE, index=False)
         (staging / INTERIM_MANIFEST).write_text(json.dumps(info, indent=2, default=str) + "\n")
     logger.info(f"{spec.name}: {len(interactions):,} interactions, {len(items):,} items -> {out}")
