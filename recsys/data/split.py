@@ -322,17 +322,19 @@ def build_processed(
     items without kept interactions follow as cold items (n_items+1..n_catalogue).
     """
     check_settings(filters, split)
-    user_codes, _ = pd.factorize(interactions["user_id"], sort=False)
-    item_codes, _ = pd.factorize(interactions["item_id"], sort=False)
+    user_codes, user_ids = pd.factorize(interactions["user_id"], sort=True)
+    item_codes, item_ids = pd.factorize(interactions["item_id"], sort=True)
     keep = filter_mask(user_codes, item_codes, filters)
-    kept = interactions[keep]
-    if kept.empty:
+    if not keep.any():
         raise fail(
             "filtering left no interactions; lower --min-user-interactions, "
             "--min-item-interactions or --k-core"
         )
-    user_local, user_ids = pd.factorize(kept["user_id"], sort=True)
-    item_local, item_ids = pd.factorize(kept["item_id"], sort=True)
+    kept, user_local, item_local = interactions, user_codes, item_codes
+    if not keep.all():  # numbered again, so that the ids stay contiguous
+        kept = interactions[keep]
+        user_local, user_ids = pd.factorize(kept["user_id"], sort=True)
+        item_local, item_ids = pd.factorize(kept["item_id"], sort=True)
     n_users, n_items = len(user_ids), len(item_ids)
     cold = items.loc[~items["item_id"].isin(item_ids), "item_id"].sort_values()
     catalogue = pd.Index(np.concatenate([np.asarray(item_ids), cold.to_numpy()]))
