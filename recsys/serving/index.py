@@ -162,7 +162,7 @@ def _exact_top_k(
 def _fetch_blocks(rows: np.ndarray, depths: np.ndarray) -> Iterator[np.ndarray]:
     """``rows`` (sorted by their non-decreasing ``depths``) in blocks whose candidate arrays,
     rows x deepest fetch x (id + score), stay within :data:`SCORE_BUDGET`: fetching every H&M
-    customer's candidates at the longest history's depth at once would take 24 GB."""
+    customer's candidates at the longest history's depth at once ran out of memory."""
     at = 0
     while at < len(rows):
         window = depths[at : at + max(1, SCORE_BUDGET // (12 * int(depths[at])))]
