@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from loguru import logger
 
+from recsys.arrays import sorted_member
 from recsys.cli import fail
 from recsys.config import INTERIM_DATA_DIR, RAW_DATA_DIR
 from recsys.data.custom import CustomSource, parse_custom
@@ -89,9 +90,7 @@ def exact_duplicates(frame: pd.DataFrame) -> np.ndarray:
     ordered = np.sort(hashes)
     repeats = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     duplicates = np.zeros(len(frame), dtype=bool)
-    if not repeats.size:
-        return duplicates
-    repeated = repeats[np.minimum(np.searchsorted(repeats, hashes), len(repeats) - 1)] == hashes
+    repeated = sorted_member(hashes, repeats)
     duplicates[repeated] = frame[repeated].duplicated(keep="first").to_numpy()
     return duplicates
 

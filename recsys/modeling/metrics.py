@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recsys.arrays import sorted_member
+
 KS: tuple[int, ...] = (5, 10, 20, 50)
 NO_TARGET = -1
 
@@ -384,8 +386,7 @@ def _draw_rows(
         width = int(np.ceil(1.1 * need.max() * n_items / allowed[pending].min())) + 16
         draws = rng.integers(1, n_items + 1, size=(len(pending), width))
         keys = pending[:, None] * stride + draws
-        pos = np.searchsorted(banned, keys).clip(max=max(len(banned) - 1, 0))
-        keep = banned[pos] != keys if len(banned) else np.ones(keys.shape, dtype=bool)
+        keep = ~sorted_member(keys, banned)
         # an item drawn twice in a row is kept at its first draw only
         order = np.argsort(draws, axis=1, kind="stable")
         ordered = np.take_along_axis(draws, order, axis=1)

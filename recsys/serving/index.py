@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from recsys.arrays import sorted_member
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_dir, ensure_dir, read_json, write_json
 from recsys.modeling.scoring import SCORE_BUDGET
@@ -96,14 +97,6 @@ def _clean_exclude(exclude: Sequence[np.ndarray] | None, n_queries: int, n_rows:
     return out
 
 
-def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """``np.isin(ids, sorted_ids)`` for sorted ``sorted_ids``, without its per-call overhead."""
-    if not sorted_ids.size:
-        return np.zeros(ids.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[at] == ids
-
-
 def _pad(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``k`` columns; where no item is left: id 0 and score -inf."""
     empty = ~np.isfinite(scores) & (scores < 0)
@@ -147,7 +140,7 @@ def _exact_top_k(
             scores.masked_fill_(~torch.from_numpy(allowed), float("-inf"))
         positions = exclude
     else:
-        positions = [np.searchsorted(rows, ids[_member(ids, rows)]) for ids in exclude]
+        positions = [np.searchsorted(rows, ids[sorted_member(ids, rows)]) for ids in exclude]
     counts = [len(p) for p in positions]
     if sum(counts):
         batch_rows = np.repeat(np.arange(len(queries)), counts)
@@ -186,7 +179,7 @@ def _survivors(
         owner = np.repeat(np.arange(len(found), dtype=np.int64), lengths)
         excluded = owner * n_rows + np.concatenate(exclude)
         keys = np.arange(len(found), dtype=np.int64)[:, None] * n_rows + found
-        keep &= ~_member(np.where(keep, keys, -1), excluded)
+        keep &= ~sorted_member(np.where(keep, keys, -1), excluded)
     return keep
 
 
