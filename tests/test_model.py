@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from recsys.modeling.model import (
     BLOCKS,
-    CE_SCORE_BUDGET,
+    CE_CHUNK_BYTES,
     ModelConfig,
     SeqRecModel,
     SoftmaxCrossEntropy,
@@ -281,41 +281,85 @@ def test_too_long_sequence_is_rejected():
         make_model().score(torch.ones(1, 17, dtype=torch.long))
 
 
-@pytest.mark.parametrize("budget", [CE_SCORE_BUDGET, 4 * (N_CATALOGUE + 1) * 7, 1])
-def test_fused_cross_entropy_matches_autograd_over_the_candidates(budget):
-    """In one piece, and in chunks of 7 rows (and of 1) when the scores would pass the budget."""
-    torch.manual_seed(0)
-    hidden, table = torch.randn(40, 8), torch.randn(N_CATALOGUE + 1, 8)
+def masked_cross_entropy_case(n: int = 40, width: int = 8, seed: int = 0):
+    """Hidden rows, a table, targets among the candidates and the -inf bias of the others."""
+    torch.manual_seed(seed)
+    hidden, table = torch.randn(n, width), torch.randn(N_CATALOGUE + 1, width)
     candidates = torch.ones(N_CATALOGUE + 1, dtype=torch.bool)
     candidates[[0, 3, 17]] = False  # padding and two held-out items
-    targets = torch.multinomial(candidates.float(), 40, replacement=True)
+    targets = torch.multinomial(candidates.float(), n, replacement=True)
     bias = torch.zeros(N_CATALOGUE + 1).masked_fill(~candidates, float("-inf"))
-    results = []
-    for fused in (True, False):
-        h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
-        if fused:
-            loss = SoftmaxCrossEntropy.apply(h, w, bias, targets, budget)
-        else:
-            column = candidates.long().cumsum(0) - 1
-            loss = F.cross_entropy(h @ w[candidates].T, column[targets])
-        loss.backward()
-        results.append((loss.detach(), h.grad, w.grad))
-    for fused, reference in zip(*results):
-        assert torch.allclose(fused, reference, atol=1e-6, rtol=1e-5)
-    assert results[0][2][[0, 3, 17]].abs().sum() == 0  # non-candidates get no gradient
+    return hidden, table, candidates, targets, bias
 
 
-@pytest.mark.parametrize("budget", [CE_SCORE_BUDGET, 4 * 6 * 3])
-def test_fused_cross_entropy_refuses_a_second_backward(budget):
-    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
-    loss = SoftmaxCrossEntropy.apply(h, w, torch.zeros(6), torch.tensor([1, 2, 3, 4]), budget)
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="backpropagated twice"):
-        loss.backward()
+def reference_cross_entropy(hidden, table, candidates, targets):
+    """Loss and gradients of autograd's F.cross_entropy over the candidate columns, float32."""
+    h, w = hidden.float().clone().requires_grad_(), table.float().clone().requires_grad_()
+    column = candidates.long().cumsum(0) - 1
+    loss = F.cross_entropy(h @ w[candidates].T, column[targets])
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+def fused_cross_entropy(hidden, table, bias, targets, chunk_bytes=CE_CHUNK_BYTES):
+    h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
+    loss = SoftmaxCrossEntropy.apply(h, w, bias, targets, True, chunk_bytes)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk_bytes", [CE_CHUNK_BYTES, 4 * (N_CATALOGUE + 1) * 7, 1])
+def test_fused_cross_entropy_matches_autograd_over_the_candidates(chunk_bytes):
+    """In one piece, and in chunks of 7 rows (and of 1)."""
+    hidden, table, candidates, targets, bias = masked_cross_entropy_case()
+    fused = fused_cross_entropy(hidden, table, bias, targets, chunk_bytes)
+    reference = reference_cross_entropy(hidden, table, candidates, targets)
+    for mine, expected in zip(fused, reference):
+        assert torch.allclose(mine, expected, atol=1e-6, rtol=1e-5)
+    assert fused[2][[0, 3, 17]].abs().sum() == 0  # non-candidates get no gradient
+
+
+@pytest.mark.parametrize("inputs", ["bf16", "autocast"])
+def test_bf16_cross_entropy_sums_the_table_gradient_in_float32(inputs):
+    """With bf16 matmuls (bf16 tensors, or float32 ones under CPU autocast) the loss and the
+    gradients stay within bf16 rounding of float32 autograd on the same bf16-rounded inputs,
+    over 512 one-row chunks. A table gradient summed in bf16 drifts far past that bound."""
+    hidden, table, candidates, targets, bias = masked_cross_entropy_case(n=512, width=16)
+    hidden, table = hidden.bfloat16().float(), table.bfloat16().float()
+    reference = reference_cross_entropy(hidden, table, candidates, targets)
+    if inputs == "bf16":
+        loss, d_hidden, d_table = fused_cross_entropy(
+            hidden.bfloat16(), table.bfloat16(), bias, targets, chunk_bytes=1
+        )
+        assert d_hidden.dtype == d_table.dtype == torch.bfloat16
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, d_hidden, d_table = fused_cross_entropy(hidden, table, bias, targets, 1)
+        assert d_hidden.dtype == d_table.dtype == torch.float32
+    assert abs(loss.item() - reference[0].item()) < 0.02 * reference[0].item()
+    for mine, expected in ((d_hidden, reference[1]), (d_table, reference[2])):
+        error = (mine.float() - expected).norm() / expected.norm()
+        assert error < 0.02, error
+    # The same sum in bf16 (what a bf16 accumulator would hold) is measurably worse.
+    rows = torch.softmax(hidden.bfloat16() @ table.bfloat16().T + bias.bfloat16(), dim=1)
+    rows[torch.arange(len(targets)), targets] -= 1
+    summed = torch.zeros_like(table, dtype=torch.bfloat16)
+    for row, h in zip(rows, hidden.bfloat16()):
+        summed += row[:, None] * h[None, :] / len(targets)
+    bf16_error = (summed.float() - reference[2]).norm() / reference[2].norm()
+    assert bf16_error > 2 * (d_table.float() - reference[2]).norm() / reference[2].norm()
+
+
+def test_fused_cross_entropy_without_grads_gives_the_same_loss():
+    """Under no_grad the loss skips the gradient products and gives the same value."""
+    hidden, table, _, targets, bias = masked_cross_entropy_case()
+    with_grads = SoftmaxCrossEntropy.apply(hidden, table, bias, targets, True)
+    without = SoftmaxCrossEntropy.apply(hidden, table, bias, targets, False)
+    assert torch.equal(with_grads, without)
 
 
 def test_chunked_cross_entropy_never_holds_all_the_scores():
-    """Above the budget no [N, C] tensor is made: the largest one is a chunk's."""
+    """No [N, C] tensor is made: the largest one is a chunk's."""
     torch.manual_seed(0)
     n, c = 64, 50
     hidden = torch.randn(n, 8, requires_grad=True)
@@ -331,9 +375,10 @@ def test_chunked_cross_entropy_never_holds_all_the_scores():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch, "addmm", recording_addmm)
-        SoftmaxCrossEntropy.apply(hidden, table, torch.zeros(c), targets, 4 * c * 16).backward()
-    assert sizes and max(sizes) == 16 * c  # 16 rows at a time, forward and backward
-    assert len(sizes) == 2 * n // 16
+        loss = SoftmaxCrossEntropy.apply(hidden, table, torch.zeros(c), targets, True, 4 * c * 16)
+        loss.backward()
+    assert sizes and max(sizes) == 16 * c  # 16 rows at a time, scored once
+    assert len(sizes) == n // 16
 
 
 def test_gated_block_gates_both_residual_branches_and_uses_swiglu():

@@ -310,25 +310,25 @@ def sinusoidal_table(length: int, width: int) -> Tensor:
     return table
 
 
-#: Bytes of float32 scores that the full-softmax loss holds at once: above it (a large
-#: catalogue), it goes through the targets a chunk of rows at a time.
-CE_SCORE_BUDGET = 256 * 2**20
+#: Bytes of float32 probabilities per chunk of the full-softmax loss: small enough that a chunk's
+#: scores stay in a core's cache from the matrix product through the softmax to the gradients.
+CE_CHUNK_BYTES = 2 * 2**20
 
 
 class SoftmaxCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the scores ``hidden @ table.T + bias`` [N, C] at ``targets`` [N].
 
-    The same loss and gradients as ``F.cross_entropy(hidden @ table.T + bias, targets)``, with
-    one [N, C] tensor instead of four: autograd would keep the scores and their log-softmax and
-    make a one-hot gradient and a softmax gradient, each a pass over memory. With short
-    sequences and a large catalogue these passes, not the model, are most of a training step.
-    Here the saved log-probabilities become the gradient in place, ``softmax - one_hot``, so
-    the graph can be backpropagated once only (no ``retain_graph``). ``bias`` is -inf for the
-    columns that are not candidates.
+    The same loss and gradients as ``F.cross_entropy(hidden @ table.T + bias, targets)``, made
+    in one pass over the rows, a chunk at a time: each chunk's scores, softmax, and both
+    gradients (``softmax - one_hot`` carried back to the hidden rows and to the table) are
+    computed while the chunk is still in cache, and no [N, C] tensor ever exists. Autograd would
+    write the scores, their log-softmax, a one-hot and a softmax gradient out to memory and read
+    them back; with an inner dimension of 64 those passes, not the arithmetic, are the cost. The
+    backward pass only scales the saved gradients. ``bias`` is -inf for the columns that are not
+    candidates.
 
-    When [N, C] would pass ``budget`` bytes, no such tensor exists: the forward pass keeps one
-    log-normaliser per row, and the backward pass recomputes the scores chunk by chunk (one
-    more matrix product), so memory stays bounded at any catalogue size.
+    Under autocast (bf16 on a CPU with AVX512-BF16, or a GPU) the three matrix products run in
+    its dtype; the softmax, the loss and the table gradient summed over the chunks stay float32.
     """
 
     @staticmethod
@@ -338,60 +338,53 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         table: Tensor,
         bias: Tensor,
         targets: Tensor,
-        budget: int = CE_SCORE_BUDGET,
+        with_grads: bool = True,
+        chunk_bytes: int = CE_CHUNK_BYTES,
     ) -> Tensor:
-        rows = max(1, budget // (4 * table.shape[0]))
-        ctx.used, ctx.rows = False, rows
-        if len(targets) <= rows:
-            scores = torch.addmm(bias, hidden, table.T)  # autocast may make these bf16
-            ctx.dtype = scores.dtype
-            log_probs = torch.log_softmax(scores.float(), dim=1)
-            ctx.save_for_backward(hidden, table, targets, log_probs)
-            return -log_probs.gather(1, targets[:, None]).mean()
-        normalisers, picked = [], []
-        for start in range(0, len(targets), rows):
-            scores = torch.addmm(bias, hidden[start : start + rows], table.T)
-            ctx.dtype = scores.dtype
-            normalisers.append(torch.logsumexp(scores.float(), dim=1))
-            picked.append(scores.float().gather(1, targets[start : start + rows, None])[:, 0])
-        normaliser = torch.cat(normalisers)
-        ctx.save_for_backward(hidden, table, targets, normaliser, bias)
-        return (normaliser - torch.cat(picked)).mean()
+        device = hidden.device.type
+        dtype = hidden.dtype
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        rows = max(1, chunk_bytes // (4 * table.shape[0]))
+        h, w, b = hidden.to(dtype), table.to(dtype), bias.to(dtype)
+        d_hidden = torch.empty_like(h) if with_grads else None
+        d_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+        losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+        span = torch.arange(min(rows, len(targets)), device=hidden.device)
+        with torch.autocast(device, enabled=False):
+            for start in range(0, len(targets), rows):
+                end = min(start + rows, len(targets))
+                index, picked = span[: end - start], targets[start:end]
+                scores = torch.addmm(b, h[start:end], w.T)
+                probs = torch.softmax(scores, dim=1)  # computed in float32, stored as dtype
+                # The largest score's probability is >= 1 / C, so the log-sum-exp recovered
+                # from it is exact (and needs no second pass of exponentials).
+                normaliser = scores.amax(dim=1).float() - probs.amax(dim=1).log()
+                losses[start:end] = normaliser - scores[index, picked].float()
+                if not with_grads:
+                    continue
+                probs[index, picked] -= 1.0  # the gradient of the scores, in place
+                torch.mm(probs, w, out=d_hidden[start:end])
+                d_table += (probs.T @ h[start:end]).float()
+        if with_grads:
+            ctx.save_for_backward(d_hidden, d_table)
+        ctx.dtypes = hidden.dtype, table.dtype
+        return losses.mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.used:
-            raise RuntimeError("SoftmaxCrossEntropy cannot be backpropagated twice")
-        ctx.used = True
-        hidden, table, targets, saved, *chunked = ctx.saved_tensors
-        scale = grad / max(1, len(targets))
-        dtype = ctx.dtype
-        hidden, table = hidden.to(dtype), table.to(dtype)
-        if not chunked:  # one chunk: the saved log-probabilities become the gradient
-            d_hidden, d_table = _softmax_grads(saved.exp_(), hidden, table, targets, dtype)
-            return d_hidden * scale, d_table * scale, None, None, None
-        bias = chunked[0].to(dtype)
-        d_hidden, d_table = torch.empty_like(hidden), torch.zeros_like(table)
-        for start in range(0, len(targets), ctx.rows):
-            end = start + ctx.rows
-            scores = torch.addmm(bias, hidden[start:end], table.T).float()
-            probs = (scores - saved[start:end, None]).exp_()
-            part, table_part = _softmax_grads(
-                probs, hidden[start:end], table, targets[start:end], dtype
-            )
-            d_hidden[start:end] = part
-            d_table += table_part
-        return d_hidden * scale, d_table * scale, None, None, None
-
-
-def _softmax_grads(
-    probs: Tensor, hidden: Tensor, table: Tensor, targets: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """``softmax - one_hot`` of some rows, carried back to those hidden rows and to the table."""
-    probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0
-    d_scores = probs.to(dtype)
-    return d_scores @ table, d_scores.T @ hidden
+        d_hidden, d_table = ctx.saved_tensors
+        scale = grad / max(1, len(d_hidden))
+        hidden_dtype, table_dtype = ctx.dtypes
+        return (
+            (d_hidden * scale).to(hidden_dtype),
+            (d_table * scale).to(table_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class Decoder(nn.Module):
@@ -600,7 +593,8 @@ class SeqRecModel(Decoder):
         """Cross-entropy over every candidate item (the default and usually the best)."""
         bias = torch.zeros_like(self.candidate_mask, dtype=table.dtype)
         bias.masked_fill_(~self.candidate_mask, float("-inf"))  # padding and held-out items
-        return SoftmaxCrossEntropy.apply(hidden, table, bias, targets)
+        with_grads = torch.is_grad_enabled() and (hidden.requires_grad or table.requires_grad)
+        return SoftmaxCrossEntropy.apply(hidden, table, bias, targets, with_grads)
 
     def _draw(self, weights: Tensor, count: int) -> Tensor:
         return torch.multinomial(weights, count, replacement=True)

@@ -221,9 +221,9 @@ def catalogue_loss(resolved: dict[str, Any], n_catalogue: int, explicit: bool) -
     if explicit:
         how = ""
         if loss == "ce":
-            from recsys.modeling.model import CE_SCORE_BUDGET
+            from recsys.modeling.model import CE_CHUNK_BYTES
 
-            rows = CE_SCORE_BUDGET // (4 * (n_catalogue + 1))
+            rows = max(1, CE_CHUNK_BYTES // (4 * (n_catalogue + 1)))
             how = f"; the full softmax goes {rows} target rows at a time, never all scores at once"
         logger.info(
             f"loss {loss}, as the config sets it ({large}, where sampled is the default){how}"
