@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from recsys.modeling.model import (
     BLOCKS,
     CE_CHUNK_BYTES,
+    Dropout,
     ModelConfig,
     SeqRecModel,
     SoftmaxCrossEntropy,
@@ -396,3 +397,18 @@ def test_gated_block_gates_both_residual_branches_and_uses_swiglu():
     x = torch.randn(2, 5, 16)
     mask = torch.ones(5, 5, dtype=torch.bool).tril()
     assert torch.equal(block(x, mask), x)
+
+
+def test_dropout_drops_a_share_p_and_rescales_the_rest_in_training_only():
+    torch.manual_seed(0)
+    dropout = Dropout(0.4)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(1.0 - kept.float().mean().item() - 0.4) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.6))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient goes through the same mask
+    dropout.eval()
+    assert dropout(x) is x
+    assert Dropout(0.0)(x) is x

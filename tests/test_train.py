@@ -560,3 +560,50 @@ def test_bf16_mixed_precision_trains_with_gradient_clipping(processed, configs, 
     rows = csv_rows(run_dir)
     assert len(rows) == 3 and all(np.isfinite(float(r["train_loss"])) for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_it_falls_back_to_float32_with_a_logged_line(native, monkeypatch):
+    from loguru import logger
+
+    from recsys import devices
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING")
+    try:
+        asked = devices.training_precision("bf16-mixed", "cpu")
+        default = devices.training_precision(None, "cpu")
+        kept = devices.training_precision("32-true", "cpu")
+    finally:
+        logger.remove(sink)
+    assert kept == "32-true"
+    assert (asked, default) == (("bf16-mixed",) * 2 if native else ("32-true",) * 2)
+    assert len(lines) == (0 if native else 1)
+    if not native:
+        assert "no native bf16" in lines[0] and "32-true" in lines[0]
+
+
+def test_a_run_records_the_precision_it_trained_in(processed, configs, tmp_path, monkeypatch):
+    from recsys import devices
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    run_dir = run_train(processed, configs, tmp_path / "models", precision="bf16-mixed")
+    assert train_stage.read_json(run_dir / "metrics.json")["precision"] == "32-true"
+
+
+def test_max_minutes_stops_training_before_max_epochs(processed, configs, tmp_path):
+    """A time budget ends the run early, finished, with its best checkpoint kept."""
+    slow = {"max_epochs": 200, "patience": 200, "max_minutes": 0.01}
+    started = time.perf_counter()
+    run_dir = run_train(processed, configs, tmp_path / "models", overrides=slow)
+    assert time.perf_counter() - started < 60
+    metrics = train_stage.read_json(run_dir / "metrics.json")
+    assert metrics["finished"] and 1 <= metrics["epochs_run"] < 200
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_max_minutes_must_not_be_negative(processed, configs, tmp_path):
+    with pytest.raises(RecsysError, match="max_minutes"):
+        run_train(processed, configs, tmp_path / "models", overrides={"max_minutes": -1})

@@ -364,6 +364,12 @@ class SeqRecModule(pl.LightningModule):
         self._mean_batch_targets = self.trainer.datamodule.mean_batch_targets()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # Scored in float32 under any precision, as evaluate and the service score, so the
+        # epoch chosen on validation is the one evaluation would choose.
+        with torch.autocast(self.device.type, enabled=False):
+            self._validate(batch)
+
+    def _validate(self, batch: dict[str, Tensor]) -> None:
         n_items = self.model.config.n_items
         items, targets = batch["items"], batch["targets"]
         scores = next_item_scores(self.model, items, batch["users"], batch["history"]).float()

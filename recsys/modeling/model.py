@@ -150,6 +150,21 @@ class ModelConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` with its mask drawn by a uniform fill and a comparison: on the CPU, torch's
+    ``bernoulli_`` costs about three times as much, a visible share of a small model's step."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty_like(x).uniform_().ge_(self.p)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -157,7 +172,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.attn_dropout
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor, query: Tensor | None = None) -> Tensor:
         """Attention of ``query`` (default: ``x`` itself; it may be a suffix of the positions,
@@ -223,7 +238,7 @@ class MLP(nn.Module):
         hidden = config.d_ff or 4 * config.d_model
         self.fc = nn.Linear(config.d_model, hidden)
         self.proj = nn.Linear(hidden, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.proj(F.gelu(self.fc(x))))
@@ -238,7 +253,7 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(config.d_model, hidden, bias=False)
         self.up = nn.Linear(config.d_model, hidden, bias=False)
         self.proj = nn.Linear(hidden, config.d_model, bias=False)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.proj(F.silu(self.gate(x)) * self.up(x)))
@@ -399,7 +414,7 @@ class Decoder(nn.Module):
             self.pos_emb = nn.Embedding(n_positions, d)
         else:
             self.register_buffer("pos_table", sinusoidal_table(n_positions, d), persistent=False)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d)
 

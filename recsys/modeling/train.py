@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,10 @@ DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.0,  # > 0: validate and save an exponential moving average of the weights
     "batch_size": 128,
     "max_epochs": 200,
+    # Stop when validation NDCG@10 has not improved for this many epochs (the best checkpoint
+    # is kept), or after max_minutes of training (0: no time limit), whichever comes first.
     "patience": 20,
+    "max_minutes": 0.0,
     "seed": 42,
     "cold_items": 0.0,
     # Draws the cold items; apart from ``seed`` so that every seed of a config (and every
@@ -196,7 +200,8 @@ def resolve_config(
     for key in ("lr", "batch_size", "max_epochs", "patience"):
         if resolved[key] <= 0:
             raise fail(f"config key {key!r} must be > 0, got {resolved[key]!r}")
-    for key in ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers"):
+    nonnegative = ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers")
+    for key in (*nonnegative, "max_minutes"):
         if resolved[key] < 0:
             raise fail(f"config key {key!r} must be >= 0, got {resolved[key]!r}")
     for key in ("cold_items", "ema_decay", "cold_share"):
@@ -538,6 +543,7 @@ def fit(
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
+    from recsys.devices import training_precision
     from recsys.modeling.lightning import (
         METRIC,
         AtomicCheckpointIO,
@@ -549,6 +555,8 @@ def fit(
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    precision = training_precision(hardware["precision"], hardware["accelerator"])
+    hardware = {**hardware, "precision": precision}
     module, data = lightning_parts(cfg, inputs)
     if progress_bar is None:
         progress_bar = sys.stderr.isatty() and not os.environ.get("CI")
@@ -570,7 +578,12 @@ def fit(
         RunRecorder(
             run_dir,
             module.model.n_params(),
-            {"dataset": cfg["dataset"], "run": run_dir.name, "item_repr": cfg["item_repr"]},
+            {
+                "dataset": cfg["dataset"],
+                "run": run_dir.name,
+                "item_repr": cfg["item_repr"],
+                "precision": hardware["precision"],
+            },
         ),
     ]
     if cfg["ema_decay"] > 0:
@@ -582,11 +595,9 @@ def fit(
     loggers = tracking.make_loggers(tracker, run_dir, cfg, resume)
     if distributed.is_global_zero():
         tracking.start(loggers, run_dir, cfg)
-    if hardware["precision"] is None:
-        gpu = torch.cuda.is_available() and hardware["accelerator"] in ("auto", "gpu", "cuda")
-        hardware["precision"] = "bf16-mixed" if gpu else "32-true"
     trainer = pl.Trainer(
         max_epochs=cfg["max_epochs"],
+        max_time=timedelta(minutes=cfg["max_minutes"]) if cfg["max_minutes"] else None,
         **hardware,
         callbacks=callbacks,
         logger=loggers,
@@ -620,7 +631,9 @@ def main(
     devices: str = typer.Option("auto", help="Devices per node: auto, a count or a GPU list."),
     strategy: str = typer.Option("auto", help="Lightning strategy: auto, ddp, ..."),
     precision: str | None = typer.Option(
-        None, help="Lightning precision (default: bf16-mixed on GPU, else 32-true)."
+        None,
+        help="Lightning precision (default: bf16-mixed on a GPU or a CPU with native bf16, "
+        "else 32-true).",
     ),
     max_epochs: int | None = typer.Option(None, help="Override the config's max_epochs."),
     run_name: str | None = typer.Option(None, help="Run folder name (default: config name)."),
