@@ -193,6 +193,38 @@ def test_a_worse_trial_is_pruned_and_the_best_becomes_a_config(world, pruned):
     assert len(again["trials"]) == 2  # the study already holds its 2 finished trials
 
 
+def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_path):
+    """make train CONFIGS=tiny trains configs/tuned/syn-tiny.yaml into the run 'tiny'; with
+    --no-tuned, configs/tiny.yaml. A tuned file for another dataset or with a key that no
+    longer exists ends in one line naming the file."""
+    setup, _, dirs = pruned
+    assert yaml.safe_load(setup.tuned_path.read_text())["dataset"] == DATASET
+    kwargs = dict(
+        processed_root=world["processed"],
+        models_dir=tmp_path / "models",
+        configs_dir=world["configs"],
+        progress_bar=False,
+        accelerator="cpu",
+        max_epochs=1,
+    )
+    run_dir = train_stage.train(DATASET, "tiny", **kwargs)
+    assert run_dir.name == "tiny"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["lr"] == 1.0e-2
+    plain = train_stage.train(DATASET, "tiny", tuned=False, run_name="plain", **kwargs)
+    base = train_stage.resolve_config("tiny", DATASET, None, world["configs"])
+    assert base["lr"] != 1.0e-2
+    assert yaml.safe_load((plain / "config.yaml").read_text())["lr"] == base["lr"]
+
+    other = world["configs"] / "tuned" / "ml-100k-tiny.yaml"
+    other.write_text(setup.tuned_path.read_text().replace(f"dataset: {DATASET}", "dataset: ml-100k"))
+    with pytest.raises(RecsysError, match=r"ml-100k-tiny.yaml was tuned on ml-100k, not syn"):
+        train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
+    other.write_text(setup.tuned_path.read_text() + "old_key: 1\n")
+    with pytest.raises(RecsysError, match=r"unknown config key 'old_key' in .*ml-100k-tiny.yaml"):
+        train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
+    other.unlink()
+
+
 def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tmp_path):
     setup, summary, dirs = pruned
     collected = report.collect(

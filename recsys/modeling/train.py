@@ -125,6 +125,15 @@ def config_path(name_or_path: str, configs_dir: Path | None = None) -> Path:
     return path
 
 
+def tuned_config_path(name: str, dataset: str, configs_dir: Path | None = None) -> Path | None:
+    """``configs/tuned/<dataset>-<name>.yaml``, the config ``make tune`` chose on validation for
+    a config named ``name`` (not a path) on ``dataset``, when it exists."""
+    if Path(name).suffix in (".yaml", ".yml") or "/" in name:
+        return None
+    path = Path(configs_dir or CONFIGS_DIR) / "tuned" / f"{dataset}-{name}.yaml"
+    return path if path.is_file() else None
+
+
 def _check_type(key: str, value: Any, source: str) -> Any:
     default = DEFAULTS[key]
     if default is None:
@@ -151,9 +160,10 @@ def _check_type(key: str, value: Any, source: str) -> Any:
 def _merge(config: dict[str, Any], updates: dict[str, Any], source: str) -> None:
     for key, value in updates.items():
         if key not in DEFAULTS:
-            raise fail(
-                f"unknown config key {key!r} in {source}; known keys: {', '.join(DEFAULTS)}"
-            )
+            remedy = f"known keys: {', '.join(DEFAULTS)}"
+            if Path(source).parent.name == "tuned":
+                remedy = "it was tuned by an older version; run make tune again or delete it"
+            raise fail(f"unknown config key {key!r} in {source}; {remedy}")
         config[key] = _check_type(key, value, source)
 
 
@@ -186,6 +196,14 @@ def resolve_config(
     loaded = read_yaml(path, "fix it") or {}
     if not isinstance(loaded, dict):
         raise fail(f"config {path} must be a mapping of key: value, got {type(loaded).__name__}")
+    # A tuned config names the dataset it was tuned on, and its runs keep the base config's name.
+    tuned_for = loaded.pop("dataset", dataset)
+    name = path.stem.removeprefix(f"{tuned_for}-") if path.parent.name == "tuned" else path.stem
+    if tuned_for != dataset:
+        raise fail(
+            f"config {path} was tuned on {tuned_for}, not {dataset}; use {dataset}'s own "
+            f"(make tune DATASET={dataset} TUNE_CONFIG={name}) or configs/{name}.yaml"
+        )
     resolved = dict(DEFAULTS)
     _merge(resolved, loaded, str(path))
     _merge(resolved, overrides or {}, "--set")
@@ -213,7 +231,7 @@ def resolve_config(
             "NDCG@10; use a beam of at least 10"
         )
     _check_model_keys(resolved)
-    return {"dataset": dataset, "config_name": path.stem, **resolved}
+    return {"dataset": dataset, "config_name": name, **resolved}
 
 
 def catalogue_loss(resolved: dict[str, Any], n_catalogue: int, explicit: bool) -> str:
@@ -444,8 +462,12 @@ def train(
     callbacks: list[Any] | None = None,
     seed: int | None = None,
     tracker: str = "csv",
+    tuned: bool = True,
 ) -> Path:
     """Train one config on one dataset; returns the run folder.
+
+    A config given by name trains as ``configs/tuned/<dataset>-<name>.yaml`` where ``make tune``
+    wrote one (``tuned=False``: as ``configs/<name>.yaml``).
 
     ``callbacks`` are extra Lightning callbacks (the tuner's pruning callback, for one).
     ``seed`` sets the config's seed and names the run ``<run>-seed<N>`` (one run of several
@@ -462,8 +484,15 @@ def train(
             raise fail("--seeds and --set seed=... both set the seed; use one of them")
         overrides["seed"] = seed
     tracking.check_logger(tracker)
+    tuned_path = tuned_config_path(config, dataset, configs_dir) if tuned else None
+    if tuned_path is not None:
+        logger.info(f"{config}: the config tuned on {dataset}, {tuned_path} (--no-tuned: without)")
     cfg = resolve_config(
-        config, dataset, overrides, configs_dir, catalogue_size(dataset, processed_root)
+        str(tuned_path or config),
+        dataset,
+        overrides,
+        configs_dir,
+        catalogue_size(dataset, processed_root),
     )
     name = run_name or default_run_name(cfg)
     if seed is not None:
@@ -647,6 +676,12 @@ def main(
     logger_: str = typer.Option(
         "csv", "--logger", help="Tracker: csv; tensorboard or mlflow also track the run there."
     ),
+    tuned: bool = typer.Option(
+        True,
+        "--tuned/--no-tuned",
+        help="Train configs/tuned/DATASET-CONFIG.yaml, the config tuned on DATASET, where "
+        "it exists (--no-tuned: configs/CONFIG.yaml).",
+    ),
     processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
     models_dir: ModelsDirOpt = MODELS_DIR,
 ) -> None:
@@ -665,6 +700,7 @@ def main(
         accelerator=accelerator,
         num_nodes=num_nodes,
         tracker=logger_,
+        tuned=tuned,
         processed_root=processed_dir,
         models_dir=models_dir,
     )

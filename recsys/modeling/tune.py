@@ -13,8 +13,9 @@ of finished (complete or pruned) trials the study should hold, so a tuner run ag
 does only the rest; a trial left running by a dead tuner is failed and queued again with the same
 parameters, and resumes from its run's ``last.ckpt``. Several tuners may share one study.
 
-Outputs: the best trial as a training config ``configs/tuned/<dataset>-<config>.yaml`` (``make
-train CONFIGS=tuned/<dataset>-<config>`` retrains it), the trials and parameter importances in
+Outputs: the best trial as a training config ``configs/tuned/<dataset>-<config>.yaml``, which
+``make train CONFIGS=<config>`` then trains on that dataset (``TRAIN_ARGS=--no-tuned`` does not),
+the trials and parameter importances in
 ``reports/tuning/<dataset>/<study>.json`` and two figures in ``reports/figures/<dataset>/``, which
 ``make report`` shows on its tuning page.
 """
@@ -606,7 +607,8 @@ def tuned_config_text(setup: TuneSetup, best: optuna.trial.FrozenTrial, header: 
     """The base config file's keys, then the tuner's fixed values and the best trial's values."""
     base = read_yaml(setup.base_path, "fix it") or {}
     comments = "".join(f"# {line}\n" for line in header)
-    return comments + yaml.safe_dump({**base, **setup.fixed, **best.params}, sort_keys=False)
+    values = {"dataset": setup.dataset, **base, **setup.fixed, **best.params}
+    return comments + yaml.safe_dump(values, sort_keys=False)
 
 
 def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
@@ -639,9 +641,8 @@ def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
         tuned = _shown(setup.tuned_path)
         logger.info(f"best trial {best.number}: val NDCG@10 {best.value:.4f}; wrote {tuned}")
         if setup.tuned_path.parent.parent.resolve() == CONFIGS_DIR.resolve():
-            train_command = (
-                f"make train DATASET={setup.dataset} CONFIGS=tuned/{setup.tuned_path.stem}"
-            )
+            # make train picks configs/tuned/<dataset>-<config>.yaml for the config's name
+            train_command = f"make train DATASET={setup.dataset} CONFIGS={setup.attrs['base_config']}"
         else:
             train_command = (
                 f"python -m recsys.modeling.train --dataset {setup.dataset} --config {tuned}"
