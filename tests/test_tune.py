@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import re
@@ -216,13 +218,37 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
     assert yaml.safe_load((plain / "config.yaml").read_text())["lr"] == base["lr"]
 
     other = world["configs"] / "tuned" / "ml-100k-tiny.yaml"
-    other.write_text(setup.tuned_path.read_text().replace(f"dataset: {DATASET}", "dataset: ml-100k"))
+    other.write_text(
+        setup.tuned_path.read_text().replace(f"dataset: {DATASET}", "dataset: ml-100k")
+    )
     with pytest.raises(RecsysError, match=r"ml-100k-tiny.yaml was tuned on ml-100k, not syn"):
         train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
     other.write_text(setup.tuned_path.read_text() + "old_key: 1\n")
     with pytest.raises(RecsysError, match=r"unknown config key 'old_key' in .*ml-100k-tiny.yaml"):
         train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
     other.unlink()
+
+
+def test_first_sets_the_first_trial_of_a_new_study_only(world):
+    """--first lr=... is trial 0 (a known recipe is always a candidate); a key outside the
+    search space, or a value of the wrong type, is one line before any trial."""
+    setup = tune.prepare(DATASET, "tiny", 1, study_name="first", **folders(world, "first"))
+    for bad, message in (({"dropout": 0.5}, "--first dropout: not a key"), ({"lr": "x"}, "lr")):
+        with pytest.raises(RecsysError, match=message):
+            tune.tune(setup, accelerator="cpu", processed_root=world["processed"], first=bad)
+    assert (
+        not setup.db.exists()
+        or not tune.open_study(setup.db, setup.name, setup.attrs)[0].get_trials()
+    )
+    summary = tune.tune(
+        setup, accelerator="cpu", processed_root=world["processed"], first={"lr": 0.004}
+    )
+    assert [t["params"]["lr"] for t in summary["trials"]] == [0.004]
+    setup = dataclasses.replace(setup, trials=2)  # a study with trials takes no first trial
+    summary = tune.tune(
+        setup, accelerator="cpu", processed_root=world["processed"], first={"lr": 0.004}
+    )
+    assert len(summary["trials"]) == 2 and summary["trials"][1]["params"]["lr"] != 0.004
 
 
 def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tmp_path):

@@ -562,23 +562,43 @@ def prepare(
     )
 
 
+def first_trial(setup: TuneSetup, values: dict[str, Any]) -> dict[str, Any]:
+    """``--first`` values (a known good config, e.g. a published recipe), checked against the
+    search space: every key searched, every value of its key's type."""
+    searched = {spec.key for spec in setup.space}
+    for key in values:
+        if key not in searched:
+            raise fail(
+                f"--first {key}: not a key of the search space {setup.attrs['space_file']}; "
+                f"choose from {', '.join(sorted(searched))}"
+            )
+    return {key: _typed(key, value, "--first") for key, value in values.items()}
+
+
 def tune(
     setup: TuneSetup,
     timeout: float | None = None,
     accelerator: str = "auto",
     processed_root: Path | None = None,
+    first: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the study until it holds ``setup.trials`` finished trials, or until ``timeout``
     seconds have passed (no trial starts after that; a running one finishes), then write the
-    tuned config, the trials JSON and the figures. Returns what the JSON holds."""
+    tuned config, the trials JSON and the figures. Returns what the JSON holds.
+
+    ``first``: values of a new study's first trial (the sampler proposes the keys it leaves out
+    and every later trial), so a known good config is always among the candidates."""
     if timeout is not None and timeout <= 0:
         raise fail(f"--timeout must be > 0 seconds, got {timeout}")
+    first = first_trial(setup, first or {})
     require_processed(setup.dataset, processed_root)  # before the study and its first trial
     settings = setup.settings
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=settings.prune_after, n_warmup_steps=settings.prune_warmup
     )
     study, storage = open_study(setup.db, setup.name, setup.attrs, pruner)
+    if first and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(first)
     # Offset by the trials already there, so a resumed tuner does not replay the same proposals.
     study.sampler = optuna.samplers.TPESampler(
         seed=settings.seed + len(study.get_trials(deepcopy=False)),
@@ -642,7 +662,9 @@ def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
         logger.info(f"best trial {best.number}: val NDCG@10 {best.value:.4f}; wrote {tuned}")
         if setup.tuned_path.parent.parent.resolve() == CONFIGS_DIR.resolve():
             # make train picks configs/tuned/<dataset>-<config>.yaml for the config's name
-            train_command = f"make train DATASET={setup.dataset} CONFIGS={setup.attrs['base_config']}"
+            train_command = (
+                f"make train DATASET={setup.dataset} CONFIGS={setup.attrs['base_config']}"
+            )
         else:
             train_command = (
                 f"python -m recsys.modeling.train --dataset {setup.dataset} --config {tuned}"
@@ -697,6 +719,11 @@ def main(
     space: Path | None = typer.Option(
         None, help="Search space (default configs/search/CONFIG.yaml)."
     ),
+    first: list[str] = typer.Option(
+        [],
+        "--first",
+        help="A value of a new study's first trial, e.g. a published recipe's: --first lr=0.001.",
+    ),
     seed: int = typer.Option(0, help="Seed of the TPE sampler."),
     startup_trials: int = typer.Option(10, help="Random trials before TPE models the results."),
     prune_after: int = typer.Option(3, help="Finished trials before the pruner stops any."),
@@ -718,7 +745,7 @@ def main(
         settings,
         models_dir=models_dir,
     )
-    summary = tune(setup, timeout, accelerator, processed_root=processed_dir)
+    summary = tune(setup, timeout, accelerator, processed_dir, parse_sets(first))
     best = summary["best"]
     if best is None:
         typer.echo(f"study {setup.name}: no complete trial yet")
