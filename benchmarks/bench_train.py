@@ -24,12 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
+from recsys.devices import cpu_has_bf16
 from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
@@ -48,9 +49,11 @@ def machine_load() -> str:
     return f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores"
 
 
-def matmul_gflops(size: int = 1024, seconds: float = 3.0) -> float:
-    """Measured fp32 matmul rate of this machine through torch (all threads)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(
+    dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 3.0
+) -> float:
+    """This machine's square-matmul rate through torch in ``dtype`` (all threads)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -104,7 +107,17 @@ def train_run(
     return models_dir / dataset / (run_name or Path(config).stem)
 
 
-def summarize(run_dir: Path, peak_gflops: float, processed_root: Path | None = None) -> dict:
+def peak_rates() -> dict[str, float]:
+    """Square-matmul GFLOP/s per training precision (bf16 only where the CPU has it)."""
+    rates = {"32-true": matmul_gflops(torch.float32)}
+    if cpu_has_bf16():
+        rates["bf16-mixed"] = matmul_gflops(torch.bfloat16)
+    return rates
+
+
+def summarize(run_dir: Path, peaks: dict[str, float], processed_root: Path | None = None) -> dict:
+    """The run's metrics.json, with its training FLOP/s as a share of the matmul rate of the
+    precision it trained in."""
     metrics = read_json(run_dir / "metrics.json")
     trained = load_run(run_dir)
     model_config = trained.model.config.to_dict()
@@ -116,11 +129,11 @@ def summarize(run_dir: Path, peak_gflops: float, processed_root: Path | None = N
         **metrics,
         "config": trained.config,
         "train_gflops_per_s": flops / 1e9,
-        "share_of_matmul_peak": flops / 1e9 / peak_gflops,
+        "share_of_matmul_peak": flops / 1e9 / peaks[metrics.get("precision", "32-true")],
     }
 
 
-def ml1m_epoch_time(peak_gflops: float, epochs: int = 1) -> dict[str, Any]:
+def ml1m_epoch_time(epochs: int = 1) -> dict[str, Any]:
     """Seconds per epoch of sasrec-ce on a synthetic dataset shaped like ML-1M."""
     from recsys.modeling.synthetic import write_synthetic_processed
 
@@ -156,10 +169,17 @@ def mean_and_spread(values: list[float]) -> dict[str, float]:
 
 
 def seed_runs(
-    dataset: str, config: str, sets: list[str], seeds: list[int], models_dir: Path, peak: float
-) -> list[dict[str, Any]]:
-    """One training run per seed; each result holds validation and speed figures, no test."""
-    results = []
+    dataset: str,
+    config: str,
+    sets: list[str],
+    seeds: list[int],
+    models_dir: Path,
+    peaks: dict[str, float],
+    results: list[dict[str, Any]],
+    save: Callable[[], None],
+) -> None:
+    """One training run per seed, appended to ``results`` with validation and speed figures (no
+    test), and saved after each, so a killed benchmark keeps the seeds it finished."""
     for seed in seeds:
         start = time.perf_counter()
         run_dir = train_run(
@@ -175,7 +195,7 @@ def seed_runs(
             "seed": seed,
             "run_dir": str(run_dir),
             "wall_s": time.perf_counter() - start,
-            **summarize(run_dir, peak),
+            **summarize(run_dir, peaks),
             "load_after": machine_load(),
         }
         print(
@@ -185,7 +205,7 @@ def seed_runs(
             flush=True,
         )
         results.append(result)
-    return results
+        save()
 
 
 def choose_on_validation(runs: list[dict[str, Any]]) -> str:
@@ -237,12 +257,14 @@ def bench(
     sets: list[str],
     with_reference: bool,
     models_dir: Path,
+    output: Path | None = None,
 ) -> dict[str, Any]:
-    """Train every config with every seed, choose on validation, then score test once."""
-    peak = matmul_gflops()
-    print(f"fp32 matmul: {peak:.1f} GFLOP/s; {machine_load()}", flush=True)
+    """Train every config with every seed, choose on validation, then score test once. The
+    JSON at ``output`` is rewritten after every seed (``runs_so_far``) and at the end."""
+    peaks = peak_rates()
+    print(f"matmul GFLOP/s: {peaks}; {machine_load()}", flush=True)
     out: dict[str, Any] = {
-        "matmul_gflops": peak,
+        "matmul_gflops": peaks,
         "load_before": machine_load(),
         "selection": "best mean validation NDCG@10 over seeds; test scored once, afterwards",
         "seeds": seeds,
@@ -252,11 +274,16 @@ def bench(
         if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
             print(f"skip {dataset}: run 'make data DATASET={dataset}' first", flush=True)
             continue
-        runs = [
-            run
-            for config in configs
-            for run in seed_runs(dataset, config, sets, seeds, models_dir, peak)
-        ]
+        runs: list[dict[str, Any]] = []
+        out["runs_so_far"] = runs
+
+        def save() -> None:
+            if output is not None:
+                write_json(out, output)
+
+        for config in configs:
+            seed_runs(dataset, config, sets, seeds, models_dir, peaks, runs, save)
+        del out["runs_so_far"]
         chosen = choose_on_validation(runs)
         score_test_once(runs, load_processed(dataset))
         for run in runs:
@@ -268,6 +295,8 @@ def bench(
         print(f"{dataset}: chosen on validation: {chosen}", flush=True)
         print(json.dumps(result["configs"], indent=1), flush=True)
     out["load_after"] = machine_load()
+    if output is not None:
+        write_json(out, output)
     return out
 
 
@@ -275,8 +304,9 @@ def main() -> None:
     """``make bench BENCH=train``: the shipped configs, 3 seeds, the reference, ML-1M shape."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-", dir=MODELS_DIR.parent))
     try:
-        out = bench(list(DATASETS), list(CONFIGS), list(SEEDS), [], True, scratch)
-        out["ml-1m_synthetic"] = ml1m_epoch_time(out["matmul_gflops"])
+        output = REPORTS_DIR / "bench" / "train.json"
+        out = bench(list(DATASETS), list(CONFIGS), list(SEEDS), [], True, scratch, output)
+        out["ml-1m_synthetic"] = ml1m_epoch_time()
         print("ML-1M-shaped synthetic:", out["ml-1m_synthetic"], flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -304,6 +334,5 @@ if __name__ == "__main__":
         args.set,
         args.reference,
         Path(args.models_dir),
+        Path(args.output) if args.output else None,
     )
-    if args.output:
-        write_json(result, Path(args.output))
