@@ -607,3 +607,19 @@ def test_max_minutes_stops_training_before_max_epochs(processed, configs, tmp_pa
 def test_max_minutes_must_not_be_negative(processed, configs, tmp_path):
     with pytest.raises(RecsysError, match="max_minutes"):
         run_train(processed, configs, tmp_path / "models", overrides={"max_minutes": -1})
+
+
+def test_val_every_validates_every_other_epoch_and_counts_every_epochs_time(
+    processed, configs, tmp_path
+):
+    run_dir = run_train(
+        processed, configs, tmp_path / "models", overrides={"val_every": 2, "max_epochs": 4}
+    )
+    rows = csv_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 3]
+    metrics = train_stage.read_json(run_dir / "metrics.json")
+    assert metrics["epochs_run"] == 4 and metrics["best_epoch"] in (1, 3)
+    # the unvalidated epochs' time is in the total: more than the validated epochs alone
+    assert metrics["total_time_s"] > sum(float(r["epoch_s"]) for r in rows)
+    with pytest.raises(RecsysError, match="val_every"):
+        run_train(processed, configs, tmp_path / "models", overrides={"val_every": 0})

@@ -431,14 +431,15 @@ class RunRecorder(pl.Callback):
     """One row per epoch in ``logs/metrics.csv`` and a running ``metrics.json``.
 
     Its rows live in the checkpoint (callback state), so after a resume the files are rewritten
-    from the epochs the checkpoint has, and a lost epoch's row disappears with it.
+    from the epochs the checkpoint has, and a lost epoch's row disappears with it. Epochs that
+    are not validated (``val_every`` > 1) have no row, but their time counts in ``elapsed_s``.
     """
 
     def __init__(self, run_dir: Path, n_params: int, extra: dict[str, Any] | None = None) -> None:
         self.run_dir, self.n_params, self.extra = Path(run_dir), n_params, extra or {}
         self.rows: list[dict[str, float]] = []
         self.elapsed_s, self.peak_rss_mb = 0.0, 0.0
-        self._epoch_start = self._train_end = 0.0
+        self._epoch_start = self._train_end = self._counted_until = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -453,7 +454,17 @@ class RunRecorder(pl.Callback):
         self.peak_rss_mb = float(state_dict["peak_rss_mb"])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._counted_until = time.perf_counter()
+
+    def _count_time(self) -> float:
+        """Add the time since it was last counted to ``elapsed_s``; returns now."""
+        now = time.perf_counter()
+        self.elapsed_s += now - self._counted_until
+        self._counted_until = now
+        return now
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._count_time()  # after this epoch's validation, if it had one
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train_end = time.perf_counter()
@@ -462,8 +473,7 @@ class RunRecorder(pl.Callback):
         metrics = getattr(pl_module, "epoch_metrics", {})
         if trainer.sanity_checking or METRIC not in metrics:
             return
-        now = time.perf_counter()
-        self.elapsed_s += now - self._epoch_start
+        now = self._count_time()  # counted here too: the checkpoint saved next keeps it
         self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb())
         row = {
             "epoch": trainer.current_epoch,
@@ -490,14 +500,15 @@ class RunRecorder(pl.Callback):
     def summary(self, finished: bool = False) -> dict[str, Any]:
         best = max(self.rows, key=lambda r: (r[METRIC], -r["epoch"]))
         train_s = sum(r["train_s"] for r in self.rows)
+        epochs_run = int(self.rows[-1]["epoch"]) + 1  # up to the last validated epoch
         return {
             **self.extra,
             "finished": finished,
             "best_epoch": int(best["epoch"]),
             "best_val_ndcg@10": best["val_ndcg@10"],
             "best_val_hr@10": best["val_hr@10"],
-            "epochs_run": len(self.rows),
-            "seconds_per_epoch": sum(r["epoch_s"] for r in self.rows) / len(self.rows),
+            "epochs_run": epochs_run,
+            "seconds_per_epoch": self.rows[-1]["elapsed_s"] / epochs_run,
             "train_seconds_per_epoch": train_s / len(self.rows),
             "tokens_per_s": sum(r["train_tokens"] for r in self.rows) / max(train_s, 1e-9),
             "peak_rss_mb": self.peak_rss_mb,

@@ -16,6 +16,7 @@ CSV log (:mod:`recsys.modeling.tracking`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -88,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
     # is kept), or after max_minutes of training (0: no time limit), whichever comes first.
     "patience": 20,
     "max_minutes": 0.0,
+    # Validate every val_every epochs: validation ranks the whole catalogue for every user, a
+    # visible share of a short epoch. Patience still counts epochs.
+    "val_every": 1,
     "seed": 42,
     "cold_items": 0.0,
     # Draws the cold items; apart from ``seed`` so that every seed of a config (and every
@@ -215,7 +219,7 @@ def resolve_config(
             raise fail(
                 f"config key {key!r} must be one of {', '.join(allowed)}, got {resolved[key]!r}"
             )
-    for key in ("lr", "batch_size", "max_epochs", "patience"):
+    for key in ("lr", "batch_size", "max_epochs", "patience", "val_every"):
         if resolved[key] <= 0:
             raise fail(f"config key {key!r} must be > 0, got {resolved[key]!r}")
     nonnegative = ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers")
@@ -603,7 +607,10 @@ def fit(
             )
             for kwargs in checkpoints
         ),
-        EarlyStopping(monitor=METRIC, mode="max", patience=cfg["patience"]),
+        # Lightning counts patience in validations.
+        EarlyStopping(
+            monitor=METRIC, mode="max", patience=math.ceil(cfg["patience"] / cfg["val_every"])
+        ),
         RunRecorder(
             run_dir,
             module.model.n_params(),
@@ -627,6 +634,7 @@ def fit(
     trainer = pl.Trainer(
         max_epochs=cfg["max_epochs"],
         max_time=timedelta(minutes=cfg["max_minutes"]) if cfg["max_minutes"] else None,
+        check_val_every_n_epoch=cfg["val_every"],
         **hardware,
         callbacks=callbacks,
         logger=loggers,
