@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from recsys.modeling.model import (
     BLOCKS,
     CE_CHUNK_BYTES,
+    CE_GROUP_BYTES,
     Dropout,
     ModelConfig,
     SeqRecModel,
@@ -302,18 +303,27 @@ def reference_cross_entropy(hidden, table, candidates, targets):
     return loss.detach(), h.grad, w.grad
 
 
-def fused_cross_entropy(hidden, table, bias, targets, chunk_bytes=CE_CHUNK_BYTES):
+def fused_cross_entropy(hidden, table, bias, targets, chunk_bytes=CE_CHUNK_BYTES, group_bytes=1):
+    """The fused loss and its gradients; by default one chunk a group (the table gradient is
+    summed after every chunk)."""
     h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
-    loss = SoftmaxCrossEntropy.apply(h, w, bias, targets, True, chunk_bytes)
+    loss = SoftmaxCrossEntropy.apply(h, w, bias, targets, True, chunk_bytes, group_bytes)
     loss.backward()
     return loss.detach(), h.grad, w.grad
 
 
-@pytest.mark.parametrize("chunk_bytes", [CE_CHUNK_BYTES, 4 * (N_CATALOGUE + 1) * 7, 1])
-def test_fused_cross_entropy_matches_autograd_over_the_candidates(chunk_bytes):
-    """In one piece, and in chunks of 7 rows (and of 1)."""
+@pytest.mark.parametrize(
+    "chunk_bytes, group_bytes",
+    [
+        (CE_CHUNK_BYTES, CE_GROUP_BYTES),  # one chunk, one group
+        (4 * (N_CATALOGUE + 1) * 7, 1),  # chunks of 7 rows, each its own group
+        (4 * (N_CATALOGUE + 1) * 7, 4 * (N_CATALOGUE + 1) * 15),  # groups of 14 rows
+        (1, 1),  # one row at a time
+    ],
+)
+def test_fused_cross_entropy_matches_autograd_over_the_candidates(chunk_bytes, group_bytes):
     hidden, table, candidates, targets, bias = masked_cross_entropy_case()
-    fused = fused_cross_entropy(hidden, table, bias, targets, chunk_bytes)
+    fused = fused_cross_entropy(hidden, table, bias, targets, chunk_bytes, group_bytes)
     reference = reference_cross_entropy(hidden, table, candidates, targets)
     for mine, expected in zip(fused, reference):
         assert torch.allclose(mine, expected, atol=1e-6, rtol=1e-5)
@@ -324,7 +334,8 @@ def test_fused_cross_entropy_matches_autograd_over_the_candidates(chunk_bytes):
 def test_bf16_cross_entropy_sums_the_table_gradient_in_float32(inputs):
     """With bf16 matmuls (bf16 tensors, or float32 ones under CPU autocast) the loss and the
     gradients stay within bf16 rounding of float32 autograd on the same bf16-rounded inputs,
-    over 512 one-row chunks. A table gradient summed in bf16 drifts far past that bound."""
+    over 512 one-row chunks and groups. A table gradient summed in bf16 drifts far past that
+    bound."""
     hidden, table, candidates, targets, bias = masked_cross_entropy_case(n=512, width=16)
     hidden, table = hidden.bfloat16().float(), table.bfloat16().float()
     reference = reference_cross_entropy(hidden, table, candidates, targets)

@@ -325,25 +325,32 @@ def sinusoidal_table(length: int, width: int) -> Tensor:
     return table
 
 
-#: Bytes of float32 probabilities per chunk of the full-softmax loss: small enough that a chunk's
-#: scores stay in a core's cache from the matrix product through the softmax to the gradients.
+#: Bytes of float32 scores per chunk of the full-softmax loss: small enough that a chunk's
+#: scores stay in a core's cache from the matrix product through the softmax.
 CE_CHUNK_BYTES = 2 * 2**20
+#: Bytes of probabilities kept for one pair of gradient products: large enough that the table's
+#: gradient is summed a few times a step rather than once a chunk, small enough for the cache
+#: that all cores share.
+CE_GROUP_BYTES = 16 * 2**20
 
 
 class SoftmaxCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the scores ``hidden @ table.T + bias`` [N, C] at ``targets`` [N].
 
     The same loss and gradients as ``F.cross_entropy(hidden @ table.T + bias, targets)``, made
-    in one pass over the rows, a chunk at a time: each chunk's scores, softmax, and both
-    gradients (``softmax - one_hot`` carried back to the hidden rows and to the table) are
-    computed while the chunk is still in cache, and no [N, C] tensor ever exists. Autograd would
-    write the scores, their log-softmax, a one-hot and a softmax gradient out to memory and read
-    them back; with an inner dimension of 64 those passes, not the arithmetic, are the cost. The
+    in one pass over the rows, holding at most ``group_bytes`` of probabilities at any catalogue
+    size. Autograd would write the
+    scores, their log-softmax, a one-hot and a softmax gradient out to memory and read them
+    back; with an inner dimension of 64 those passes, not the arithmetic, are the cost. Here
+    each chunk of rows is scored and turned into probabilities while it is in a core's cache;
+    a group of chunks' probabilities becomes the scores' gradient in place (``softmax -
+    one_hot``), carried back to the hidden rows and to the table by two matrix products. The
     backward pass only scales the saved gradients. ``bias`` is -inf for the columns that are not
     candidates.
 
     Under autocast (bf16 on a CPU with AVX512-BF16, or a GPU) the three matrix products run in
-    its dtype; the softmax, the loss and the table gradient summed over the chunks stay float32.
+    its dtype; the softmax is computed in float32, and the table gradient is summed over the
+    groups in float32.
     """
 
     @staticmethod
@@ -355,32 +362,38 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         targets: Tensor,
         with_grads: bool = True,
         chunk_bytes: int = CE_CHUNK_BYTES,
+        group_bytes: int = CE_GROUP_BYTES,
     ) -> Tensor:
         device = hidden.device.type
         dtype = hidden.dtype
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
-        rows = max(1, chunk_bytes // (4 * table.shape[0]))
+        n_rows, n_columns = len(targets), table.shape[0]
+        rows = max(1, chunk_bytes // (4 * n_columns))
+        group = max(1, group_bytes // (dtype.itemsize * n_columns) // rows) * rows
         h, w, b = hidden.to(dtype), table.to(dtype), bias.to(dtype)
-        d_hidden = torch.empty_like(h) if with_grads else None
-        d_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
-        losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
-        span = torch.arange(min(rows, len(targets)), device=hidden.device)
+        losses = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
+        if with_grads:
+            d_hidden = torch.empty_like(h)
+            d_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
         with torch.autocast(device, enabled=False):
-            for start in range(0, len(targets), rows):
-                end = min(start + rows, len(targets))
-                index, picked = span[: end - start], targets[start:end]
-                scores = torch.addmm(b, h[start:end], w.T)
-                probs = torch.softmax(scores, dim=1)  # computed in float32, stored as dtype
-                # The largest score's probability is >= 1 / C, so the log-sum-exp recovered
-                # from it is exact (and needs no second pass of exponentials).
-                normaliser = scores.amax(dim=1).float() - probs.amax(dim=1).log()
-                losses[start:end] = normaliser - scores[index, picked].float()
+            for first in range(0, n_rows, group):
+                last = min(first + group, n_rows)
+                probs = torch.empty(last - first, n_columns, dtype=dtype, device=hidden.device)
+                for start in range(first, last, rows):
+                    end = min(start + rows, last)
+                    scores = torch.addmm(b, h[start:end], w.T)
+                    torch.softmax(scores, dim=1, out=probs[start - first : end - first])
+                index = torch.arange(last - first, device=hidden.device)
+                picked = targets[first:last]
+                # -log of the target's probability, with no further pass over the scores (a
+                # bf16 probability keeps float32's range: it is 0 only past a loss of 87).
+                losses[first:last] = -probs[index, picked].float().clamp_min(1e-38).log()
                 if not with_grads:
                     continue
                 probs[index, picked] -= 1.0  # the gradient of the scores, in place
-                torch.mm(probs, w, out=d_hidden[start:end])
-                d_table += (probs.T @ h[start:end]).float()
+                torch.mm(probs, w, out=d_hidden[first:last])
+                d_table += (probs.T @ h[first:last]).float()
         if with_grads:
             ctx.save_for_backward(d_hidden, d_table)
         ctx.dtypes = hidden.dtype, table.dtype
@@ -392,14 +405,8 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         d_hidden, d_table = ctx.saved_tensors
         scale = grad / max(1, len(d_hidden))
         hidden_dtype, table_dtype = ctx.dtypes
-        return (
-            (d_hidden * scale).to(hidden_dtype),
-            (d_table * scale).to(table_dtype),
-            None,
-            None,
-            None,
-            None,
-        )
+        d_hidden, d_table = (d_hidden * scale).to(hidden_dtype), (d_table * scale).to(table_dtype)
+        return d_hidden, d_table, None, None, None, None, None
 
 
 class Decoder(nn.Module):
