@@ -96,7 +96,7 @@ def test_tuning_scores_validation_as_the_evaluation_report_does(world, tmp_path)
         assert chosen == pytest.approx(rows[name]["valid"]["ndcg@10"]["value"], abs=1e-6)
 
 
-def test_a_stored_file_round_trips_and_evaluation_fits_with_it(world, tmp_path):
+def test_a_stored_file_round_trips_and_evaluation_fits_with_it(world, tmp_path, monkeypatch):
     without = read_json(run_evaluate(world, tmp_path / "default", tmp_path))
     assert tuned_params(without) == DEFAULTS and without["baseline_settings"] is None
     assert "their defaults (not tuned)" in (tmp_path / "default" / f"{DATASET}.md").read_text()
@@ -110,8 +110,10 @@ def test_a_stored_file_round_trips_and_evaluation_fits_with_it(world, tmp_path):
         path,
         {"ease": {"l2": 7.0}, "item-knn": {"neighbors": 3}},
     )
+    monkeypatch.setattr("recsys.config.PROJ_ROOT", tmp_path.resolve())
     report = read_json(run_evaluate(world, tmp_path / "tuned-run", tmp_path))
     assert tuned_params(report) == {"ease": {"l2": 7.0}, "item-knn": {"neighbors": 3}}
+    assert report["baseline_settings"] == f"tuned/{DATASET}-baselines.yaml"  # in the project
     rows = {m["name"]: m for m in report["models"]}
     before = {m["name"]: m for m in without["models"]}
     assert rows["ease"]["valid"] != before["ease"]["valid"]  # another l2, another model

@@ -53,7 +53,13 @@ import typer
 from loguru import logger
 
 from recsys.cli import fail, run
-from recsys.config import DEFAULT_DATASET, METRICS_DIR, MODELS_DIR, PROCESSED_DATA_DIR
+from recsys.config import (
+    DEFAULT_DATASET,
+    METRICS_DIR,
+    MODELS_DIR,
+    PROCESSED_DATA_DIR,
+    shown_path,
+)
 from recsys.io import read_json, write_json, write_text
 from recsys.modeling import metrics
 from recsys.modeling.baseline_tuning import (
@@ -265,7 +271,7 @@ def tune_baseline_settings(
 def baseline_settings(
     dataset: str, configs_dir: Path | None = None
 ) -> tuple[str | None, dict[str, dict[str, Any]]]:
-    """The stored file (as a string, for the report) and the settings chosen on validation, or
+    """The stored file (as the report shows it) and the settings chosen on validation, or
     no file and no settings (the defaults); logged either way."""
     path, settings = read_tuned(dataset, configs_dir)
     if path is None:
@@ -276,7 +282,7 @@ def baseline_settings(
         return None, {}
     shown = "; ".join(f"{name} {point_label(s)}" for name, s in settings.items())
     logger.info(f"baselines: the settings chosen on validation in {path}: {shown}")
-    return str(path), settings
+    return shown_path(path), settings
 
 
 def skipped_baselines(n_items: int, max_dense_items: int) -> list[dict[str, str]]:
