@@ -132,6 +132,11 @@ tune: requirements
 evaluate: requirements
 	$(PYTHON) -m recsys.modeling.evaluate --dataset $(DATASET) $(EVALUATE_ARGS)
 
+## Choose EASE's l2 and item-kNN's neighbours on DATASET's validation split (configs/tuned/DATASET-baselines.yaml), then evaluate
+.PHONY: tune-baselines
+tune-baselines: requirements
+	$(PYTHON) -m recsys.modeling.evaluate --dataset $(DATASET) --tune-baselines $(EVALUATE_ARGS)
+
 ## Browse the runs trained with TRAIN_ARGS="--logger mlflow" at http://127.0.0.1:5000
 .PHONY: mlflow-ui
 mlflow-ui: requirements

@@ -33,6 +33,13 @@ TUNING_DIR = _env_path("RECSYS_TUNING_DIR", REPORTS_DIR / "tuning")
 CONFIGS_DIR = _env_path("RECSYS_CONFIGS_DIR", PROJ_ROOT / "configs")
 DOCS_DIR = _env_path("RECSYS_DOCS_DIR", PROJ_ROOT / "docs")
 
+
+def shown_path(path: Path) -> str:
+    """A path as reports and pages show it: relative to the project when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJ_ROOT)) if path.is_relative_to(PROJ_ROOT) else str(path)
+
+
 #: Local folder holding already-downloaded datasets (archives or extracted folders).
 DATA_MIRROR = os.environ.get("RECSYS_DATA_MIRROR") or None
 

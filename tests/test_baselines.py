@@ -74,3 +74,22 @@ def test_item_knn_keeps_each_items_most_similar_items_of_the_dense_cosine(neighb
     for item in range(n_items + 1):
         best = np.sort(cosine[item][cosine[item] > 0])[::-1][:neighbors]
         np.testing.assert_allclose(np.sort(similarity[item][kept[item]])[::-1], best, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls, settings", [(EASE, "l2"), (ItemKNN, "neighbors")])
+def test_a_grid_fits_the_models_that_each_setting_fits_alone(cls, settings):
+    """EASE's grid shares one Gram matrix across its l2 values; each model must still be the one
+    that setting fits on its own (item-kNN fits each setting anew)."""
+    rng = np.random.default_rng(3)
+    seqs = [
+        rng.choice(np.arange(1, 41), size=rng.integers(2, 9), replace=False) for _ in range(90)
+    ]
+    values = {"l2": (1.0, 30.0, 500.0), "neighbors": (2, 5, 40)}[settings]
+    points = [{settings: value} for value in values]
+    grid = list(cls.fit_grid(seqs, 40, 42, points))
+    assert [model.settings() for model in grid] == points
+    item_seq = torch.tensor([[0, 0, 3, 7, 9], [0, 0, 0, 1, 41], [2, 4, 8, 16, 32]])
+    for model, setting in zip(grid, points):
+        alone = cls(**setting).fit(seqs, 40, 42)
+        assert torch.allclose(model.score(item_seq), alone.score(item_seq), atol=1e-6)
+    assert not torch.allclose(grid[0].score(item_seq)[:, 1:], grid[-1].score(item_seq)[:, 1:])

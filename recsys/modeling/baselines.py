@@ -13,7 +13,8 @@ the pessimistic tie rule of the metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.linalg.lapack
@@ -58,6 +59,8 @@ class Baseline:
     name = "baseline"
     #: Whether fitting holds a dense n_items x n_items matrix (see :data:`MAX_DENSE_ITEMS`).
     dense = False
+    #: The constructor's arguments that change the model (not only how fast it is fitted).
+    tunable: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.n_items = 0
@@ -69,6 +72,32 @@ class Baseline:
     ) -> Baseline:
         """Learn from training sequences of item ids in ``1..n_items`` (a list of arrays will do
         as well as :class:`~recsys.processed.Sequences`)."""
+        self._fit(self._learn_popularity(sequences, n_items, n_catalogue))
+        return self
+
+    @classmethod
+    def fit_grid(
+        cls,
+        sequences: Sequences | Iterable[np.ndarray],
+        n_items: int,
+        n_catalogue: int,
+        settings: Iterable[Mapping[str, Any]],
+    ) -> Iterator[Baseline]:
+        """The baseline fitted with each of ``settings`` in turn, each yielded before the next is
+        fitted, so a caller that drops one before asking for the next holds one at a time. A
+        baseline whose settings share costly work overrides this to do that work once."""
+        for setting in settings:
+            yield cls(**setting).fit(sequences, n_items, n_catalogue)
+
+    def settings(self) -> dict[str, Any]:
+        """The values of its :attr:`tunable` arguments, for the report."""
+        return {key: getattr(self, key) for key in self.tunable}
+
+    def _learn_popularity(
+        self, sequences: Sequences | Iterable[np.ndarray], n_items: int, n_catalogue: int
+    ) -> Sequences:
+        """Check the training sequences and learn the catalogue size and popularity from them;
+        returns them as :class:`~recsys.processed.Sequences`."""
         seqs = sequences if isinstance(sequences, Sequences) else Sequences.of(list(sequences))
         items = seqs.flat().astype(np.int64)
         if not len(items):
@@ -78,8 +107,7 @@ class Baseline:
         self.n_items, self.n_catalogue = n_items, n_catalogue
         self.popularity = np.bincount(items, minlength=n_catalogue + 1).astype(np.float32)
         self.popularity[0] = 0.0
-        self._fit(seqs)
-        return self
+        return seqs
 
     def _fit(self, sequences: Sequences) -> None:
         """Baseline-specific fitting; popularity is already known."""
@@ -132,6 +160,7 @@ class ItemKNN(Baseline):
     the items of the input sequence; each item keeps its ``neighbors`` most similar items."""
 
     name = "item-knn"
+    tunable = ("neighbors",)
 
     def __init__(self, neighbors: int = 200, block: int = 1024) -> None:
         super().__init__()
@@ -175,22 +204,53 @@ class EASE(Baseline):
 
     name = "ease"
     dense = True
+    tunable = ("l2",)
 
     def __init__(self, l2: float = 500.0) -> None:
         super().__init__()
         self.l2 = l2
 
     def _fit(self, sequences: Sequences) -> None:
-        weights = _spd_inverse(self._ridge_gram(_interactions(sequences, self.n_items + 1)))
+        self._solve(self._co_occurrence(sequences))
+
+    @classmethod
+    def fit_grid(
+        cls,
+        sequences: Sequences | Iterable[np.ndarray],
+        n_items: int,
+        n_catalogue: int,
+        settings: Iterable[Mapping[str, Any]],
+    ) -> Iterator[Baseline]:
+        """EASE with each setting (``{"l2": ...}``) in turn, from one Gram matrix X'X.
+
+        Each l2 then costs a copy of the Gram matrix and its Cholesky inverse. Reusing one
+        eigendecomposition instead (P = V diag(1 / (w + l2)) V') is slower: timed on
+        amazon-beauty's 12,101 items, the eigendecomposition alone took as long as several
+        Cholesky inverses, and rebuilding P from it for one l2 (a dense product) took no less
+        than that l2's own Cholesky inverse, so it loses at any grid size.
+        """
+        gram: np.ndarray | None = None
+        for setting in settings:
+            model = cls(**setting)
+            seqs = model._learn_popularity(sequences, n_items, n_catalogue)
+            if gram is None:
+                gram = model._co_occurrence(seqs)
+            model._solve(gram.copy())
+            yield model
+
+    def _co_occurrence(self, sequences: Sequences) -> np.ndarray:
+        """X'X, dense float32 (co-occurrence counts are exact in float32)."""
+        users_items = _interactions(sequences, self.n_items + 1)
+        return (users_items.T @ users_items).toarray()
+
+    def _solve(self, gram: np.ndarray) -> None:
+        """The weights from X'X, computed in its memory: B = I - P / diag(P) with
+        P = (X'X + l2 I)^-1."""
+        gram[np.diag_indices_from(gram)] += self.l2
+        weights = _spd_inverse(gram)
         weights /= -np.diag(weights)[None, :]
         np.fill_diagonal(weights, 0.0)
         self.weights = torch.from_numpy(weights)
-
-    def _ridge_gram(self, users_items: sp.csr_matrix) -> np.ndarray:
-        """X'X + lambda I, dense float32 (co-occurrence counts are exact in float32)."""
-        gram = (users_items.T @ users_items).toarray()
-        gram[np.diag_indices_from(gram)] += self.l2
-        return gram
 
     def _scores(self, item_seq: torch.Tensor) -> np.ndarray:
         # A history holds a handful of items: summing their rows of the dense weights (sparse
@@ -258,12 +318,15 @@ def fit_baselines(
     n_items: int,
     n_catalogue: int,
     max_dense_items: int = MAX_DENSE_ITEMS,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Baseline]:
-    """Every baseline with its default settings, fitted on the same training sequences, but
-    those :func:`too_large` for the catalogue."""
+    """Every baseline, fitted on the same training sequences, but those :func:`too_large` for
+    the catalogue; with its ``settings`` (by name, e.g. ``{"ease": {"l2": 100.0}}``) where given,
+    else its defaults."""
     skipped = too_large(n_items, max_dense_items)
+    settings = settings or {}
     return {
-        name: cls().fit(sequences, n_items, n_catalogue)
+        name: cls(**settings.get(name, {})).fit(sequences, n_items, n_catalogue)
         for name, cls in BASELINES.items()
         if name not in skipped
     }

@@ -20,6 +20,11 @@ log-probabilities, and every other item -inf: a target outside the beams is a mi
 metrics at K above the beam size are left blank. It is compared with ``sasrec-ce`` by the same
 paired test (``generative`` in the report).
 
+Baselines: fitted with the settings chosen on validation in
+``configs/tuned/<dataset>-baselines.yaml`` where that file exists (``--tune-baselines`` writes it
+first, :mod:`recsys.modeling.baseline_tuning`), else with their defaults; the report records
+which file and each baseline's settings (``params``).
+
 Output: ``reports/metrics/<dataset>.json`` (read by plots and report) and ``<dataset>.md``.
 ``--cold-items F`` adds (or replaces) only the ``cold_start`` section of that file.
 
@@ -48,9 +53,22 @@ import typer
 from loguru import logger
 
 from recsys.cli import fail, run
-from recsys.config import DEFAULT_DATASET, METRICS_DIR, MODELS_DIR, PROCESSED_DATA_DIR
+from recsys.config import (
+    DEFAULT_DATASET,
+    METRICS_DIR,
+    MODELS_DIR,
+    PROCESSED_DATA_DIR,
+    shown_path,
+)
 from recsys.io import read_json, write_json, write_text
 from recsys.modeling import metrics
+from recsys.modeling.baseline_tuning import (
+    GRIDS,
+    point_label,
+    read_tuned,
+    tune_baselines,
+    write_tuned,
+)
 from recsys.modeling.baselines import MAX_DENSE_ITEMS, fit_baselines, too_large
 from recsys.modeling.model import COLD_CAPABLE, SemanticDecoder
 from recsys.processed import (
@@ -92,6 +110,8 @@ class Candidate:
     config: dict[str, Any] | None = None
     #: The largest K its metrics can be reported at: a generative run ranks its beams only.
     max_k: int | None = None
+    #: A baseline's settings (``{"l2": 500.0}``); None for a trained run (see ``config``).
+    params: dict[str, Any] | None = None
 
     @property
     def can_score_cold(self) -> bool:
@@ -209,13 +229,60 @@ def trained_candidates(
 
 
 def baseline_candidates(
-    data: ProcessedData, cold: np.ndarray | None = None, max_dense_items: int = MAX_DENSE_ITEMS
+    data: ProcessedData,
+    cold: np.ndarray | None = None,
+    max_dense_items: int = MAX_DENSE_ITEMS,
+    settings: dict[str, dict[str, Any]] | None = None,
 ) -> list[Candidate]:
-    """The baselines, fitted on the training split, cut at the cold items as training is; those
-    too large for the catalogue (:func:`recsys.modeling.baselines.too_large`) are left out."""
+    """The baselines, fitted on the training split, cut at the cold items as training is, with
+    their ``settings`` by name where given (else their defaults); those too large for the
+    catalogue (:func:`recsys.modeling.baselines.too_large`) are left out."""
     sequences = train_pieces(data.events, cold)
-    fitted = fit_baselines(sequences, data.n_items, data.n_catalogue, max_dense_items)
-    return [Candidate(name=n, kind="baseline", scorer=b) for n, b in fitted.items()]
+    fitted = fit_baselines(sequences, data.n_items, data.n_catalogue, max_dense_items, settings)
+    return [
+        Candidate(name=n, kind="baseline", scorer=b, params=b.settings())
+        for n, b in fitted.items()
+    ]
+
+
+def tune_baseline_settings(
+    data: ProcessedData,
+    max_dense_items: int = MAX_DENSE_ITEMS,
+    batch_size: int = BATCH_SIZE,
+    device: torch.device | str | None = None,
+    configs_dir: Path | None = None,
+) -> Path:
+    """Choose the tunable baselines' settings on the validation split and store them; returns
+    the file. Fitted on the whole training split and scored on every validation user, even for
+    a cold-start or sampled evaluation: the file serves every later evaluation of the dataset."""
+    skipped = too_large(data.n_items, max_dense_items)
+    tuned = tune_baselines(
+        train_pieces(data.events),
+        split_examples(data, "valid"),
+        data.n_items,
+        data.n_catalogue,
+        [name for name in GRIDS if name not in skipped],
+        batch_size=batch_size,
+        device=device,
+    )
+    return write_tuned(data.name, tuned, configs_dir)
+
+
+def baseline_settings(
+    dataset: str, configs_dir: Path | None = None
+) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """The stored file (as the report shows it) and the settings chosen on validation, or
+    no file and no settings (the defaults); logged either way."""
+    path, settings = read_tuned(dataset, configs_dir)
+    if path is None:
+        logger.info(
+            f"baselines: default settings; make tune-baselines DATASET={dataset} chooses them "
+            "on validation"
+        )
+        return None, {}
+    shown = "; ".join(f"{name} {point_label(s)}" for name, s in settings.items())
+    logger.info(f"baselines: the settings chosen on validation in {path}: {shown}")
+    return shown_path(path), settings
 
 
 def skipped_baselines(n_items: int, max_dense_items: int) -> list[dict[str, str]]:
@@ -504,6 +571,7 @@ def seed_row(
         "item_repr": first["item_repr"],
         "n_params": first["n_params"],
         "max_k": first["max_k"],
+        "params": first["params"],
     }
     for split in SPLITS:
         out[split] = {
@@ -539,6 +607,7 @@ def candidate_row(
         "item_repr": cand.item_repr,
         "n_params": cand.n_params,
         "max_k": cand.max_k,
+        "params": cand.params,
     }
     for split in SPLITS:
         found = summarize(ranked[split], popularity, n_items, ks, n_bootstrap, seed)
@@ -674,6 +743,7 @@ def evaluate_cold(
             "name": cand.name,
             "item_repr": cand.item_repr,
             "can_score_cold": cand.can_score_cold,
+            "params": cand.params,
         }
         for metric in ("hr", "ndcg"):
             values = per_user(ranked, metric, k)
@@ -778,6 +848,20 @@ def _scope_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _baseline_settings_lines(report: dict[str, Any]) -> list[str]:
+    """Which settings the tunable baselines had: chosen on validation (the file) or defaults."""
+    shown = ", ".join(
+        f"{row['name']} {point_label(row['params'])}"
+        for row in report["models"]
+        if row["kind"] == "baseline" and row.get("params")
+    )
+    if not shown:
+        return []
+    source = report.get("baseline_settings")
+    how = f"chosen on validation (`{source}`)" if source else "their defaults (not tuned)"
+    return ["", f"**Baseline settings**: {how}: {shown}."]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables (test and valid at K=10 with CIs, then NDCG/HR at every K)."""
     lines = [
@@ -798,6 +882,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "is in the JSON (`per_seed`).",
     ]
     lines += _scope_lines(report)
+    lines += _baseline_settings_lines(report)
     beams = sorted({row["max_k"] for row in report["models"] if row.get("max_k")})
     if beams:
         lines += [
@@ -882,13 +967,17 @@ def evaluate(
     device: str = "auto",
     sample_users: int | None = None,
     max_dense_items: int = MAX_DENSE_ITEMS,
+    tune: bool = False,
+    configs_dir: Path | None = None,
 ) -> Path:
     """Evaluate ``dataset`` and write its report; returns the JSON path.
 
     ``sample_users``: score a seeded (``seed``) random sample of that many test users, the same
     for every model and split, for a fast estimate. ``max_dense_items``: the largest catalogue
     on which the dense baselines (EASE) are fitted; above it they are skipped, and the report
-    says why."""
+    says why. ``tune``: first choose the baselines' settings on validation and store them in
+    ``configs_dir``'s ``tuned/<dataset>-baselines.yaml``, which the baselines are fitted with
+    whenever it exists."""
     if n_bootstrap < 0:
         raise fail(f"--bootstrap must be >= 0 (0 turns the intervals off), got {n_bootstrap}")
     torch_device = resolve_device(device)
@@ -902,10 +991,13 @@ def evaluate(
     )
     if not baselines_only:
         require_trained(trained, dataset, cold_items)
+    if tune:
+        tune_baseline_settings(data, max_dense_items, batch_size, torch_device, configs_dir)
+    settings_file, settings = baseline_settings(dataset, configs_dir)
     cold = cold_item_set(data.n_items, cold_items, cold_seed(trained)) if cold_items else None
     for cand in trained:
         cand.scorer.to(torch_device)
-    candidates = trained + baseline_candidates(data, cold, max_dense_items)
+    candidates = trained + baseline_candidates(data, cold, max_dense_items, settings)
     options = dict(
         keep_history=keep_history,
         n_bootstrap=n_bootstrap,
@@ -920,9 +1012,11 @@ def evaluate(
     existing = existing if compatible(existing, data) else None
     if cold is None:
         report = evaluate_main(data, candidates, **options)
+        report["baseline_settings"] = settings_file
         report["cold_start"] = (existing or {}).get("cold_start")
     else:
         section = evaluate_cold(data, candidates, cold, cold_items, **options)
+        section["baseline_settings"] = settings_file
         n_test = len(split_examples(data, "test", sample).targets)
         header = _header(data, n_test, keep_history, n_bootstrap, sample, skipped)
         report = merge_cold(existing, section, header)
@@ -960,6 +1054,12 @@ def main(
         "--max-dense-items",
         help="Skip the dense baselines (EASE: n_items^2 floats) on larger catalogues.",
     ),
+    tune_baselines: bool = typer.Option(
+        False,
+        "--tune-baselines",
+        help="First choose EASE's l2 and item-kNN's neighbours on validation and store them in "
+        "configs/tuned/DATASET-baselines.yaml (the baselines are fitted with it when it exists).",
+    ),
     device: DeviceOpt = "auto",
     processed_dir: ProcessedDirOpt = PROCESSED_DATA_DIR,
     models_dir: ModelsDirOpt = MODELS_DIR,
@@ -980,6 +1080,7 @@ def main(
         device=device,
         sample_users=sample_users,
         max_dense_items=max_dense_items,
+        tune=tune_baselines,
     )
 
 
