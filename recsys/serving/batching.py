@@ -5,6 +5,10 @@ while the worker is busy, new requests queue, and the next pass takes all of the
 ``max_batch``. Under load a batch grows with the queue, which is what turns concurrency into
 throughput on a CPU. The model runs on one worker thread: torch releases the GIL while it
 computes, so the event loop keeps accepting and answering requests meanwhile.
+
+A pass that fails (``handle`` raises, answers fewer items than it was given, or ``on_batch``
+raises) fails that pass's callers with the error; the loop goes on to the next pass, so one bad
+batch never leaves later requests waiting forever.
 """
 
 from __future__ import annotations
@@ -73,11 +77,14 @@ class MicroBatcher(Generic[Item, Result]):
             items = [item for item, _ in batch]
             try:
                 results = await loop.run_in_executor(self._worker, self.handle, items)
-            except Exception as err:  # the whole pass failed: every caller hears why
-                results = [err] * len(batch)
-            else:
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"the batch handler answered {len(results)} of {len(batch)} requests"
+                    )
                 if self.on_batch is not None:
                     self.on_batch(len(batch))
+            except Exception as err:  # the whole pass failed: every caller hears why
+                results = [err] * len(batch)
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     if isinstance(result, Exception):
