@@ -98,6 +98,7 @@ def serve(
             f"serving {served.name} ({served.dataset}, {served.n_items} items) at "
             f"http://{host}:{sock.getsockname()[1]}/ (API docs at /docs)"
         )
+        del served  # the service holds the run now; held here too, a reload could not free it
         config = uvicorn.Config(
             application, log_level="info", access_log=access_log, lifespan="on"
         )

@@ -303,6 +303,46 @@ def test_reload_swaps_runs_and_a_failed_one_keeps_the_old(runs, world, tmp_path)
         assert metric(metrics, 'recsys_reloads_total{outcome="failed"}') == 1
 
 
+class BigRun:
+    """A stand-in run holding ``BIG_RUN_BYTES`` in a reference cycle, as a model's modules and
+    caches may be: only the collector frees it, and not while the collector is frozen."""
+
+    dataset, item_repr, n_items = DATASET, "id", 1
+
+    def __init__(self, path: str | None = None) -> None:
+        self.name = self.run_dir = path or "big"
+        self.table = np.ones(BIG_RUN_BYTES // 8)  # written, so resident
+        self.myself = self
+
+    def info(self) -> dict[str, str]:
+        return {"model": "big"}
+
+    def recommend_resolved(self, resolved: list) -> list[list]:
+        return [[] for _ in resolved]
+
+
+BIG_RUN_BYTES = 128 * 2**20
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (not its peak)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads /proc (Linux)")
+def test_reloads_free_the_old_run(monkeypatch):
+    monkeypatch.setattr("recsys.serving.app.warm_up", lambda run: None)
+    app = create_app(BigRun(), api_key=KEY, loader=BigRun)
+    with TestClient(app) as admin:
+        before = resident_bytes()
+        for _ in range(5):
+            reloaded = admin.post("/v1/admin/reload", headers={"X-API-Key": KEY})
+            assert reloaded.status_code == 200, reloaded.text
+        grown = resident_bytes() - before
+    assert grown < BIG_RUN_BYTES / 2, f"resident memory grew by {grown / 2**20:.0f} MiB"
+
+
 def test_health_readiness_docs_metrics_and_the_demo_page(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
