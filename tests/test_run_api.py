@@ -161,7 +161,7 @@ def test_new_items_of_a_text_run_rank_at_once_and_survive_a_reload(text_run, wor
     ("items", "message"),
     [
         ([], "no items given"),
-        ([{"item_id": "x"}], "new items need title"),
+        ([{"item_id": "x"}], "need the fields item_id, title; missing: title"),
         ([{"item_id": "3", "title": "Taken"}], "item id '3' already exists"),
         ([{"item_id": "a", "title": "A"}, {"item_id": "a", "title": "B"}], "'a' repeats"),
         ([{"item_id": "b", "title": "B", "colour": "red"}], "unknown item field"),

@@ -31,8 +31,10 @@ from recsys.catalogue import Catalogue
 from recsys.cli import run as run_cli
 from recsys.serving.app import MAX_BODY_BYTES, MAX_K, create_app, run_loader
 from recsys.serving.run import ADDED_ITEMS_FILE, load_run
+from recsys.text_features import write_item_texts
 
 KEY = "s3cret-key"
+HEADERS = {"X-API-Key": KEY}
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,10 +58,15 @@ def fake_encoder(features: np.ndarray):
 
 @contextmanager
 def client_for(
-    run_dir: Path, world, api_key: str | None = KEY, encoder: bool = True
+    run_dir: Path,
+    world,
+    api_key: str | None = KEY,
+    encoder: bool = True,
+    processed: Path | None = None,
 ) -> Iterator[TestClient]:
     """A started app (lifespan run) over ``run_dir``; reloads get the stand-in encoder too."""
-    base = run_loader(DATASET, run_dir, processed_dir=world.processed, models_dir=world.models)
+    processed = processed or world.processed
+    base = run_loader(DATASET, run_dir, processed_dir=processed, models_dir=world.models)
 
     def loader(path: str | None):
         loaded = base(path)
@@ -280,6 +287,21 @@ def test_a_text_run_ranks_new_items_at_once(text_client):
     assert unknown.status_code == 422 and "colour" in unknown.json()["detail"]
     metrics = text_client.get("/metrics").text
     assert metric(metrics, "recsys_index_items ") == N_CATALOGUE + 1
+
+
+def test_a_new_item_without_a_text_field_of_the_catalogue_is_told_which_fields(world, tmp_path):
+    processed = Path(shutil.copytree(world.processed, tmp_path / "processed"))
+    write_item_texts(DATASET, ["title", "genres"], processed_root=processed)
+    run_dir = copy_run(world.text_run, tmp_path)
+    with client_for(run_dir, world, processed=processed) as text_client:
+        untyped = {"item_id": "n1", "title": "Brand New Film like Item 7 (2026)"}
+        response = text_client.post("/v1/items", json={"items": [untyped]}, headers=HEADERS)
+        assert response.status_code == 422
+        assert response.json()["detail"] == (
+            f"new items of {DATASET} need the fields item_id, title, genres; missing: genres"
+        )
+        typed = {**untyped, "genres": "Drama"}
+        assert text_client.post("/v1/items", json={"items": [typed]}, headers=HEADERS).is_success
 
 
 # ----------------------------------------------------------------------------- ops and admin

@@ -447,13 +447,14 @@ class Run:
             )
         from recsys.text_features import item_sentences, item_text_fields
 
+        fields = item_text_fields(self.dataset, self.processed_root)
         # One add at a time (ids and new rows are numbered from the table's size), while
         # recommendations go on: only the append itself takes the scoring lock.
         with self._adding:
             new = self._check_new_items(
-                pd.DataFrame(list(items) if not isinstance(items, pd.DataFrame) else items)
+                pd.DataFrame(list(items) if not isinstance(items, pd.DataFrame) else items),
+                fields or [],
             )
-            fields = item_text_fields(self.dataset, self.processed_root)
             texts = item_sentences(new, self.dataset, fields).table["text"].tolist()
             vectors = np.asarray(self._encoder()(texts), dtype=np.float32)
             expected = int(self.model.item_features.shape[1])
@@ -468,12 +469,18 @@ class Run:
             self._save_added(added, vectors)
         return added
 
-    def _check_new_items(self, new: pd.DataFrame) -> pd.DataFrame:
+    def _check_new_items(self, new: pd.DataFrame, text_fields: Sequence[str]) -> pd.DataFrame:
+        """``new`` checked and numbered; ``text_fields`` are those the catalogue's item texts
+        were built from, so a new item's text is built from the same ones."""
         if new.empty:
             raise fail("no items given; send at least one item with item_id and title")
-        missing = [c for c in ("item_id", "title") if c not in new.columns]
+        needed = ["item_id", "title", *[f for f in text_fields if f != "title"]]
+        missing = [c for c in needed if c not in new.columns]
         if missing:
-            raise fail(f"new items need {' and '.join(missing)}")
+            raise fail(
+                f"new items of {self.dataset} need the fields {', '.join(needed)}; "
+                f"missing: {', '.join(missing)}"
+            )
         new = new.assign(item_id=new["item_id"].astype(str))
         taken = [i for i in new["item_id"] if i in self.catalogue.by_id]
         if taken:
