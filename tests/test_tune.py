@@ -345,3 +345,12 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     assert set(summary["importances"]) == {"lr"}
     figure = dirs["figures_dir"] / DATASET / "tuning-tiny-importance.png"
     assert figure.stat().st_size > 0
+
+
+def test_tuners_started_together_seed_their_samplers_apart():
+    here, there = (tune.sampler_seed(0, 0, worker) for worker in ("node1:100", "node1:101"))
+    assert here != there
+    assert tune.sampler_seed(0, 0, "node1:100") == here  # given its worker, a seed is repeatable
+    assert tune.sampler_seed(0, 4, "node1:100") != here  # a resumed tuner does not replay
+    assert tune.sampler_seed(1, 0, "node1:100") != here
+    assert tune.worker_name().endswith(f":{os.getpid()}")

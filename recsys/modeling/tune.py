@@ -11,7 +11,17 @@ scores the test split.
 The study lives in ``models/<dataset>/tuning/<study>.db`` (SQLite). ``--trials N`` is the number
 of finished (complete or pruned) trials the study should hold, so a tuner run again after a kill
 does only the rest; a trial left running by a dead tuner is failed and queued again with the same
-parameters, and resumes from its run's ``last.ckpt``. Several tuners may share one study.
+parameters, and resumes from its run's ``last.ckpt``. Several tuners may share one study; each
+seeds its sampler with ``--seed``, the trials already there and its host and process id
+(:func:`sampler_seed`), so two started together propose different values.
+
+Tuners on several machines: SQLite relies on file locks that network filesystems (NFS, SMB) do
+not honour reliably, so a study ``.db`` shared that way can be corrupted. This tuner opens SQLite
+only: keep the ``.db`` on a local disk and run several tuners on that machine. For tuners on
+several machines, Optuna's journal storage is the safe choice, an append-only log with its own
+lock that works on a network filesystem (``JournalStorage(JournalFileBackend("study.log"))``
+from ``optuna.storages`` and ``optuna.storages.journal``); it has no heartbeats, so a trial of a
+dead tuner there stays RUNNING until it is failed by hand.
 
 Outputs: the best trial as a training config ``configs/tuned/<dataset>-<config>.yaml``, which
 ``make train CONFIGS=<config>`` then trains on that dataset (``TRAIN_ARGS=--no-tuned`` does not),
@@ -343,6 +353,24 @@ def requeue_dead_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
     return failed
 
 
+def worker_name() -> str:
+    """This tuner among those sharing a study: its host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def sampler_seed(seed: int, n_trials: int, worker: str) -> int:
+    """The TPE sampler's seed for one tuner process.
+
+    ``seed`` is ``--seed``; ``n_trials``, the trials the study already holds, keeps a resumed
+    tuner from replaying its earlier proposals; ``worker`` keeps two tuners started together on
+    one study from proposing the same values in lockstep. So proposals are not reproducible from
+    ``--seed`` alone: what reproduces is a trial, whose parameters the study and the trials JSON
+    keep, and whose training seed is its config's.
+    """
+    digest = hashlib.sha256(f"{seed}/{n_trials}/{worker}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
 def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -599,10 +627,10 @@ def tune(
     study, storage = open_study(setup.db, setup.name, setup.attrs, pruner)
     if first and not study.get_trials(deepcopy=False):
         study.enqueue_trial(first)
-    # Offset by the trials already there, so a resumed tuner does not replay the same proposals.
+    seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)), worker_name())
+    logger.info(f"sampler seed {seed} (--seed {settings.seed}, this tuner's host and process)")
     study.sampler = optuna.samplers.TPESampler(
-        seed=settings.seed + len(study.get_trials(deepcopy=False)),
-        n_startup_trials=settings.startup_trials,
+        seed=seed, n_startup_trials=settings.startup_trials
     )
     train_kwargs = {
         "accelerator": accelerator,
@@ -680,7 +708,10 @@ def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
         "metric": METRIC,
         "command": setup.command,
         "target_trials": setup.trials,
-        "sampler": f"TPE, seed {settings.seed}, the first {settings.startup_trials} trials random",
+        "sampler": (
+            f"TPE, seed {settings.seed} mixed with each tuner's host and process id, the first "
+            f"{settings.startup_trials} trials random"
+        ),
         "pruner": (
             "stops a trial whose validation NDCG@10 is below the median of the earlier trials "
             f"at the same epoch, from epoch {settings.prune_warmup} (counting from 0) on, once "
