@@ -167,6 +167,7 @@ def test_every_model_reads_the_same_histories_with_the_cold_items(
     assert all(0.0 <= row["hr@10"]["value"] <= 1.0 for row in section["models"])
 
 
+@pytest.mark.slow
 def test_a_trained_hybrid_run_ranks_cold_items_by_their_text(
     processed: Path, cold: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -128,6 +128,7 @@ def one_process_validation(run_dir: Path, processed: Path) -> tuple[dict[str, fl
     return module.epoch_metrics, epoch["users"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
 def test_ranks_share_rank_zeros_plan_and_validate_like_one_process(setup, tmp_path, launcher):
     models = tmp_path / "models" / "syn"
@@ -259,6 +260,7 @@ def test_exit_destroys_the_process_group_before_the_stores_go(monkeypatch):
     assert destroyed == [1]
 
 
+@pytest.mark.slow
 def test_num_nodes_below_one_is_a_user_error(setup):
     with pytest.raises(RecsysError, match="--num-nodes must be at least 1"):
         train_stage.train("syn", "tiny", num_nodes=0, configs_dir=setup["root"] / "configs")

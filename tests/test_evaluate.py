@@ -156,6 +156,7 @@ def test_keep_history_is_recorded(world, tmp_path):
     assert report["history_masked"] is False
 
 
+@pytest.mark.slow
 def test_cold_start_merges_into_the_main_report(world, tmp_path):
     main = read_json(run_evaluate(world, tmp_path))
     merged = read_json(run_evaluate(world, tmp_path, cold_items=COLD_FRACTION))
@@ -225,6 +226,7 @@ def test_missing_processed_data_and_bad_options(world, tmp_path):
     assert not list(tmp_path.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_error_and_exits_nonzero(world, tmp_path):
     cmd = [
         sys.executable,

@@ -274,6 +274,7 @@ def test_save_figure_writes_png_and_svg_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["curves.png", "curves.svg"]
 
 
+@pytest.mark.slow
 def test_all_skips_what_is_missing_and_errors_when_nothing_can_be_drawn(tmp_path: Path) -> None:
     write_json(metrics_report("toy"), tmp_path / "metrics" / "toy.json")
     common = [
@@ -299,6 +300,7 @@ def test_all_skips_what_is_missing_and_errors_when_nothing_can_be_drawn(tmp_path
     assert "Traceback" not in nothing.stderr
 
 
+@pytest.mark.slow
 def test_metrics_command_without_a_metrics_file_is_one_line(tmp_path: Path) -> None:
     done = run_cli("metrics", "--dataset", "toy", "--metrics-dir", str(tmp_path))
     assert done.returncode == 1
@@ -307,6 +309,7 @@ def test_metrics_command_without_a_metrics_file_is_one_line(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.slow
 def test_the_figure_library_imports_neither_modeling_nor_serving() -> None:
     """The tuner (in modeling) draws with recsys.figures, so figures must not reach back up."""
     source = (PROJ_ROOT / "recsys" / "figures.py").read_text()

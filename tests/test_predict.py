@@ -136,6 +136,7 @@ def test_adhoc_sequences_by_title_or_id(world, catalogue):
 # ----------------------------------------------------------------------------- generation
 
 
+@pytest.mark.slow
 def test_generation_never_repeats_and_greedy_follows_the_top_pick(data, id_run):
     model, allowed = id_run.model, torch.from_numpy(id_run.rankable)
     history = user_sequences(data.events)[3]
@@ -153,6 +154,7 @@ def test_generation_never_repeats_and_greedy_follows_the_top_pick(data, id_run):
     assert len({s.item for s in beam}) == 8
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(data, id_run):
     model, allowed = id_run.model, torch.from_numpy(id_run.rankable)
     history = user_sequences(data.events)[3]
@@ -246,6 +248,7 @@ def test_default_run_is_the_best_one(world):
     assert "user 1: top 2 recommendations" in text
 
 
+@pytest.mark.slow
 def test_cli_unknown_user_is_one_line(world):
     cmd = [
         sys.executable,

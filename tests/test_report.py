@@ -188,6 +188,7 @@ def test_markdown_cells_escape_titles_and_numbers_keep_their_digits() -> None:
     assert report.split_name({"kind": "temporal"}) == "temporal"
 
 
+@pytest.mark.slow
 def test_make_report_builds_a_strict_site_with_the_figures(tmp_path: Path) -> None:
     dirs = folders(tmp_path)
     write_json(metrics_report("toy"), dirs["metrics_dir"] / "toy.json")
@@ -207,6 +208,7 @@ def test_make_report_builds_a_strict_site_with_the_figures(tmp_path: Path) -> No
         assert (tmp_path / "site" / f"{page}.html").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_inputs_are_one_line_errors(tmp_path: Path) -> None:
     dirs = folders(tmp_path)
     dirs["metrics_dir"].mkdir()

@@ -47,6 +47,7 @@ def logged():
 # ------------------------------------------------------------------------- dense baselines
 
 
+@pytest.mark.slow
 def test_ease_is_skipped_above_the_dense_limit_and_the_report_says_why(world, tmp_path, logged):
     report = read_json(run_evaluate(world, tmp_path, baselines_only=True, max_dense_items=50))
     assert [m["name"] for m in report["models"]] == ["most-popular", "transitions", "item-knn"]
@@ -122,6 +123,7 @@ def test_sample_metrics_are_the_means_over_the_sampled_users(world, data, tmp_pa
         assert row["test"][f"{metric}@10"]["value"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cold_start_scores_the_sampled_users_too(world, tmp_path):
     main = read_json(run_evaluate(world, tmp_path, max_dense_items=1))
     cold = read_json(run_evaluate(world, tmp_path, cold_items=COLD_FRACTION, sample_users=40))
@@ -152,6 +154,7 @@ def test_bad_sample_sizes_are_user_errors(world, tmp_path, value):
     assert not list(tmp_path.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_cli_bad_sample_size_is_one_line(world, tmp_path):
     cmd = [sys.executable, "-m", "recsys.modeling.evaluate", "--dataset", DATASET]
     cmd += ["--processed-dir", str(world.processed), "--output-dir", str(tmp_path)]
@@ -268,6 +271,7 @@ def write_config(folder, **values):
     return folder
 
 
+@pytest.mark.slow
 def test_many_items_default_to_sampled_softmax_with_a_log_line(
     processed, tmp_path, monkeypatch, logged
 ):

@@ -307,6 +307,7 @@ def test_a_new_item_without_a_text_field_of_the_catalogue_is_told_which_fields(w
 # ----------------------------------------------------------------------------- ops and admin
 
 
+@pytest.mark.slow
 def test_reload_swaps_runs_and_a_failed_one_keeps_the_old(runs, world, tmp_path):
     text = copy_run(world.text_run, tmp_path)
     with client_for(runs["id"], world) as admin:
@@ -352,6 +353,7 @@ def resident_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads /proc (Linux)")
 def test_reloads_free_the_old_run(monkeypatch):
     monkeypatch.setattr("recsys.serving.app.warm_up", lambda run: None)
@@ -440,6 +442,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_a_real_server_reloads_under_load_without_a_failure(world, tmp_path):
     run_dir = copy_run(world.id_run, tmp_path)
     port = free_port()

@@ -67,6 +67,7 @@ def train_briefly(model: SemanticDecoder, item_seq: torch.Tensor, steps: int = 3
 HISTORIES = torch.tensor([[0, 0, 0, 3, 5, 7], [1, 2, 3, 4, 9, 11], [0, 0, 0, 0, 0, 8]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS)
 def test_beam_over_the_whole_catalogue_equals_exhaustive_scoring(block: str) -> None:
     """Beam search with the KV cache finds every item with its exact sequence log-probability,
@@ -99,6 +100,7 @@ def test_the_trie_yields_real_items_only() -> None:
         assert {tuple(model.item_codes[i].tolist()) for i in row} <= real
 
 
+@pytest.mark.slow
 def test_history_items_never_come_back_even_beyond_the_context() -> None:
     model = tiny_decoder(beam_size=N_ITEMS)
     train_briefly(model, HISTORIES)
@@ -111,6 +113,7 @@ def test_history_items_never_come_back_even_beyond_the_context() -> None:
     assert torch.isinf(scores[0, 1:16]).all() and torch.isfinite(scores[0, 16:]).all()
 
 
+@pytest.mark.slow
 def test_loss_trains_and_scores_depend_on_history() -> None:
     model = tiny_decoder()
     targets = torch.roll(HISTORIES, -1, dims=1)[:, :-1].masked_fill(HISTORIES[:, :-1] == 0, 0)
@@ -121,6 +124,7 @@ def test_loss_trains_and_scores_depend_on_history() -> None:
     assert not torch.equal(first, second)
 
 
+@pytest.mark.slow
 def test_left_padding_does_not_change_what_is_generated() -> None:
     model = tiny_decoder()
     train_briefly(model, HISTORIES)
@@ -192,6 +196,7 @@ def write_config(folder: Path, values: dict) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd) -> None:
     processed, models = tiger_world
     run_dir = models / DATASET / "tiger-tiny"
@@ -323,6 +328,7 @@ def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -
 
 
 # ------------------------------------------------------------------- gpt-semantic (codes)
+@pytest.mark.slow
 def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
     from recsys.modeling.model import SeqRecModel
 
@@ -347,6 +353,7 @@ def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
         SeqRecModel(config)
 
 
+@pytest.mark.slow
 def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> None:
     import shutil
 
@@ -385,6 +392,7 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
         served.add_items([{"item_id": "new", "title": "a new item"}])
 
 
+@pytest.mark.slow
 def test_cold_share_places_untrained_items_at_their_share_of_the_list() -> None:
     model = tiny_decoder(cold_share=0.25)
     counts = torch.ones(N_ITEMS + 1)

@@ -136,6 +136,7 @@ def test_vectorised_windows_target_each_item_once_within_its_user(max_len):
     assert sorted(seen) == [i for i in range(1, offsets[-1] + 1) if i not in firsts]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 @pytest.mark.parametrize("weighting", ["batch", "token"])
 def test_loss_weighting_sums_an_epoch_as_configured(weighting):
@@ -185,6 +186,7 @@ def test_bucket_sampler_is_seeded_and_splits_ranks_evenly(monkeypatch):
     assert set(per_rank[0]) | set(per_rank[1]) == set(range(103))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema_decay", [0.0, 0.8])
 def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_path, ema_decay):
     overrides = {"ema_decay": ema_decay}
@@ -233,6 +235,7 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
     assert len(csv_rows(run_dir)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("item_repr", ["text", "hybrid"])
 def test_text_models_train_with_features_and_cold_items(
     processed, configs, tmp_path, monkeypatch, item_repr
@@ -250,6 +253,7 @@ def test_text_models_train_with_features_and_cold_items(
     assert scores.shape == (1, 45) and torch.isfinite(scores[0, 1:]).all()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, tmp_path):
     env = cli_env(processed, tmp_path / "models", configs)
     run_dir = tmp_path / "models" / "syn" / "tiny-slow"
@@ -283,6 +287,7 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, t
     assert after[: done + 1] == [r for r in before if int(r["epoch"]) <= done]
 
 
+@pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch_even_when_validation_does_not_improve(
     processed, configs, tmp_path
 ):
@@ -294,6 +299,7 @@ def test_last_checkpoint_follows_every_epoch_even_when_validation_does_not_impro
     assert last["epoch"] == TINY["max_epochs"] - 1
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path):
     env = cli_env(processed, tmp_path / "models", configs)
     args = ["--config", "tiny", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
@@ -304,6 +310,7 @@ def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path)
     assert load_run(run_dir).model.score(torch.tensor([[1, 2]])).shape == (1, 45)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -393,6 +400,7 @@ def test_best_run_prefers_runs_trained_on_the_whole_catalogue(tmp_path):
     assert best_run("syn", tmp_path) == whole
 
 
+@pytest.mark.slow
 def test_corrupt_run_config_fails_and_deletes_nothing(processed, configs, tmp_path):
     models = tmp_path / "models"
     run_dir = run_train(processed, configs, models, max_epochs=1)
@@ -409,6 +417,7 @@ def test_corrupt_run_config_fails_and_deletes_nothing(processed, configs, tmp_pa
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["config_name"] == "tiny"
 
 
+@pytest.mark.slow
 def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, tmp_path):
     models = tmp_path / "models"
     options = dict(
@@ -451,6 +460,7 @@ def test_parse_seeds_keeps_the_order():
         train_stage.parse_seeds("-1")
 
 
+@pytest.mark.slow
 def test_bad_seeds_and_logger_on_the_command_line_are_one_line(processed, configs, tmp_path):
     env = cli_env(processed, tmp_path / "models", configs)
     for args, message in [
@@ -477,6 +487,7 @@ def test_loggers_are_csv_unless_asked_and_a_missing_package_fails_first(tmp_path
         tracking.check_logger("mlflow")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # inside mlflow's store
 def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
     processed, configs, tmp_path, monkeypatch
@@ -555,6 +566,7 @@ def test_adamw_is_fused_where_lightning_allows_clipping_with_it(configs, mixed):
     assert optimizer.defaults["foreach"] is (True if mixed else None)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_with_gradient_clipping(processed, configs, tmp_path):
     run_dir = run_train(processed, configs, tmp_path / "models", precision="bf16-mixed")
     rows = csv_rows(run_dir)
@@ -585,6 +597,7 @@ def test_bf16_on_a_cpu_without_it_falls_back_to_float32_with_a_logged_line(nativ
         assert "no native bf16" in lines[0] and "32-true" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_records_the_precision_it_trained_in(processed, configs, tmp_path, monkeypatch):
     from recsys import devices
 
@@ -593,6 +606,7 @@ def test_a_run_records_the_precision_it_trained_in(processed, configs, tmp_path,
     assert train_stage.read_json(run_dir / "metrics.json")["precision"] == "32-true"
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_training_before_max_epochs(processed, configs, tmp_path):
     """A time budget ends the run early, finished, with its best checkpoint kept."""
     slow = {"max_epochs": 200, "patience": 200, "max_minutes": 0.01}

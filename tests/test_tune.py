@@ -118,6 +118,7 @@ def test_a_missing_search_space_says_how_to_get_one(world, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- study
+@pytest.mark.slow
 def test_a_study_of_another_dataset_or_config_is_refused(world):
     dirs = folders(world, "refused")
     setup = tune.prepare(DATASET, "tiny", 1, **dirs)
@@ -229,6 +230,7 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
     other.unlink()
 
 
+@pytest.mark.slow
 def test_first_sets_the_first_trial_of_a_new_study_only(world):
     """--first lr=... is trial 0 (a known recipe is always a candidate); a key outside the
     search space, or a value of the wrong type, is one line before any trial."""
@@ -289,6 +291,7 @@ def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tm
 
 
 # -------------------------------------------------------------------------------- kill -9
+@pytest.mark.slow
 def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     dirs = folders(world, "killed")
     env = dict(
