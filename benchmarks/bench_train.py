@@ -33,7 +33,7 @@ from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.scoring import rank_examples
 from recsys.processed import ProcessedData, load_processed
 
@@ -106,7 +106,7 @@ def train_run(
 
 def summarize(run_dir: Path, peak_gflops: float, processed_root: Path | None = None) -> dict:
     metrics = read_json(run_dir / "metrics.json")
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     model_config = trained.model.config.to_dict()
     data = load_processed(trained.dataset, processed_root)
     lengths = data.events.groupby("user_idx").size().to_numpy() - 2
@@ -199,7 +199,7 @@ def choose_on_validation(runs: list[dict[str, Any]]) -> str:
 def score_test_once(runs: list[dict[str, Any]], data: ProcessedData) -> None:
     """After every choice is made: each run's best checkpoint on the test split, in place."""
     for run in runs:
-        run.update(split_metrics(load_run(Path(run["run_dir"])).model, data, "test"))
+        run.update(split_metrics(load_trained_run(Path(run["run_dir"])).model, data, "test"))
 
 
 def config_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

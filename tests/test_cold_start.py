@@ -15,7 +15,7 @@ from recsys.modeling import train as train_module
 from recsys.modeling.evaluate import Candidate, baseline_candidates, evaluate_cold
 from recsys.modeling.lightning import SequenceWindows
 from recsys.modeling.model import ModelConfig, SeqRecModel
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import (
     TRAIN,
@@ -183,7 +183,7 @@ def test_a_trained_hybrid_run_ranks_cold_items_by_their_text(
     run_dir = train_module.train(
         DATASET, str(path), processed_root=processed, models_dir=tmp_path, progress_bar=False
     )
-    model = load_run(run_dir).model
+    model = load_trained_run(run_dir).model
     assert not model.id_trained[torch.as_tensor(cold)].any()
     with torch.no_grad():
         table, text = model.item_table(), model.text_proj(model.item_features)

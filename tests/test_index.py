@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from loguru import logger
 
+from recsys.api import index as idx
 from recsys.cli import RecsysError
-from recsys.serving import index as idx
 
 KINDS = ("exact", "faiss-ivf", "faiss-hnsw")
 
@@ -277,7 +277,7 @@ import sys, time
 from pathlib import Path
 import faiss
 import numpy as np
-from recsys.serving import index as idx
+from recsys.api import index as idx
 
 run_dir, vectors, marker = Path(sys.argv[1]), np.load(sys.argv[2]), Path(sys.argv[3])
 

@@ -14,13 +14,12 @@ import torch
 from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from rich.console import Console
 
+from recsys.api.run import Run, load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError
 from recsys.modeling import predict as P
-from recsys.modeling.runs import BEST_CKPT
-from recsys.modeling.runs import load_run as load_trained_run
+from recsys.modeling.runs import BEST_CKPT, load_trained_run
 from recsys.processed import user_sequences
-from recsys.serving.run import Run, load_run
 
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
 

@@ -14,7 +14,7 @@ from recsys.io import read_json, write_json
 from recsys.modeling import evaluate as E
 from recsys.modeling import train as train_module
 from recsys.modeling.model import BLOCKS, ModelConfig, SemanticDecoder, build_model
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import cold_item_set
 from recsys.semantic_ids import (
@@ -203,7 +203,7 @@ def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["finished"] and metrics["epochs_run"] == 2
     assert metrics["item_repr"] == "semantic" and metrics["best_val_hr@10"] > 0
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     ids = np.load(semantic_id_paths(DATASET, FAST_IDS.slug, processed)[0])
     assert isinstance(trained.model, SemanticDecoder)
     assert torch.equal(trained.model.item_codes, torch.from_numpy(ids))
@@ -283,7 +283,7 @@ def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
 
 def test_serving_refuses_a_generative_run_and_defaults_skip_it(tiger_world) -> None:
     from recsys.modeling.runs import best_run
-    from recsys.serving.run import load_run as load_for_serving
+    from recsys.api.run import load_run as load_for_serving
 
     processed, models = tiger_world
     run_dir = models / DATASET / "tiger-tiny"
@@ -304,7 +304,7 @@ def test_item_table_sums_each_items_code_embeddings() -> None:
 def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -> None:
     """Held out of training, cold items still have IDs from their text, so TIGER generates them."""
     processed, models = tiger_world
-    cold_run = load_run(models / DATASET / f"tiger-tiny-cold{COLD:g}")
+    cold_run = load_trained_run(models / DATASET / f"tiger-tiny-cold{COLD:g}")
     n_items = cold_run.model.config.n_items
     cold = set(cold_item_set(n_items, COLD, 0).tolist())
     history = torch.tensor([[1, 2, 3]])
@@ -357,8 +357,8 @@ def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
 def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> None:
     import shutil
 
-    from recsys.serving.run import Unsupported
-    from recsys.serving.run import load_run as load_for_serving
+    from recsys.api.run import Unsupported
+    from recsys.api.run import load_run as load_for_serving
 
     processed, models = tiger_world
     local = tmp_path / "models"

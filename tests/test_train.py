@@ -28,7 +28,7 @@ from recsys.modeling.lightning import (
     ema_averaging,
 )
 from recsys.modeling.metrics import ndcg_at_k, target_ranks
-from recsys.modeling.runs import best_run, list_runs, load_run
+from recsys.modeling.runs import best_run, list_runs, load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import EvalExamples, Sequences, eval_examples, left_pad, load_processed
 
@@ -212,14 +212,14 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
         assert not torch.equal(saved["model.item_emb.weight"], raw["model.item_emb.weight"])
 
     # the loaded best model reproduces the best epoch's validation NDCG@10 exactly
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     assert trained.dataset == "syn" and not trained.model.training
     valid = eval_examples(load_processed("syn", processed).events, "valid")
     scores = trained.model.score(torch.from_numpy(left_pad(valid.histories, 20)))
     history = torch.from_numpy(left_pad(valid.histories, max(map(len, valid.histories))))
     ranks = target_ranks(scores, torch.from_numpy(valid.targets), history, n_rank=40)
     assert ndcg_at_k(ranks, 10).mean().item() == pytest.approx(metrics["best_val_ndcg@10"])
-    again = load_run(run_dir).model.score(torch.from_numpy(left_pad(valid.histories, 20)))
+    again = load_trained_run(run_dir).model.score(torch.from_numpy(left_pad(valid.histories, 20)))
     assert torch.equal(scores, again)
     assert list_runs("syn", tmp_path / "models") == [run_dir]
     assert best_run("syn", tmp_path / "models") == run_dir
@@ -246,7 +246,7 @@ def test_text_models_train_with_features_and_cold_items(
     overrides = {"item_repr": item_repr, "cold_items": 0.1, "max_epochs": 1}
     run_dir = run_train(processed, configs, tmp_path / "models", overrides=overrides)
     assert run_dir.name == "tiny-cold0.1"
-    model = load_run(run_dir).model
+    model = load_trained_run(run_dir).model
     assert torch.equal(model.item_features, torch.from_numpy(features))  # carried in the ckpt
     assert model.candidate_mask.sum() == 40 - 4  # 10% of 40 items held out of the softmax
     scores = model.score(torch.tensor([[1, 2, 3]]))
@@ -307,7 +307,7 @@ def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "models" / "syn" / "tiny"
     assert [r["epoch"] for r in csv_rows(run_dir)] == ["0"]
-    assert load_run(run_dir).model.score(torch.tensor([[1, 2]])).shape == (1, 45)
+    assert load_trained_run(run_dir).model.score(torch.tensor([[1, 2]])).shape == (1, 45)
 
 
 @pytest.mark.slow
@@ -371,9 +371,9 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(RecsysError, match="corrupt"):
-        load_run(run_dir)
+        load_trained_run(run_dir)
     with pytest.raises(RecsysError, match="does not exist"):
-        load_run(tmp_path / "missing")
+        load_trained_run(tmp_path / "missing")
     with pytest.raises(RecsysError, match="make train"):
         best_run("syn", tmp_path)
 
@@ -433,7 +433,7 @@ def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, t
     for run_dir, seed in zip(runs, (42, 7)):
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert (saved["seed"], saved["config_name"]) == (seed, "tiny")
-    weights = [load_run(r).model.item_emb.weight for r in runs]
+    weights = [load_trained_run(r).model.item_emb.weight for r in runs]
     assert not torch.equal(*weights)
     kept = (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     shutil.rmtree(runs[1])

@@ -153,9 +153,9 @@ def load_trained(
     processed_root: Path | None = None,
 ) -> Candidate:
     """A trained run as a candidate; a run of another dataset is a user error."""
-    from recsys.modeling.runs import load_run
+    from recsys.modeling.runs import load_trained_run
 
-    trained = load_run(Path(run_dir), device=str(device))
+    trained = load_trained_run(Path(run_dir), device=str(device))
     if trained.dataset != dataset:
         raise fail(
             f"run {run_dir} was trained on {trained.dataset!r}, not {dataset!r}; "

@@ -569,7 +569,6 @@ def fit(
 ) -> None:
     """Build the Lightning objects and run ``Trainer.fit`` (resuming from last.ckpt if asked)."""
     import lightning.pytorch as pl
-    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     from recsys.devices import training_precision

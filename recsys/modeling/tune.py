@@ -629,9 +629,7 @@ def tune(
         study.enqueue_trial(first)
     seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)), worker_name())
     logger.info(f"sampler seed {seed} (--seed {settings.seed}, this tuner's host and process)")
-    study.sampler = optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=settings.startup_trials
-    )
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup_trials)
     train_kwargs = {
         "accelerator": accelerator,
         "processed_root": processed_root,

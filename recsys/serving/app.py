@@ -1,4 +1,4 @@
-"""The HTTP recommendation service: FastAPI over a loaded :class:`~recsys.serving.run.Run`.
+"""The HTTP recommendation service: FastAPI over a loaded :class:`~recsys.api.run.Run`.
 
 ``create_app(run, api_key=...)`` builds the app; ``python -m recsys.serve`` runs it under
 uvicorn. Every request is resolved on its own first (a bad one fails alone, with its own
@@ -32,9 +32,9 @@ from loguru import logger
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recsys.api.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported, load_run
 from recsys.cli import RecsysError
 from recsys.serving.batching import MAX_BATCH, MicroBatcher
-from recsys.serving.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported, load_run
 from recsys.serving.telemetry import Metrics
 
 #: The most recommendations or similar items one request may ask for.

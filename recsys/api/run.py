@@ -9,7 +9,7 @@
 
 ``predict`` and the HTTP service sit on it, so a recommendation is computed one way: the
 decoder's last hidden state, then a top-K over the run's item table through an
-:class:`~recsys.serving.index.ItemIndex` (exact below a size threshold, approximate above it,
+:class:`~recsys.api.index.ItemIndex` (exact below a size threshold, approximate above it,
 history and filters exact either way). Every answer is a DataFrame with the service's fields.
 """
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys.api.index import ItemIndex, normalized, open_run_index
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
@@ -37,7 +38,6 @@ from recsys.processed import (
     require_processed,
     user_histories,
 )
-from recsys.serving.index import ItemIndex, normalized, open_run_index
 
 #: Items added at run time (their fields and text vectors), replayed when the run loads again.
 ADDED_ITEMS_FILE = "added_items.parquet"
@@ -400,7 +400,7 @@ class Run:
         return self.records(ids[0], scores[0])
 
     def _build_similar_index(self) -> ItemIndex:
-        from recsys.serving.index import build_index
+        from recsys.api.index import build_index
 
         return build_index(normalized(self.table.cpu().numpy()))
 
@@ -557,7 +557,7 @@ def trained_run(
     :class:`~recsys.modeling.runs.TrainedRun`, checked to be of ``dataset`` when one is given,
     and the checkpoint file it came from."""
     from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run, is_generative
-    from recsys.modeling.runs import load_run as load_trained_run
+    from recsys.modeling.runs import load_trained_run
 
     if run is None:
         if dataset is None:
