@@ -263,13 +263,13 @@ def test_candidate_ids_can_score_cold_only_for_text_runs():
 def seeded(world, tmp_path_factory):
     """The world's ``tiny-id`` run (seed 42), the same config trained with seed 1, and a copy of
     the seed-42 run under another name (the same config and seed twice)."""
-    from recsys.modeling import train as train_module
+    from recsys.modeling import training
 
     models = tmp_path_factory.mktemp("seeded") / "models"
     shutil.copytree(world.id_run, models / DATASET / "tiny-id")
     shutil.copytree(world.id_run, models / DATASET / "tiny-id-seed42")
     config = world.processed.parent / "tiny-id.yaml"  # written when the world was trained
-    train_module.train(
+    training.train(
         DATASET,
         str(config),
         seed=1,

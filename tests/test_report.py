@@ -122,7 +122,7 @@ def test_results_show_seeds_and_the_spread_of_a_config_run_with_several(tmp_path
 
 def write_run(models_dir: Path, dataset: str, name: str, **changes: object) -> Path:
     """A run folder as training writes it: the resolved config of configs/sasrec-ce.yaml."""
-    from recsys.modeling.train import resolve_config
+    from recsys.modeling.configs import resolve_config
 
     run_dir = models_dir / dataset / name
     run_dir.mkdir(parents=True)

@@ -22,7 +22,8 @@ from recsys.io import read_json
 from recsys.modeling import evaluate as E
 from recsys.modeling import metrics
 from recsys.modeling import scoring
-from recsys.modeling import train as train_stage
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling.baselines import (
     EASE,
     MAX_DENSE_ITEMS,
@@ -275,9 +276,9 @@ def write_config(folder, **values):
 def test_many_items_default_to_sampled_softmax_with_a_log_line(
     processed, tmp_path, monkeypatch, logged
 ):
-    monkeypatch.setattr(train_stage, "LARGE_CATALOGUE", 20)
+    monkeypatch.setattr(config_module, "LARGE_CATALOGUE", 20)
     configs = write_config(tmp_path)
-    run_dir = train_stage.train(
+    run_dir = training.train(
         "syn",
         "tiny",
         processed_root=processed,
@@ -305,9 +306,9 @@ def test_many_items_default_to_sampled_softmax_with_a_log_line(
 def test_an_explicit_loss_is_kept_on_many_items(
     tmp_path, monkeypatch, logged, in_file, overrides, expected
 ):
-    monkeypatch.setattr(train_stage, "LARGE_CATALOGUE", 20)
+    monkeypatch.setattr(config_module, "LARGE_CATALOGUE", 20)
     configs = write_config(tmp_path, **in_file)
-    cfg = train_stage.resolve_config("tiny", "syn", overrides, configs, n_catalogue=30)
+    cfg = config_module.resolve_config("tiny", "syn", overrides, configs, n_catalogue=30)
     assert cfg["loss"] == expected
     [line] = [line for line in logged if "loss " in line]
     assert f"loss {expected}" in line and "30 items, more than 20" in line
@@ -317,7 +318,7 @@ def test_an_explicit_loss_is_kept_on_many_items(
 
 def test_small_catalogues_keep_full_softmax_silently(processed, tmp_path, logged):
     configs = write_config(tmp_path)
-    assert train_stage.catalogue_size("syn", processed) == 30
-    assert train_stage.catalogue_size("missing", processed) is None
-    cfg = train_stage.resolve_config("tiny", "syn", None, configs, n_catalogue=30)
+    assert training.catalogue_size("syn", processed) == 30
+    assert training.catalogue_size("missing", processed) is None
+    cfg = config_module.resolve_config("tiny", "syn", None, configs, n_catalogue=30)
     assert cfg["loss"] == "ce" and not [line for line in logged if "loss" in line]

@@ -12,7 +12,8 @@ import torch
 from recsys.cli import RecsysError
 from recsys.io import read_json, write_json
 from recsys.modeling import evaluate as E
-from recsys.modeling import train as train_module
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling.model import BLOCKS, ModelConfig, SemanticDecoder, build_model
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
@@ -180,7 +181,7 @@ def tiger_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_dataset(processed)  # its items, with clustered text vectors as their features
     build_semantic_ids(DATASET, FAST_IDS, processed_root=processed)
     for cold in (0.0, COLD):
-        train_module.train(
+        training.train(
             DATASET,
             write_config(root, {**TINY_TIGER, "semantic_ids": FAST_IDS.slug, "cold_items": cold}),
             processed_root=processed,
@@ -212,7 +213,7 @@ def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd
     write_json({**summary, "finished": False}, run_dir / "metrics.json")
     rows_before = (run_dir / "logs" / "metrics.csv").read_text()
     capfd.readouterr()
-    train_module.train(
+    training.train(
         DATASET,
         write_config(tmp_path, {**TINY_TIGER, "semantic_ids": FAST_IDS.slug}),
         run_name="tiger-tiny",
@@ -266,12 +267,12 @@ def test_a_run_whose_ids_changed_is_refused(tiger_world, tmp_path) -> None:
 def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
     processed, _ = tiger_world
     with pytest.raises(RecsysError, match="beam of at least 10"):
-        train_module.resolve_config(
+        config_module.resolve_config(
             write_config(tmp_path, {**TINY_TIGER, "beam_size": 5}), DATASET
         )
     missing = write_config(tmp_path, {**TINY_TIGER, "semantic_ids": "rqvae-9x9-nothing"})
     with pytest.raises(RecsysError, match="rqvae-9x9-nothing.*make features"):
-        train_module.train(
+        training.train(
             DATASET,
             missing,
             processed_root=processed,
@@ -366,7 +367,7 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
     config = {**TINY_TIGER, "item_repr": "codes", "semantic_ids": FAST_IDS.slug}
     codes_config = tmp_path / "gpt-semantic-tiny.yaml"
     codes_config.write_text("\n".join(f"{k}: {v}" for k, v in config.items() if k != "beam_size"))
-    run_dir = train_module.train(
+    run_dir = training.train(
         DATASET,
         str(codes_config),
         processed_root=processed,

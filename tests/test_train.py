@@ -19,6 +19,8 @@ import yaml
 from lightning.pytorch.plugins import MixedPrecision, Precision
 
 from recsys.cli import RecsysError
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling import train as train_stage
 from recsys.modeling.lightning import (
     BucketSampler,
@@ -64,7 +66,7 @@ def configs(tmp_path) -> Path:
 
 def run_train(processed: Path, configs: Path, models: Path, **kwargs) -> Path:
     kwargs.setdefault("config", "tiny")
-    return train_stage.train(
+    return training.train(
         "syn",
         processed_root=processed,
         models_dir=models,
@@ -147,7 +149,7 @@ def test_loss_weighting_sums_an_epoch_as_configured(weighting):
     sequences = Sequences.of([rng.integers(1, 21, size=n) for n in [3, 4, 30, 45, 5, 60]])
     valid = EvalExamples(np.array([1]), Sequences.of([np.array([1])]), np.array([2]))
     data = SeqDataModule(sequences, valid, 16, 2)
-    config = {**train_stage.DEFAULTS, "loss_weighting": weighting}
+    config = {**config_module.DEFAULTS, "loss_weighting": weighting}
     model_config = {"n_items": 20, "n_catalogue": 20, "max_len": 16, "d_model": 8}
     module = SeqRecModule(config, {**model_config, "dropout": 0.0})
     module._mean_batch_targets = data.mean_batch_targets()
@@ -198,7 +200,7 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert {"epoch", "train_loss", "val_loss", "val_ndcg@10", "val_hr@10"} <= set(rows[0])
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    metrics = train_stage.read_json(run_dir / "metrics.json")
+    metrics = training.read_json(run_dir / "metrics.json")
     best = max(rows, key=lambda r: float(r["val_ndcg@10"]))
     assert metrics["best_epoch"] == int(best["epoch"]) and metrics["epochs_run"] == 3
     for key in ("seconds_per_epoch", "tokens_per_s", "peak_rss_mb", "n_params", "time_to_best_s"):
@@ -242,7 +244,7 @@ def test_text_models_train_with_features_and_cold_items(
 ):
     features = np.random.default_rng(0).normal(size=(45, 8)).astype(np.float32)
     features[0] = 0
-    monkeypatch.setattr(train_stage, "load_features", lambda cfg, n, root: features)
+    monkeypatch.setattr(training, "load_features", lambda cfg, n, root: features)
     overrides = {"item_repr": item_repr, "cold_items": 0.1, "max_epochs": 1}
     run_dir = run_train(processed, configs, tmp_path / "models", overrides=overrides)
     assert run_dir.name == "tiny-cold0.1"
@@ -344,22 +346,22 @@ def test_bad_config_is_a_one_line_error(processed, configs, tmp_path, args, mess
 )
 def test_bad_config_values_are_user_errors(configs, overrides, message):
     with pytest.raises(RecsysError, match=message):
-        train_stage.resolve_config("tiny", "syn", overrides, configs)
+        config_module.resolve_config("tiny", "syn", overrides, configs)
 
 
 def test_bad_config_file_is_a_user_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("d_model: [1, 2\n")
     with pytest.raises(RecsysError, match="not valid YAML"):
-        train_stage.resolve_config(str(bad), "syn")
+        config_module.resolve_config(str(bad), "syn")
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(RecsysError, match="mapping"):
-        train_stage.resolve_config(str(bad), "syn")
+        config_module.resolve_config(str(bad), "syn")
 
 
 def test_missing_inputs_name_the_make_target(processed, configs, tmp_path):
     with pytest.raises(RecsysError, match="make data DATASET=other"):
-        train_stage.train(
+        training.train(
             "other", "tiny", processed_root=processed, models_dir=tmp_path, configs_dir=configs
         )
     with pytest.raises(RecsysError, match="make features DATASET=syn"):
@@ -380,7 +382,7 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
 
 def test_shipped_configs_resolve():
     for path in sorted((PROJ_ROOT / "configs").glob("*.yaml")):
-        config = train_stage.resolve_config(str(path), "ml-100k")
+        config = config_module.resolve_config(str(path), "ml-100k")
         assert config["config_name"] == path.stem
 
 
@@ -428,7 +430,7 @@ def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, t
         accelerator="cpu",
         max_epochs=1,
     )
-    runs = train_stage.train_seeds("syn", "tiny", [42, 7], **options)
+    runs = training.train_seeds("syn", "tiny", [42, 7], **options)
     assert [r.name for r in runs] == ["tiny-seed42", "tiny-seed7"]
     for run_dir, seed in zip(runs, (42, 7)):
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -437,12 +439,12 @@ def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, t
     assert not torch.equal(*weights)
     kept = (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     shutil.rmtree(runs[1])
-    assert train_stage.train_seeds("syn", "tiny", [42, 7], **options) == runs
+    assert training.train_seeds("syn", "tiny", [42, 7], **options) == runs
     assert (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns == kept  # done: skipped
     assert (runs[1] / "checkpoints" / "last.ckpt").is_file()  # retrained on its own
     assert not (models / "syn" / "tiny").exists()  # no seeds: the plain name, as before
     with pytest.raises(RecsysError, match="both set the seed"):
-        train_stage.train_seeds("syn", "tiny", [1], overrides={"seed": 3}, **options)
+        training.train_seeds("syn", "tiny", [1], overrides={"seed": 3}, **options)
 
 
 @pytest.mark.parametrize(
@@ -501,7 +503,7 @@ def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
     (tmp_path / "tracking").mkdir()
     monkeypatch.setenv("RECSYS_MLFLOW_URI", uri)
     run_dir = run_train(processed, configs, tmp_path / "models", max_epochs=2, tracker="mlflow")
-    stored = train_stage.read_json(run_dir / tracking.RUN_FILE)
+    stored = training.read_json(run_dir / tracking.RUN_FILE)
     assert stored["tracking_uri"] == uri
     client = MlflowClient(uri)
     run = client.get_run(stored["run_id"])
@@ -535,9 +537,9 @@ def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
 
 
 def tiny_module(configs: Path, **overrides) -> SeqRecModule:
-    cfg = train_stage.resolve_config("tiny", "syn", overrides, configs)
+    cfg = config_module.resolve_config("tiny", "syn", overrides, configs)
     sizes = {"n_items": 10, "n_catalogue": 10, "n_users": 3, "feature_dim": 0}
-    return SeqRecModule(cfg, {**{k: cfg[k] for k in train_stage.MODEL_KEYS}, **sizes})
+    return SeqRecModule(cfg, {**{k: cfg[k] for k in config_module.MODEL_KEYS}, **sizes})
 
 
 def test_ema_callback_is_the_exponential_average_of_the_weights(configs):
@@ -603,7 +605,7 @@ def test_a_run_records_the_precision_it_trained_in(processed, configs, tmp_path,
 
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     run_dir = run_train(processed, configs, tmp_path / "models", precision="bf16-mixed")
-    assert train_stage.read_json(run_dir / "metrics.json")["precision"] == "32-true"
+    assert training.read_json(run_dir / "metrics.json")["precision"] == "32-true"
 
 
 @pytest.mark.slow
@@ -613,7 +615,7 @@ def test_max_minutes_stops_training_before_max_epochs(processed, configs, tmp_pa
     started = time.perf_counter()
     run_dir = run_train(processed, configs, tmp_path / "models", overrides=slow)
     assert time.perf_counter() - started < 60
-    metrics = train_stage.read_json(run_dir / "metrics.json")
+    metrics = training.read_json(run_dir / "metrics.json")
     assert metrics["finished"] and 1 <= metrics["epochs_run"] < 200
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 

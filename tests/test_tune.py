@@ -19,7 +19,8 @@ import yaml
 
 from recsys import report
 from recsys.cli import RecsysError
-from recsys.modeling import train as train_stage
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling import tune
 from recsys.modeling.synthetic import write_synthetic_processed
 
@@ -182,8 +183,8 @@ def test_a_worse_trial_is_pruned_and_the_best_becomes_a_config(world, pruned):
     tuned = world["configs"] / "tuned" / f"{DATASET}-tiny.yaml"
     assert setup.tuned_path == tuned
     assert f"trial 0,\n# validation NDCG@10 {good['value']:.4f}." in tuned.read_text()
-    assert train_stage.config_path("tuned/syn-tiny", world["configs"]) == tuned
-    resolved = train_stage.resolve_config("tuned/syn-tiny", DATASET, None, world["configs"])
+    assert config_module.config_path("tuned/syn-tiny", world["configs"]) == tuned
+    resolved = config_module.resolve_config("tuned/syn-tiny", DATASET, None, world["configs"])
     trial_dir = dirs["models_dir"] / DATASET / "tuning" / "tiny" / "trial-0"
     trained = yaml.safe_load((trial_dir / "config.yaml").read_text())
     assert {**resolved, "config_name": "tiny"} == trained
@@ -210,11 +211,11 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
         accelerator="cpu",
         max_epochs=1,
     )
-    run_dir = train_stage.train(DATASET, "tiny", **kwargs)
+    run_dir = training.train(DATASET, "tiny", **kwargs)
     assert run_dir.name == "tiny"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["lr"] == 1.0e-2
-    plain = train_stage.train(DATASET, "tiny", tuned=False, run_name="plain", **kwargs)
-    base = train_stage.resolve_config("tiny", DATASET, None, world["configs"])
+    plain = training.train(DATASET, "tiny", tuned=False, run_name="plain", **kwargs)
+    base = config_module.resolve_config("tiny", DATASET, None, world["configs"])
     assert base["lr"] != 1.0e-2
     assert yaml.safe_load((plain / "config.yaml").read_text())["lr"] == base["lr"]
 
@@ -223,10 +224,10 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
         setup.tuned_path.read_text().replace(f"dataset: {DATASET}", "dataset: ml-100k")
     )
     with pytest.raises(RecsysError, match=r"ml-100k-tiny.yaml was tuned on ml-100k, not syn"):
-        train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
+        config_module.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
     other.write_text(setup.tuned_path.read_text() + "old_key: 1\n")
     with pytest.raises(RecsysError, match=r"unknown config key 'old_key' in .*ml-100k-tiny.yaml"):
-        train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
+        config_module.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
     other.unlink()
 
 
@@ -330,13 +331,13 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     study, _ = tune.open_study(setup.db, setup.name, setup.attrs)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
 
-    plans, fit = [], train_stage.fit
+    plans, fit = [], training.fit
 
     def spy(cfg, inputs, run_dir, resume, *args, **kwargs):
         plans.append((run_dir.name, resume))
         return fit(cfg, inputs, run_dir, resume, *args, **kwargs)
 
-    monkeypatch.setattr(train_stage, "fit", spy)
+    monkeypatch.setattr(training, "fit", spy)
     summary = run_tune(world, setup)
     states = [t["state"] for t in summary["trials"]]
     assert states == ["fail", "complete", "complete"]

@@ -58,20 +58,14 @@ from recsys.config import (
     TUNING_DIR,
 )
 from recsys.io import ensure_dir, read_json, read_yaml, write_json, write_text
+from recsys.modeling.configs import DEFAULTS, check_type, config_path, parse_sets, resolve_config
 from recsys.modeling.lightning import METRIC
 from recsys.modeling.runs import best_val_ndcg
-from recsys.modeling.train import (
-    DEFAULTS,
-    _check_type,
-    config_path,
-    parse_sets,
-    resolve_config,
-    train,
-)
+from recsys.modeling.training import train
 from recsys.options import DatasetOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.processed import require_processed
 
-# Imported after recsys.modeling.train, which sets OMP_WAIT_POLICY before torch loads.
+# Imported after recsys.modeling.training, which sets OMP_WAIT_POLICY before torch loads.
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback  # noqa: E402
@@ -130,7 +124,7 @@ def _kind(key: str) -> str:
 def _typed(key: str, value: Any, where: str) -> Any:
     """``value`` checked against the type of ``key``'s default (ints for int keys, ...)."""
     try:
-        return _check_type(key, value, where)
+        return check_type(key, value, where)
     except RecsysError as err:
         if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
             raise fail(f"{err}; YAML reads {value} as text: write it with a dot, e.g. 1.0e-4")
