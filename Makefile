@@ -18,8 +18,10 @@ SEEDS ?=
 # The config `make tune` tunes, and how many finished trials its study should hold in the end
 TUNE_CONFIG ?= sasrec-ce
 TRIALS ?= 20
-# Which benchmark `make bench` runs: all, data, features, train, evaluate, serve, ann, tiger, scale
-BENCH ?= all
+# Which benchmark `make bench` runs: data, features, train, evaluate, serve, ann, tiger, scale or
+# all; empty: the quick set (those that end in minutes; the hour-long ann, scale, tiger and train
+# run only when named)
+BENCH ?=
 # Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
 DATA_ARGS ?=
 FEATURES_ARGS ?=
@@ -81,7 +83,13 @@ test: requirements browser-deps
 	$(PYTHON) -m pytest
 	$(MAKE) --no-print-directory lint
 
-## Install headless Chromium for the report-site browser test when it is missing
+## Run the unit tests only, for the edit-test loop (no slow, browser or integration tests)
+.PHONY: test-fast
+test-fast: requirements
+	$(PYTHON) -m pytest -m "not slow and not browser and not integration"
+
+## Install headless Chromium for the browser tests when it is missing
+# Found on PATH, as the tests find it (shutil.which("chromium") in tests/conftest.py).
 .PHONY: browser-deps
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -90,7 +98,7 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-## Run the benchmarks (BENCH=all|data|features|train|evaluate|serve|ann|tiger|scale); results go to reports/bench/
+## Run the quick benchmarks, or BENCH=all|data|features|train|evaluate|serve|ann|tiger|scale; results go to reports/bench/
 .PHONY: bench
 bench: requirements
 	$(PYTHON) -m benchmarks $(BENCH)

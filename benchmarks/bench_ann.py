@@ -7,7 +7,7 @@ noise). The truth is the exact top-10 by inner product (brute force).
 
 * Exact single-query latency by catalogue size (this sets ``ANN_THRESHOLD``) and at 1M.
 * faiss IVF-Flat over nlist x nprobe and faiss HNSW over (M, efConstruction) x efSearch, both
-  through ``recsys.serving.index``: build seconds, index bytes, process RSS growth, Recall@10
+  through ``recsys.api.index``: build seconds, index bytes, process RSS growth, Recall@10
   over the 1,000 queries, single-query latency p50/p95/p99 (1,000 calls, one query each), served
   (``search``) and faiss alone. The row marked ``default`` is what ``kind="auto"`` builds.
 * Filters, on the default IVF index and the default HNSW graph: history exclusion (50 and 200
@@ -34,9 +34,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from recsys.api import index as idx
 from recsys.config import REPORTS_DIR
 from recsys.io import write_json
-from recsys.serving import index as idx
 
 N_ITEMS = 1_000_000
 DIM = 64

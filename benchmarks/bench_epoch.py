@@ -26,7 +26,8 @@ import torch
 from benchmarks.bench_train import peak_rates
 from recsys.config import PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import write_json
-from recsys.modeling.train import build_inputs, lightning_parts, parse_sets, resolve_config, train
+from recsys.modeling.configs import parse_sets, resolve_config
+from recsys.modeling.training import build_inputs, lightning_parts, train
 
 DATASETS = ("ml-100k", "amazon-beauty")
 CONFIG = "sasrec-ce"

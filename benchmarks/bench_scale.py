@@ -20,7 +20,7 @@ Steps (``--skip`` any of them), with the targets on 2 cores at full size:
   the large-catalogue default, sampled softmax with logQ correction, applies; the result says
   which loss the run used, from the log line and its config.yaml), for one epoch cut to
   ``--train-batches`` batches and ``--val-batches`` validation batches by a callback given to
-  :func:`recsys.modeling.train.train` (``python -m benchmarks.bench_scale train-child``).
+  :func:`recsys.modeling.training.train` (``python -m benchmarks.bench_scale train-child``).
   Targets/s is the run's own ``train_tokens / train_s`` (logs/metrics.csv); the full epoch's
   time is estimated from it.
 * ``evaluate-sample``: ``python -m recsys.modeling.evaluate --dataset hm --sample-users 10000``;
@@ -285,11 +285,11 @@ def data_step(dataset: str, hm_rows: int, scratch: Scratch, keep: bool) -> dict[
 
 # ----------------------------------------------------------------------------------- train
 def train_child(config: Path, batches: int, val_batches: int, out: Path) -> None:
-    """``train-child``: :func:`recsys.modeling.train.train` on hm for one epoch cut to
+    """``train-child``: :func:`recsys.modeling.training.train` on hm for one epoch cut to
     ``batches`` training and ``val_batches`` validation batches; writes the epoch's size."""
     import lightning.pytorch as pl
 
-    from recsys.modeling.train import train
+    from recsys.modeling.training import train
 
     class BatchLimit(pl.Callback):
         """Sets the Trainer's batch limits before its loops read them (and the LR schedule)."""

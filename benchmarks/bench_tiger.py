@@ -27,7 +27,7 @@ from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import evaluate, split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.scoring import rank_examples
 from recsys.processed import load_processed
 
@@ -43,7 +43,7 @@ TARGETS = {
 
 def retrieve(run_dir: Path, split: str, beam_size: int | None = None) -> dict[str, Any]:
     """Generate for every user of ``split`` as evaluation does; NDCG@10, HR@10 and seconds."""
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     model = trained.model
     if beam_size is not None:
         model.config.beam_size = beam_size

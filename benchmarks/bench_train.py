@@ -34,7 +34,7 @@ from recsys.devices import cpu_has_bf16
 from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.scoring import rank_examples
 from recsys.processed import ProcessedData, load_processed
 
@@ -119,7 +119,7 @@ def summarize(run_dir: Path, peaks: dict[str, float], processed_root: Path | Non
     """The run's metrics.json, with its training FLOP/s as a share of the matmul rate of the
     precision it trained in."""
     metrics = read_json(run_dir / "metrics.json")
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     model_config = trained.model.config.to_dict()
     data = load_processed(trained.dataset, processed_root)
     lengths = data.events.groupby("user_idx").size().to_numpy() - 2
@@ -219,7 +219,7 @@ def choose_on_validation(runs: list[dict[str, Any]]) -> str:
 def score_test_once(runs: list[dict[str, Any]], data: ProcessedData) -> None:
     """After every choice is made: each run's best checkpoint on the test split, in place."""
     for run in runs:
-        run.update(split_metrics(load_run(Path(run["run_dir"])).model, data, "test"))
+        run.update(split_metrics(load_trained_run(Path(run["run_dir"])).model, data, "test"))
 
 
 def config_table(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

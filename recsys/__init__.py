@@ -10,7 +10,7 @@ __all__ = ["load_run", "Run"]
 def __getattr__(name: str) -> Any:
     """Import the run API on first use, so that ``import recsys`` stays light for every stage."""
     if name in __all__:
-        from recsys.serving import run
+        from recsys.api import run
 
         return getattr(run, name)
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")

@@ -45,6 +45,10 @@ DATA_MIRROR = os.environ.get("RECSYS_DATA_MIRROR") or None
 
 DEFAULT_DATASET = os.environ.get("RECSYS_DATASET", "ml-1m")
 
+#: Bytes of float32 scores one pass may hold, shared by evaluation's scoring batches and the item
+#: index's query chunks: larger batches shrink to fit (see :mod:`recsys.modeling.scoring`).
+SCORE_BUDGET = 256 * 2**20
+
 # One log style for every stage: loguru through tqdm.write so progress bars stay intact.
 try:
     from tqdm import tqdm

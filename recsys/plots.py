@@ -87,9 +87,9 @@ def gather_tsne_inputs(
     except RecsysError as err:
         notes.append(f"no text features, so only the learned space is drawn ({err})")
     if run_dir is not None:
-        from recsys.modeling.runs import load_run
+        from recsys.modeling.runs import load_trained_run
 
-        trained = load_run(run_dir)
+        trained = load_trained_run(run_dir)
         table = trained.model.item_table().detach().float().cpu().numpy()
         repr_name = trained.config.get("item_repr", "?")
         description = f"learned item table (run {run_dir.name}, item_repr {repr_name})"
@@ -306,11 +306,11 @@ def make_recs(
     models_dir: Path = MODELS_DIR,
 ) -> list[Path]:
     """Sample users' recommendations from a trained run: ``recs.png/.svg`` and ``recs.json``."""
-    from recsys.modeling.runs import load_run
+    from recsys.modeling.runs import load_trained_run
 
     data = load_processed(dataset, processed_dir)
     run_dir = resolve_run(dataset, run_name, models_dir)
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     recs = sample_recommendations(
         data.events, data.items, data.users, data.n_items, trained.model, n_users, seed=seed
     )

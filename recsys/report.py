@@ -270,7 +270,7 @@ def raw_files(stats: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def _scalar(value: Any) -> str:
     """A config value written so that ``--set`` (a YAML scalar; JSON is YAML) reads it back."""
-    from recsys.modeling.train import parse_sets
+    from recsys.modeling.configs import parse_sets
 
     plain = value if isinstance(value, str) else json.dumps(value)
     try:
@@ -283,7 +283,7 @@ def _scalar(value: Any) -> str:
 def train_command(info: RunInfo, configs_dir: Path = CONFIGS_DIR) -> str:
     """The command that retrains ``info`` exactly: its config plus ``--set`` for each value
     that differs from what ``configs/<name>.yaml`` resolves to now."""
-    from recsys.modeling.train import default_run_name, resolve_config
+    from recsys.modeling.configs import default_run_name, resolve_config
 
     dataset = info.config.get("dataset", "?")
     name = info.config.get("config_name", info.name)

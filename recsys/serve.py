@@ -98,6 +98,7 @@ def serve(
             f"serving {served.name} ({served.dataset}, {served.n_items} items) at "
             f"http://{host}:{sock.getsockname()[1]}/ (API docs at /docs)"
         )
+        del served  # the service holds the run now; held here too, a reload could not free it
         config = uvicorn.Config(
             application, log_level="info", access_log=access_log, lifespan="on"
         )
@@ -110,8 +111,8 @@ def serve(
 
 def build_index(dataset: str, run_dir: Path | None, models_dir: Path | None = None) -> Path:
     """Build ``run_dir``'s item index (default: the dataset's best run) from its checkpoint."""
-    from recsys.serving.index import build_run_index
-    from recsys.serving.run import item_vectors, table_fingerprint, trained_run
+    from recsys.api.index import build_run_index
+    from recsys.api.run import item_vectors, table_fingerprint, trained_run
 
     trained, checkpoint = trained_run(run_dir, dataset, models_dir=models_dir)
     vectors = item_vectors(trained.model).numpy()

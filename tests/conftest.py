@@ -4,6 +4,7 @@ that the evaluation and prediction tests share."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from recsys.config import REPORTS_DIR
 
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 _DEFAULT_MIRROR = PROJ_ROOT.parent / "shared" / "data"
-CHROMIUM = Path("/usr/bin/chromium")
+#: Found on PATH, as ``make browser-deps`` finds it (``command -v chromium``).
+CHROMIUM = "chromium"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -26,6 +28,23 @@ CHROMIUM_ARGS = [
 ]
 #: Where the browser tests leave their screenshots (git-ignored), for a person to look at.
 SCREENSHOTS = REPORTS_DIR / "screenshots"
+
+
+#: Fixtures that make a test one of a marked kind, so ``-m`` selects it without a mark by hand:
+#: the MovieLens mirror, the browser, and the worlds that train models or run a study first.
+MARKED_BY_FIXTURE = {
+    "mirror": "integration",
+    "browser": "browser",
+    "tiger_world": "slow",
+    "pruned": "slow",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in MARKED_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -62,14 +81,15 @@ def browser() -> Iterator[Any]:
 
     Module-scoped: playwright's sync API keeps an event loop running in this thread while the
     browser is open, which would break the asyncio tests that run after it."""
-    if not CHROMIUM.exists():
-        message = f"no {CHROMIUM}; run 'make browser-deps' (apt-get install chromium)"
+    executable = shutil.which(CHROMIUM)
+    if executable is None:
+        message = f"no {CHROMIUM} on PATH; run 'make browser-deps' (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 
 from recsys.cli import RecsysError
-from recsys.modeling import train as train_stage
+from recsys.modeling import training
 
 
 class Probe(pl.Callback):
@@ -43,7 +43,7 @@ class Probe(pl.Callback):
 
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    plan_resume, current = train_stage.plan_resume, {}
+    plan_resume, current = training.plan_resume, {}
 
     def recording_plan_resume(*args: Any) -> str:
         current["decided"] = True
@@ -51,14 +51,14 @@ def main(spec_path: str) -> None:
             time.sleep(0.5)
         return plan_resume(*args)
 
-    train_stage.plan_resume = recording_plan_resume
+    training.plan_resume = recording_plan_resume
     records = []
     for run in spec["runs"]:
         probe = Probe()
         current.update(decided=False, slow=run.get("slow", False))
         record: dict[str, Any] = {"run": run["name"]}
         try:
-            train_stage.train(
+            training.train(
                 "syn",
                 "tiny",
                 overrides=run.get("overrides"),

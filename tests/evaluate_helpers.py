@@ -57,14 +57,14 @@ def _write_items(folder: Path) -> None:
 def _train(
     processed: Path, models: Path, name: str, overrides: dict, features: np.ndarray
 ) -> Path:
-    from recsys.modeling import train as train_module
+    from recsys.modeling import training
 
     config = processed.parent / f"{name}.yaml"
     config.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, **overrides}.items()) + "\n")
     with pytest.MonkeyPatch.context() as patch:
         # Text runs read features through recsys.features; a fixed random table stands in.
-        patch.setattr(train_module, "load_features", lambda *args, **kwargs: features)
-        return train_module.train(
+        patch.setattr(training, "load_features", lambda *args, **kwargs: features)
+        return training.train(
             DATASET,
             str(config),
             processed_root=processed,

@@ -19,6 +19,7 @@ def test_mirror_upper_copies_the_upper_triangle_across_tiles():
     assert np.array_equal(garbage, full)
 
 
+@pytest.mark.slow
 def test_spd_inverse_matches_a_float64_inverse_in_place():
     rng = np.random.default_rng(1)
     x = rng.random((50, 700)).astype(np.float32)  # 700 > one 512 tile of the mirror

@@ -42,20 +42,18 @@ def test_concurrent_requests_share_passes_and_keep_their_own_answers():
     assert all(name.startswith("recsys-model") for name in handle.threads)
 
 
-def test_a_lone_request_runs_at_once():
+def test_a_lone_request_runs_at_once_in_a_pass_of_its_own():
     handle = SlowDoubler(delay=0.0)
 
     async def main():
         batcher = MicroBatcher(handle)
         await batcher.start()
-        start = time.perf_counter()
-        answer = await batcher.submit(21)
-        elapsed = time.perf_counter() - start
+        answers = [await batcher.submit(21), await batcher.submit(4)]
         await batcher.stop()
-        return answer, elapsed
+        return answers
 
-    answer, elapsed = asyncio.run(main())
-    assert answer == 42 and handle.sizes == [1] and elapsed < 0.5
+    # Answered with nothing else queued, and not merged with the request after it: no window.
+    assert asyncio.run(main()) == [42, 8] and handle.sizes == [1, 1]
 
 
 def test_stop_answers_everything_queued_then_refuses_new_items():
@@ -93,3 +91,43 @@ def test_a_failed_pass_fails_its_callers_and_the_next_pass_still_runs():
         return answer
 
     assert asyncio.run(main()) == 7 and calls == [[13], [7]]
+
+
+def serve_one_by_one(batcher_args: dict, items: list[int]) -> list[object]:
+    """Submit ``items`` one at a time; each answer, or the exception it raised."""
+
+    async def main():
+        batcher = MicroBatcher(**batcher_args)
+        await batcher.start()
+        answers: list[object] = []
+        for item in items:
+            try:
+                answers.append(await asyncio.wait_for(batcher.submit(item), timeout=30))
+            except (ValueError, RuntimeError) as err:
+                answers.append(err)
+        await batcher.stop()
+        return answers
+
+    return asyncio.run(main())
+
+
+def test_a_failing_on_batch_fails_its_pass_and_the_loop_goes_on():
+    seen: list[int] = []
+
+    def on_batch(size: int) -> None:
+        seen.append(size)
+        if len(seen) == 1:
+            raise ValueError("metrics are down")
+
+    first, second = serve_one_by_one({"handle": list, "on_batch": on_batch}, [1, 2])
+    assert isinstance(first, ValueError) and "metrics are down" in str(first)
+    assert second == 2 and seen == [1, 1]
+
+
+def test_a_handle_answering_too_few_fails_those_callers_instead_of_hanging():
+    def loses_13(items: list[int]) -> list[int]:
+        return [item for item in items if item != 13]
+
+    lost, answered = serve_one_by_one({"handle": loses_13}, [13, 7])
+    assert isinstance(lost, RuntimeError) and "answered 0 of 1 requests" in str(lost)
+    assert answered == 7

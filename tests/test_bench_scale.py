@@ -14,6 +14,7 @@ ROWS = 20_000
 ML_STEPS = ("data-ml-20m", "data-ml-32m")
 
 
+@pytest.mark.slow
 def test_every_step_runs_and_records_its_figures(tmp_path):
     out = tmp_path / "scale.json"
     B.run_bench(
@@ -56,7 +57,10 @@ def test_every_step_runs_and_records_its_figures(tmp_path):
     assert predict["n_users"] == hm["processed"]["n_users"]
     assert predict["output_rows"] == predict["k"] * predict["n_users"]
     data_targets = [t for t in result["targets"] if t["step"] == "data-hm"]
-    assert [t["met"] for t in data_targets] == [True, True]
+    assert len(data_targets) == 2
+    for target in data_targets:  # judged here; whether one is met depends on the machine
+        limit = B.TARGETS[target["step"], target["figure"]]
+        assert target["met"] is (target["value"] <= limit)
     assert [t["value"] for t in result["targets"] if t["step"] in ML_STEPS] == [None, None]
 
 
@@ -66,6 +70,7 @@ def test_the_movielens_stand_ins_take_h_and_ms_share_of_their_real_size():
     assert B.scaled_rows(B.ML_20M, 100) == 1_000  # a floor, so that each user has ratings
 
 
+@pytest.mark.slow
 def test_the_wrapper_measures_the_command_and_stops_it_at_its_limits(tmp_path):
     scratch = B.Scratch(tmp_path, timeout_s=60)
     grow = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"

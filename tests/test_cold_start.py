@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys.modeling import train as train_module
+from recsys.modeling import configs as config_module
+
+from recsys.modeling import training
 from recsys.modeling.evaluate import Candidate, baseline_candidates, evaluate_cold
 from recsys.modeling.lightning import SequenceWindows
 from recsys.modeling.model import ModelConfig, SeqRecModel
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import (
     TRAIN,
@@ -45,7 +47,7 @@ def cold() -> np.ndarray:
 
 def config(**overrides) -> dict:
     return {
-        **train_module.DEFAULTS,
+        **config_module.DEFAULTS,
         "dataset": DATASET,
         "config_name": "test",
         "cold_items": FRACTION,
@@ -91,7 +93,7 @@ def test_sequences_are_cut_at_removed_items_never_joined() -> None:
 def test_training_inputs_follow_the_cut_sequences_and_validation_keeps_cold_items(
     processed: Path, cold: np.ndarray
 ) -> None:
-    inputs = train_module.build_inputs(config(), processed)
+    inputs = training.build_inputs(config(), processed)
     data = load_processed(DATASET, processed)
     original = user_sequences(data.events[data.events["split"] == TRAIN])
     pieces = list(zip(inputs["sequences"].users.tolist(), inputs["sequences"]))
@@ -112,7 +114,7 @@ def test_training_inputs_follow_the_cut_sequences_and_validation_keeps_cold_item
     histories = [h for h, k in zip(valid.histories, keep) if k]
     assert all(np.array_equal(a, b) for a, b in zip(inputs["valid"].histories, histories))
     assert any(np.isin(h, cold).any() for h in inputs["valid"].histories)
-    whole = train_module.build_inputs(config(cold_items=0.0), processed)["sequences"]
+    whole = training.build_inputs(config(cold_items=0.0), processed)["sequences"]
     assert listed(whole) == [(u, s.tolist()) for u, s in original.items()]
 
 
@@ -167,22 +169,23 @@ def test_every_model_reads_the_same_histories_with_the_cold_items(
     assert all(0.0 <= row["hr@10"]["value"] <= 1.0 for row in section["models"])
 
 
+@pytest.mark.slow
 def test_a_trained_hybrid_run_ranks_cold_items_by_their_text(
     processed: Path, cold: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     features = np.random.default_rng(0).normal(size=(N_ITEMS + N_EXTRA + 1, 8))
     features = features.astype(np.float32)
     features[0] = 0.0
-    monkeypatch.setattr(train_module, "load_features", lambda *args, **kwargs: features)
+    monkeypatch.setattr(training, "load_features", lambda *args, **kwargs: features)
     path = tmp_path / "hybrid.yaml"
     path.write_text(
         f"item_repr: hybrid\nd_model: 16\nn_layers: 1\nmax_len: 20\nmax_epochs: 1\n"
         f"batch_size: 64\ncold_items: {FRACTION}\ncold_seed: {SEED}\n"
     )
-    run_dir = train_module.train(
+    run_dir = training.train(
         DATASET, str(path), processed_root=processed, models_dir=tmp_path, progress_bar=False
     )
-    model = load_run(run_dir).model
+    model = load_trained_run(run_dir).model
     assert not model.id_trained[torch.as_tensor(cold)].any()
     with torch.no_grad():
         table, text = model.item_table(), model.text_proj(model.item_features)
@@ -199,6 +202,6 @@ def test_seeds_of_one_config_hold_out_the_same_cold_items() -> None:
         return Candidate(name="r", kind="trained", scorer=None, config=config)
 
     assert cold_seed([run(seed=42, cold_seed=5), run(seed=1, cold_seed=5)]) == 5
-    assert cold_seed([run(seed=42), run(seed=1)]) == train_module.DEFAULTS["cold_seed"]
+    assert cold_seed([run(seed=42), run(seed=1)]) == config_module.DEFAULTS["cold_seed"]
     with pytest.raises(RecsysError, match="different cold_seed values"):
         cold_seed([run(seed=42, cold_seed=0), run(seed=42, cold_seed=1)])

@@ -73,6 +73,7 @@ def test_rows_without_repeated_hashes_have_no_duplicates():
     assert not interim.exact_duplicates(frame).any()
 
 
+@pytest.mark.slow
 def test_interim_interactions_are_one_row_group_with_one_dictionary(tmp_path):
     """Past parquet's default row group (1,048,576 rows) the ids' dictionary would be written
     again for every group; the file holds one group, and the ids read back as categories."""

@@ -892,11 +892,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_unknown_dataset(tmp_path):
     proc = run_cli(tmp_path, "download", "--dataset", "ml-5m")
     assert_one_line_error(proc, "unknown dataset 'ml-5m'", "ml-latest-small")
 
 
+@pytest.mark.slow
 def test_cli_non_numeric_id_and_strict(tmp_path):
     ratings = [(1, 10, 4, 1), (1, 20, 4, 2), (1, 99, 4, 3), (1, 30, 4, 4)]
     make_raw(tmp_path / "data", ml100k_files(ratings=ratings))
@@ -908,6 +910,7 @@ def test_cli_non_numeric_id_and_strict(tmp_path):
     assert_one_line_error(proc, str(u_data), "invalid value 'x1'")
 
 
+@pytest.mark.slow
 def test_cli_unwritable_output_folder(tmp_path):
     make_raw(tmp_path / "data")
     interim(SPEC, tmp_path / "data" / "raw", tmp_path / "data" / "interim")
@@ -920,6 +923,7 @@ def test_cli_unwritable_output_folder(tmp_path):
     assert_one_line_error(proc, "unknown --split 'random'")
 
 
+@pytest.mark.slow
 def test_cli_main_is_a_hidden_alias_of_process(tmp_path):
     """Older docs and scripts say ``main``: it still runs the process stage, unlisted."""
     listed = run_cli(tmp_path, "--help")
@@ -929,6 +933,7 @@ def test_cli_main_is_a_hidden_alias_of_process(tmp_path):
     assert_one_line_error(proc, "unknown --split 'random'")
 
 
+@pytest.mark.slow
 def test_cli_ties_option(tmp_path):
     make_raw(tmp_path / "data")
     interim(SPEC, tmp_path / "data" / "raw", tmp_path / "data" / "interim")
@@ -941,6 +946,7 @@ def test_cli_ties_option(tmp_path):
     assert (stats["ties"]["policy"], stats["ties"]["seed"]) == ("shuffle", 7)
 
 
+@pytest.mark.slow
 def test_cli_custom_dataset_with_column_mapping(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("who;what;when\nu1;a;3\nu1;b;1\nu1;c;2\nu2;a;5\nu2;c;6\nu2;b;7\n")

@@ -25,7 +25,7 @@ from ddp_worker import Probe
 
 from recsys.cli import RecsysError
 from recsys.modeling import distributed
-from recsys.modeling import train as train_stage
+from recsys.modeling import training
 from recsys.modeling.runs import LAST_CKPT
 from recsys.modeling.synthetic import write_synthetic_processed
 
@@ -64,8 +64,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
         progress_bar=False,
     )
     with pytest.raises(RuntimeError, match="interrupted"):
-        train_stage.train("syn", "tiny", run_name="interrupted", callbacks=[Interrupt()], **common)
-    train_stage.train("syn", "tiny", run_name="finished", max_epochs=1, **common)
+        training.train("syn", "tiny", run_name="interrupted", callbacks=[Interrupt()], **common)
+    training.train("syn", "tiny", run_name="finished", max_epochs=1, **common)
     return {"root": root, "runs": root / "runs" / "syn"}
 
 
@@ -111,7 +111,7 @@ def launch(launcher: str, spec: dict[str, Any], folder: Path) -> list[dict[str, 
 def one_process_validation(run_dir: Path, processed: Path) -> tuple[dict[str, float], list[int]]:
     """Validation metrics and scored users of one process on the weights of ``last.ckpt``."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    module, data = train_stage.lightning_parts(cfg, train_stage.build_inputs(cfg, processed))
+    module, data = training.lightning_parts(cfg, training.build_inputs(cfg, processed))
     module.load_state_dict(torch.load(run_dir / LAST_CKPT, weights_only=True)["state_dict"])
     probe = Probe()
     trainer = pl.Trainer(
@@ -128,6 +128,7 @@ def one_process_validation(run_dir: Path, processed: Path) -> tuple[dict[str, fl
     return module.epoch_metrics, epoch["users"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
 def test_ranks_share_rank_zeros_plan_and_validate_like_one_process(setup, tmp_path, launcher):
     models = tmp_path / "models" / "syn"
@@ -259,6 +260,7 @@ def test_exit_destroys_the_process_group_before_the_stores_go(monkeypatch):
     assert destroyed == [1]
 
 
+@pytest.mark.slow
 def test_num_nodes_below_one_is_a_user_error(setup):
     with pytest.raises(RecsysError, match="--num-nodes must be at least 1"):
-        train_stage.train("syn", "tiny", num_nodes=0, configs_dir=setup["root"] / "configs")
+        training.train("syn", "tiny", num_nodes=0, configs_dir=setup["root"] / "configs")

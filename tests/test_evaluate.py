@@ -156,6 +156,7 @@ def test_keep_history_is_recorded(world, tmp_path):
     assert report["history_masked"] is False
 
 
+@pytest.mark.slow
 def test_cold_start_merges_into_the_main_report(world, tmp_path):
     main = read_json(run_evaluate(world, tmp_path))
     merged = read_json(run_evaluate(world, tmp_path, cold_items=COLD_FRACTION))
@@ -225,6 +226,7 @@ def test_missing_processed_data_and_bad_options(world, tmp_path):
     assert not list(tmp_path.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_error_and_exits_nonzero(world, tmp_path):
     cmd = [
         sys.executable,
@@ -261,13 +263,13 @@ def test_candidate_ids_can_score_cold_only_for_text_runs():
 def seeded(world, tmp_path_factory):
     """The world's ``tiny-id`` run (seed 42), the same config trained with seed 1, and a copy of
     the seed-42 run under another name (the same config and seed twice)."""
-    from recsys.modeling import train as train_module
+    from recsys.modeling import training
 
     models = tmp_path_factory.mktemp("seeded") / "models"
     shutil.copytree(world.id_run, models / DATASET / "tiny-id")
     shutil.copytree(world.id_run, models / DATASET / "tiny-id-seed42")
     config = world.processed.parent / "tiny-id.yaml"  # written when the world was trained
-    train_module.train(
+    training.train(
         DATASET,
         str(config),
         seed=1,

@@ -279,6 +279,7 @@ def test_same_texts_and_settings_are_a_cache_hit(
     assert len([line for line in capsys.readouterr().err.splitlines() if "cache hit" in line]) == 1
 
 
+@pytest.mark.slow
 def test_changed_texts_or_settings_recompute(root: Path, tiny_bert: str) -> None:
     before = np.load(embed_tiny(root, tiny_bert).path)
     items = ml_items()
@@ -457,6 +458,7 @@ def test_cuda_without_gpu_is_a_user_error(root: Path, tiny_bert: str) -> None:
         embed_tiny(root, tiny_bert, device="cuda")
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["features", "embed", "--dataset", "no-such-dataset-xyz"])
     with pytest.raises(SystemExit) as exit_info:
@@ -487,6 +489,7 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> Non
 # --- the real default model -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_model_follows_its_card_and_puts_sequels_close(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 

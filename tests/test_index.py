@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from loguru import logger
 
+from recsys.api import index as idx
 from recsys.cli import RecsysError
-from recsys.serving import index as idx
 
 KINDS = ("exact", "faiss-ivf", "faiss-hnsw")
 
@@ -123,6 +123,7 @@ def test_rows_with_fewer_than_k_items_left_are_padded(table, indexes, kind):
     assert (ids == 0).all() and np.isneginf(scores).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS[1:])
 def test_approximate_recall_against_exact(kind):
     table = clustered(10_000, 32, seed=3, clusters=64)
@@ -133,6 +134,7 @@ def test_approximate_recall_against_exact(kind):
     assert recall >= 0.95
 
 
+@pytest.mark.slow
 def test_ivf_scans_more_lists_when_a_history_pushes_the_answer_down():
     """With each query's own top 40 excluded, the top 10 left lie deep in its ranking, in lists
     a fixed nprobe scans too few of; the bound fails with IVF_MAX_PROBE_GROWTH = 1."""
@@ -221,6 +223,7 @@ def _count_builds(monkeypatch) -> list:
     return builds
 
 
+@pytest.mark.slow
 def test_open_run_index_caches_by_fingerprint(table, tmp_path, monkeypatch):
     builds = _count_builds(monkeypatch)
     first = idx.open_run_index(tmp_path, table, {"sha256": "a"}, kind="faiss-ivf")
@@ -242,6 +245,7 @@ def warnings():
     logger.remove(handler)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, damage",
     [("exact", "manifest.json"), ("exact", "vectors.npy")]
@@ -273,7 +277,7 @@ import sys, time
 from pathlib import Path
 import faiss
 import numpy as np
-from recsys.serving import index as idx
+from recsys.api import index as idx
 
 run_dir, vectors, marker = Path(sys.argv[1]), np.load(sys.argv[2]), Path(sys.argv[3])
 
@@ -290,6 +294,7 @@ idx.build_run_index(run_dir, vectors, {"sha256": "new"}, kind="faiss-ivf")
 """
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_the_previous_index_intact(table, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     idx.build_run_index(run_dir, table, {"sha256": "old"}, kind="faiss-ivf")
@@ -300,11 +305,10 @@ def test_killed_build_leaves_the_previous_index_intact(table, tmp_path, monkeypa
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_BUILD, str(run_dir), str(tmp_path / "new.npy"), str(marker)]
     )
-    try:
-        deadline = time.monotonic() + 25
-        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+    try:  # however busy the machine, the child gets there or dies (the test timeout: a hang)
+        while not marker.exists() and child.poll() is None:
             time.sleep(0.05)
-        assert marker.exists(), "the child build never reached its faiss write"
+        assert marker.exists(), "the child build died before its faiss write"
         child.send_signal(signal.SIGKILL)
     finally:
         child.kill()

@@ -75,6 +75,7 @@ def train_steps(model: SeqRecModel, steps: int, lr: float = 1e-2) -> list[float]
     return losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS)
 def test_overfits_one_batch_to_near_zero_loss(block):
     torch.manual_seed(0)

@@ -136,7 +136,7 @@ def test_without_text_features_the_learned_space_is_drawn_alone(
         config = {"item_repr": "id", "cold_items": 0.1, "seed": 42, "cold_seed": 3}
         return runs.TrainedRun(model=Table(), config=config, dataset="toy", run_dir=run_dir)
 
-    monkeypatch.setattr(runs, "load_run", fake_load_run)
+    monkeypatch.setattr(runs, "load_trained_run", fake_load_run)
     inputs = plots.gather_tsne_inputs(data, tmp_path / "sasrec-ce", None, processed)
     assert [s.name for s in inputs.spaces] == ["learned"]
     assert inputs.notes[0].startswith("no text features, so only the learned space is drawn")
@@ -274,6 +274,7 @@ def test_save_figure_writes_png_and_svg_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["curves.png", "curves.svg"]
 
 
+@pytest.mark.slow
 def test_all_skips_what_is_missing_and_errors_when_nothing_can_be_drawn(tmp_path: Path) -> None:
     write_json(metrics_report("toy"), tmp_path / "metrics" / "toy.json")
     common = [
@@ -299,6 +300,7 @@ def test_all_skips_what_is_missing_and_errors_when_nothing_can_be_drawn(tmp_path
     assert "Traceback" not in nothing.stderr
 
 
+@pytest.mark.slow
 def test_metrics_command_without_a_metrics_file_is_one_line(tmp_path: Path) -> None:
     done = run_cli("metrics", "--dataset", "toy", "--metrics-dir", str(tmp_path))
     assert done.returncode == 1
@@ -307,14 +309,13 @@ def test_metrics_command_without_a_metrics_file_is_one_line(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.slow
 def test_the_figure_library_imports_neither_modeling_nor_serving() -> None:
     """The tuner (in modeling) draws with recsys.figures, so figures must not reach back up."""
+    layers = ("recsys.modeling", "recsys.serving", "recsys.api")
     source = (PROJ_ROOT / "recsys" / "figures.py").read_text()
-    assert "recsys.modeling" not in source and "recsys.serving" not in source
-    probe = (
-        "import recsys.figures, sys; "
-        "print(any(m.startswith(('recsys.modeling', 'recsys.serving')) for m in sys.modules))"
-    )
+    assert not any(layer in source for layer in layers)
+    probe = f"import recsys.figures, sys; print(any(m.startswith({layers}) for m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJ_ROOT
     )

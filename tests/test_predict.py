@@ -14,13 +14,12 @@ import torch
 from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from rich.console import Console
 
+from recsys.api.run import Run, load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError
 from recsys.modeling import predict as P
-from recsys.modeling.runs import BEST_CKPT
-from recsys.modeling.runs import load_run as load_trained_run
+from recsys.modeling.runs import BEST_CKPT, load_trained_run
 from recsys.processed import user_sequences
-from recsys.serving.run import Run, load_run
 
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
 
@@ -136,6 +135,7 @@ def test_adhoc_sequences_by_title_or_id(world, catalogue):
 # ----------------------------------------------------------------------------- generation
 
 
+@pytest.mark.slow
 def test_generation_never_repeats_and_greedy_follows_the_top_pick(data, id_run):
     model, allowed = id_run.model, torch.from_numpy(id_run.rankable)
     history = user_sequences(data.events)[3]
@@ -153,6 +153,7 @@ def test_generation_never_repeats_and_greedy_follows_the_top_pick(data, id_run):
     assert len({s.item for s in beam}) == 8
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(data, id_run):
     model, allowed = id_run.model, torch.from_numpy(id_run.rankable)
     history = user_sequences(data.events)[3]
@@ -246,6 +247,7 @@ def test_default_run_is_the_best_one(world):
     assert "user 1: top 2 recommendations" in text
 
 
+@pytest.mark.slow
 def test_cli_unknown_user_is_one_line(world):
     cmd = [
         sys.executable,

@@ -113,7 +113,7 @@ def test_run_config_and_checkpoint_keys_are_documented():
     from dataclasses import fields
 
     from recsys.modeling.model import ModelConfig
-    from recsys.modeling.train import DEFAULTS
+    from recsys.modeling.configs import DEFAULTS
 
     config = named(section("config.yaml"))
     assert not set(DEFAULTS) - config, f"config keys missing: {set(DEFAULTS) - config}"

@@ -122,7 +122,7 @@ def test_results_show_seeds_and_the_spread_of_a_config_run_with_several(tmp_path
 
 def write_run(models_dir: Path, dataset: str, name: str, **changes: object) -> Path:
     """A run folder as training writes it: the resolved config of configs/sasrec-ce.yaml."""
-    from recsys.modeling.train import resolve_config
+    from recsys.modeling.configs import resolve_config
 
     run_dir = models_dir / dataset / name
     run_dir.mkdir(parents=True)
@@ -188,6 +188,7 @@ def test_markdown_cells_escape_titles_and_numbers_keep_their_digits() -> None:
     assert report.split_name({"kind": "temporal"}) == "temporal"
 
 
+@pytest.mark.slow
 def test_make_report_builds_a_strict_site_with_the_figures(tmp_path: Path) -> None:
     dirs = folders(tmp_path)
     write_json(metrics_report("toy"), dirs["metrics_dir"] / "toy.json")
@@ -207,6 +208,7 @@ def test_make_report_builds_a_strict_site_with_the_figures(tmp_path: Path) -> No
         assert (tmp_path / "site" / f"{page}.html").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_inputs_are_one_line_errors(tmp_path: Path) -> None:
     dirs = folders(tmp_path)
     dirs["metrics_dir"].mkdir()

@@ -11,9 +11,9 @@ import torch
 from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 
 import recsys
+from recsys.api.run import ADDED_ITEMS_FILE, NotFound, Unsupported, load_run
 from recsys.cli import RecsysError
 from recsys.processed import user_sequences
-from recsys.serving.run import ADDED_ITEMS_FILE, NotFound, Unsupported, load_run
 
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
 
@@ -99,7 +99,7 @@ def test_filters_exclude_items_and_keep_only_the_asked_categories(id_run):
 
 def test_many_queries_answer_like_single_ones(id_run):
     queries = [dict(user_id="5", k=3), dict(items=["3"], k=2), dict(user_id="9", k=3)]
-    from recsys.serving.run import Query
+    from recsys.api.run import Query
 
     together = id_run.recommend_many([Query(**q) for q in queries])
     for query, frame in zip(queries, together):
@@ -161,7 +161,7 @@ def test_new_items_of_a_text_run_rank_at_once_and_survive_a_reload(text_run, wor
     ("items", "message"),
     [
         ([], "no items given"),
-        ([{"item_id": "x"}], "new items need title"),
+        ([{"item_id": "x"}], "need the fields item_id, title; missing: title"),
         ([{"item_id": "3", "title": "Taken"}], "item id '3' already exists"),
         ([{"item_id": "a", "title": "A"}, {"item_id": "a", "title": "B"}], "'a' repeats"),
         ([{"item_id": "b", "title": "B", "colour": "red"}], "unknown item field"),

@@ -22,7 +22,8 @@ from recsys.io import read_json
 from recsys.modeling import evaluate as E
 from recsys.modeling import metrics
 from recsys.modeling import scoring
-from recsys.modeling import train as train_stage
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling.baselines import (
     EASE,
     MAX_DENSE_ITEMS,
@@ -47,6 +48,7 @@ def logged():
 # ------------------------------------------------------------------------- dense baselines
 
 
+@pytest.mark.slow
 def test_ease_is_skipped_above_the_dense_limit_and_the_report_says_why(world, tmp_path, logged):
     report = read_json(run_evaluate(world, tmp_path, baselines_only=True, max_dense_items=50))
     assert [m["name"] for m in report["models"]] == ["most-popular", "transitions", "item-knn"]
@@ -122,6 +124,7 @@ def test_sample_metrics_are_the_means_over_the_sampled_users(world, data, tmp_pa
         assert row["test"][f"{metric}@10"]["value"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cold_start_scores_the_sampled_users_too(world, tmp_path):
     main = read_json(run_evaluate(world, tmp_path, max_dense_items=1))
     cold = read_json(run_evaluate(world, tmp_path, cold_items=COLD_FRACTION, sample_users=40))
@@ -152,6 +155,7 @@ def test_bad_sample_sizes_are_user_errors(world, tmp_path, value):
     assert not list(tmp_path.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_cli_bad_sample_size_is_one_line(world, tmp_path):
     cmd = [sys.executable, "-m", "recsys.modeling.evaluate", "--dataset", DATASET]
     cmd += ["--processed-dir", str(world.processed), "--output-dir", str(tmp_path)]
@@ -268,12 +272,13 @@ def write_config(folder, **values):
     return folder
 
 
+@pytest.mark.slow
 def test_many_items_default_to_sampled_softmax_with_a_log_line(
     processed, tmp_path, monkeypatch, logged
 ):
-    monkeypatch.setattr(train_stage, "LARGE_CATALOGUE", 20)
+    monkeypatch.setattr(config_module, "LARGE_CATALOGUE", 20)
     configs = write_config(tmp_path)
-    run_dir = train_stage.train(
+    run_dir = training.train(
         "syn",
         "tiny",
         processed_root=processed,
@@ -301,9 +306,9 @@ def test_many_items_default_to_sampled_softmax_with_a_log_line(
 def test_an_explicit_loss_is_kept_on_many_items(
     tmp_path, monkeypatch, logged, in_file, overrides, expected
 ):
-    monkeypatch.setattr(train_stage, "LARGE_CATALOGUE", 20)
+    monkeypatch.setattr(config_module, "LARGE_CATALOGUE", 20)
     configs = write_config(tmp_path, **in_file)
-    cfg = train_stage.resolve_config("tiny", "syn", overrides, configs, n_catalogue=30)
+    cfg = config_module.resolve_config("tiny", "syn", overrides, configs, n_catalogue=30)
     assert cfg["loss"] == expected
     [line] = [line for line in logged if "loss " in line]
     assert f"loss {expected}" in line and "30 items, more than 20" in line
@@ -313,7 +318,7 @@ def test_an_explicit_loss_is_kept_on_many_items(
 
 def test_small_catalogues_keep_full_softmax_silently(processed, tmp_path, logged):
     configs = write_config(tmp_path)
-    assert train_stage.catalogue_size("syn", processed) == 30
-    assert train_stage.catalogue_size("missing", processed) is None
-    cfg = train_stage.resolve_config("tiny", "syn", None, configs, n_catalogue=30)
+    assert training.catalogue_size("syn", processed) == 30
+    assert training.catalogue_size("missing", processed) is None
+    cfg = config_module.resolve_config("tiny", "syn", None, configs, n_catalogue=30)
     assert cfg["loss"] == "ce" and not [line for line in logged if "loss" in line]

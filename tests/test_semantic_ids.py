@@ -76,6 +76,7 @@ def purity(codes: np.ndarray, label: np.ndarray) -> tuple[int, bool]:
     return len(np.unique(codes[:, 0])), one_each
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantise", [rq_vae, rq_kmeans], ids=["rqvae", "rqkmeans"])
 def test_separated_clusters_get_distinct_first_codes(quantise) -> None:
     x, label = clusters()
@@ -86,6 +87,7 @@ def test_separated_clusters_get_distinct_first_codes(quantise) -> None:
     assert ((decoded - x) ** 2).sum() < 0.1 * ((x - x.mean(0)) ** 2).sum()
 
 
+@pytest.mark.slow
 def test_rqvae_is_seeded() -> None:
     x, _ = clusters()
     first, _ = rq_vae(x, FAST)
@@ -101,6 +103,7 @@ def test_disambiguation_makes_every_id_unique() -> None:
     assert stats["largest_collision_group"] == 3 and stats["n_unique_tuples"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rqvae", "rqkmeans"])
 def test_build_writes_unique_ids_and_a_manifest(root: Path, method: str) -> None:
     result = build_semantic_ids(DATASET, replace(FAST, method=method), processed_root=root)

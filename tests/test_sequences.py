@@ -154,6 +154,7 @@ def test_sequences_refuse_a_temporal_split(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_cli_custom_sequences(tmp_path):
     seq = tmp_path / "seq.txt"
     seq.write_text("1 5 6 7\n\n2 6 7 8\n")

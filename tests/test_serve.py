@@ -27,12 +27,14 @@ from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from fastapi.testclient import TestClient
 
 from recsys import serve
+from recsys.api.run import ADDED_ITEMS_FILE, load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import run as run_cli
 from recsys.serving.app import MAX_BODY_BYTES, MAX_K, create_app, run_loader
-from recsys.serving.run import ADDED_ITEMS_FILE, load_run
+from recsys.text_features import write_item_texts
 
 KEY = "s3cret-key"
+HEADERS = {"X-API-Key": KEY}
 N_CATALOGUE = N_ITEMS + N_COLD_CATALOGUE
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,10 +58,15 @@ def fake_encoder(features: np.ndarray):
 
 @contextmanager
 def client_for(
-    run_dir: Path, world, api_key: str | None = KEY, encoder: bool = True
+    run_dir: Path,
+    world,
+    api_key: str | None = KEY,
+    encoder: bool = True,
+    processed: Path | None = None,
 ) -> Iterator[TestClient]:
     """A started app (lifespan run) over ``run_dir``; reloads get the stand-in encoder too."""
-    base = run_loader(DATASET, run_dir, processed_dir=world.processed, models_dir=world.models)
+    processed = processed or world.processed
+    base = run_loader(DATASET, run_dir, processed_dir=processed, models_dir=world.models)
 
     def loader(path: str | None):
         loaded = base(path)
@@ -282,9 +289,25 @@ def test_a_text_run_ranks_new_items_at_once(text_client):
     assert metric(metrics, "recsys_index_items ") == N_CATALOGUE + 1
 
 
+def test_a_new_item_without_a_text_field_of_the_catalogue_is_told_which_fields(world, tmp_path):
+    processed = Path(shutil.copytree(world.processed, tmp_path / "processed"))
+    write_item_texts(DATASET, ["title", "genres"], processed_root=processed)
+    run_dir = copy_run(world.text_run, tmp_path)
+    with client_for(run_dir, world, processed=processed) as text_client:
+        untyped = {"item_id": "n1", "title": "Brand New Film like Item 7 (2026)"}
+        response = text_client.post("/v1/items", json={"items": [untyped]}, headers=HEADERS)
+        assert response.status_code == 422
+        assert response.json()["detail"] == (
+            f"new items of {DATASET} need the fields item_id, title, genres; missing: genres"
+        )
+        typed = {**untyped, "genres": "Drama"}
+        assert text_client.post("/v1/items", json={"items": [typed]}, headers=HEADERS).is_success
+
+
 # ----------------------------------------------------------------------------- ops and admin
 
 
+@pytest.mark.slow
 def test_reload_swaps_runs_and_a_failed_one_keeps_the_old(runs, world, tmp_path):
     text = copy_run(world.text_run, tmp_path)
     with client_for(runs["id"], world) as admin:
@@ -301,6 +324,47 @@ def test_reload_swaps_runs_and_a_failed_one_keeps_the_old(runs, world, tmp_path)
         metrics = admin.get("/metrics").text
         assert metric(metrics, 'recsys_reloads_total{outcome="ok"}') == 2
         assert metric(metrics, 'recsys_reloads_total{outcome="failed"}') == 1
+
+
+class BigRun:
+    """A stand-in run holding ``BIG_RUN_BYTES`` in a reference cycle, as a model's modules and
+    caches may be: only the collector frees it, and not while the collector is frozen."""
+
+    dataset, item_repr, n_items = DATASET, "id", 1
+
+    def __init__(self, path: str | None = None) -> None:
+        self.name = self.run_dir = path or "big"
+        self.table = np.ones(BIG_RUN_BYTES // 8)  # written, so resident
+        self.myself = self
+
+    def info(self) -> dict[str, str]:
+        return {"model": "big"}
+
+    def recommend_resolved(self, resolved: list) -> list[list]:
+        return [[] for _ in resolved]
+
+
+BIG_RUN_BYTES = 128 * 2**20
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (not its peak)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads /proc (Linux)")
+def test_reloads_free_the_old_run(monkeypatch):
+    monkeypatch.setattr("recsys.serving.app.warm_up", lambda run: None)
+    app = create_app(BigRun(), api_key=KEY, loader=BigRun)
+    with TestClient(app) as admin:
+        before = resident_bytes()
+        for _ in range(5):
+            reloaded = admin.post("/v1/admin/reload", headers={"X-API-Key": KEY})
+            assert reloaded.status_code == 200, reloaded.text
+        grown = resident_bytes() - before
+    assert grown < BIG_RUN_BYTES / 2, f"resident memory grew by {grown / 2**20:.0f} MiB"
 
 
 def test_health_readiness_docs_metrics_and_the_demo_page(client):
@@ -378,6 +442,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_a_real_server_reloads_under_load_without_a_failure(world, tmp_path):
     run_dir = copy_run(world.id_run, tmp_path)
     port = free_port()

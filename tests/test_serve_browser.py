@@ -17,8 +17,8 @@ import pytest
 from evaluate_helpers import DATASET, TITLES
 from conftest import SCREENSHOTS
 
+from recsys.api.run import load_run
 from recsys.serving.app import create_app
-from recsys.serving.run import load_run
 
 pytestmark = pytest.mark.browser
 

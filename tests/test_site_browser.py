@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every stage of ``make all`` on synthetic data, with the stages' own functions."""
     from recsys.text_features import embed_items, write_item_texts
     from recsys.modeling.evaluate import evaluate
-    from recsys.modeling.train import train
+    from recsys.modeling.training import train
     from recsys.plots import make_all
     from recsys.report import make_report
     from recsys.semantic_ids import SemanticIdOptions, build_semantic_ids

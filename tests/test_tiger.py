@@ -12,9 +12,10 @@ import torch
 from recsys.cli import RecsysError
 from recsys.io import read_json, write_json
 from recsys.modeling import evaluate as E
-from recsys.modeling import train as train_module
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling.model import BLOCKS, ModelConfig, SemanticDecoder, build_model
-from recsys.modeling.runs import load_run
+from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import cold_item_set
 from recsys.semantic_ids import (
@@ -67,6 +68,7 @@ def train_briefly(model: SemanticDecoder, item_seq: torch.Tensor, steps: int = 3
 HISTORIES = torch.tensor([[0, 0, 0, 3, 5, 7], [1, 2, 3, 4, 9, 11], [0, 0, 0, 0, 0, 8]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS)
 def test_beam_over_the_whole_catalogue_equals_exhaustive_scoring(block: str) -> None:
     """Beam search with the KV cache finds every item with its exact sequence log-probability,
@@ -99,6 +101,7 @@ def test_the_trie_yields_real_items_only() -> None:
         assert {tuple(model.item_codes[i].tolist()) for i in row} <= real
 
 
+@pytest.mark.slow
 def test_history_items_never_come_back_even_beyond_the_context() -> None:
     model = tiny_decoder(beam_size=N_ITEMS)
     train_briefly(model, HISTORIES)
@@ -111,6 +114,7 @@ def test_history_items_never_come_back_even_beyond_the_context() -> None:
     assert torch.isinf(scores[0, 1:16]).all() and torch.isfinite(scores[0, 16:]).all()
 
 
+@pytest.mark.slow
 def test_loss_trains_and_scores_depend_on_history() -> None:
     model = tiny_decoder()
     targets = torch.roll(HISTORIES, -1, dims=1)[:, :-1].masked_fill(HISTORIES[:, :-1] == 0, 0)
@@ -121,6 +125,7 @@ def test_loss_trains_and_scores_depend_on_history() -> None:
     assert not torch.equal(first, second)
 
 
+@pytest.mark.slow
 def test_left_padding_does_not_change_what_is_generated() -> None:
     model = tiny_decoder()
     train_briefly(model, HISTORIES)
@@ -176,7 +181,7 @@ def tiger_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_dataset(processed)  # its items, with clustered text vectors as their features
     build_semantic_ids(DATASET, FAST_IDS, processed_root=processed)
     for cold in (0.0, COLD):
-        train_module.train(
+        training.train(
             DATASET,
             write_config(root, {**TINY_TIGER, "semantic_ids": FAST_IDS.slug, "cold_items": cold}),
             processed_root=processed,
@@ -192,13 +197,14 @@ def write_config(folder: Path, values: dict) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd) -> None:
     processed, models = tiger_world
     run_dir = models / DATASET / "tiger-tiny"
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["finished"] and metrics["epochs_run"] == 2
     assert metrics["item_repr"] == "semantic" and metrics["best_val_hr@10"] > 0
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     ids = np.load(semantic_id_paths(DATASET, FAST_IDS.slug, processed)[0])
     assert isinstance(trained.model, SemanticDecoder)
     assert torch.equal(trained.model.item_codes, torch.from_numpy(ids))
@@ -207,7 +213,7 @@ def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd
     write_json({**summary, "finished": False}, run_dir / "metrics.json")
     rows_before = (run_dir / "logs" / "metrics.csv").read_text()
     capfd.readouterr()
-    train_module.train(
+    training.train(
         DATASET,
         write_config(tmp_path, {**TINY_TIGER, "semantic_ids": FAST_IDS.slug}),
         run_name="tiger-tiny",
@@ -261,12 +267,12 @@ def test_a_run_whose_ids_changed_is_refused(tiger_world, tmp_path) -> None:
 def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
     processed, _ = tiger_world
     with pytest.raises(RecsysError, match="beam of at least 10"):
-        train_module.resolve_config(
+        config_module.resolve_config(
             write_config(tmp_path, {**TINY_TIGER, "beam_size": 5}), DATASET
         )
     missing = write_config(tmp_path, {**TINY_TIGER, "semantic_ids": "rqvae-9x9-nothing"})
     with pytest.raises(RecsysError, match="rqvae-9x9-nothing.*make features"):
-        train_module.train(
+        training.train(
             DATASET,
             missing,
             processed_root=processed,
@@ -278,7 +284,7 @@ def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
 
 def test_serving_refuses_a_generative_run_and_defaults_skip_it(tiger_world) -> None:
     from recsys.modeling.runs import best_run
-    from recsys.serving.run import load_run as load_for_serving
+    from recsys.api.run import load_run as load_for_serving
 
     processed, models = tiger_world
     run_dir = models / DATASET / "tiger-tiny"
@@ -299,7 +305,7 @@ def test_item_table_sums_each_items_code_embeddings() -> None:
 def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -> None:
     """Held out of training, cold items still have IDs from their text, so TIGER generates them."""
     processed, models = tiger_world
-    cold_run = load_run(models / DATASET / f"tiger-tiny-cold{COLD:g}")
+    cold_run = load_trained_run(models / DATASET / f"tiger-tiny-cold{COLD:g}")
     n_items = cold_run.model.config.n_items
     cold = set(cold_item_set(n_items, COLD, 0).tolist())
     history = torch.tensor([[1, 2, 3]])
@@ -323,6 +329,7 @@ def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -
 
 
 # ------------------------------------------------------------------- gpt-semantic (codes)
+@pytest.mark.slow
 def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
     from recsys.modeling.model import SeqRecModel
 
@@ -347,11 +354,12 @@ def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
         SeqRecModel(config)
 
 
+@pytest.mark.slow
 def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> None:
     import shutil
 
-    from recsys.serving.run import Unsupported
-    from recsys.serving.run import load_run as load_for_serving
+    from recsys.api.run import Unsupported
+    from recsys.api.run import load_run as load_for_serving
 
     processed, models = tiger_world
     local = tmp_path / "models"
@@ -359,7 +367,7 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
     config = {**TINY_TIGER, "item_repr": "codes", "semantic_ids": FAST_IDS.slug}
     codes_config = tmp_path / "gpt-semantic-tiny.yaml"
     codes_config.write_text("\n".join(f"{k}: {v}" for k, v in config.items() if k != "beam_size"))
-    run_dir = train_module.train(
+    run_dir = training.train(
         DATASET,
         str(codes_config),
         processed_root=processed,
@@ -385,6 +393,7 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
         served.add_items([{"item_id": "new", "title": "a new item"}])
 
 
+@pytest.mark.slow
 def test_cold_share_places_untrained_items_at_their_share_of_the_list() -> None:
     model = tiny_decoder(cold_share=0.25)
     counts = torch.ones(N_ITEMS + 1)

@@ -19,6 +19,8 @@ import yaml
 from lightning.pytorch.plugins import MixedPrecision, Precision
 
 from recsys.cli import RecsysError
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling import train as train_stage
 from recsys.modeling.lightning import (
     BucketSampler,
@@ -28,7 +30,7 @@ from recsys.modeling.lightning import (
     ema_averaging,
 )
 from recsys.modeling.metrics import ndcg_at_k, target_ranks
-from recsys.modeling.runs import best_run, list_runs, load_run
+from recsys.modeling.runs import best_run, list_runs, load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import EvalExamples, Sequences, eval_examples, left_pad, load_processed
 
@@ -64,7 +66,7 @@ def configs(tmp_path) -> Path:
 
 def run_train(processed: Path, configs: Path, models: Path, **kwargs) -> Path:
     kwargs.setdefault("config", "tiny")
-    return train_stage.train(
+    return training.train(
         "syn",
         processed_root=processed,
         models_dir=models,
@@ -136,6 +138,7 @@ def test_vectorised_windows_target_each_item_once_within_its_user(max_len):
     assert sorted(seen) == [i for i in range(1, offsets[-1] + 1) if i not in firsts]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 @pytest.mark.parametrize("weighting", ["batch", "token"])
 def test_loss_weighting_sums_an_epoch_as_configured(weighting):
@@ -146,7 +149,7 @@ def test_loss_weighting_sums_an_epoch_as_configured(weighting):
     sequences = Sequences.of([rng.integers(1, 21, size=n) for n in [3, 4, 30, 45, 5, 60]])
     valid = EvalExamples(np.array([1]), Sequences.of([np.array([1])]), np.array([2]))
     data = SeqDataModule(sequences, valid, 16, 2)
-    config = {**train_stage.DEFAULTS, "loss_weighting": weighting}
+    config = {**config_module.DEFAULTS, "loss_weighting": weighting}
     model_config = {"n_items": 20, "n_catalogue": 20, "max_len": 16, "d_model": 8}
     module = SeqRecModule(config, {**model_config, "dropout": 0.0})
     module._mean_batch_targets = data.mean_batch_targets()
@@ -185,6 +188,7 @@ def test_bucket_sampler_is_seeded_and_splits_ranks_evenly(monkeypatch):
     assert set(per_rank[0]) | set(per_rank[1]) == set(range(103))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema_decay", [0.0, 0.8])
 def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_path, ema_decay):
     overrides = {"ema_decay": ema_decay}
@@ -196,7 +200,7 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert {"epoch", "train_loss", "val_loss", "val_ndcg@10", "val_hr@10"} <= set(rows[0])
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    metrics = train_stage.read_json(run_dir / "metrics.json")
+    metrics = training.read_json(run_dir / "metrics.json")
     best = max(rows, key=lambda r: float(r["val_ndcg@10"]))
     assert metrics["best_epoch"] == int(best["epoch"]) and metrics["epochs_run"] == 3
     for key in ("seconds_per_epoch", "tokens_per_s", "peak_rss_mb", "n_params", "time_to_best_s"):
@@ -210,14 +214,14 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
         assert not torch.equal(saved["model.item_emb.weight"], raw["model.item_emb.weight"])
 
     # the loaded best model reproduces the best epoch's validation NDCG@10 exactly
-    trained = load_run(run_dir)
+    trained = load_trained_run(run_dir)
     assert trained.dataset == "syn" and not trained.model.training
     valid = eval_examples(load_processed("syn", processed).events, "valid")
     scores = trained.model.score(torch.from_numpy(left_pad(valid.histories, 20)))
     history = torch.from_numpy(left_pad(valid.histories, max(map(len, valid.histories))))
     ranks = target_ranks(scores, torch.from_numpy(valid.targets), history, n_rank=40)
     assert ndcg_at_k(ranks, 10).mean().item() == pytest.approx(metrics["best_val_ndcg@10"])
-    again = load_run(run_dir).model.score(torch.from_numpy(left_pad(valid.histories, 20)))
+    again = load_trained_run(run_dir).model.score(torch.from_numpy(left_pad(valid.histories, 20)))
     assert torch.equal(scores, again)
     assert list_runs("syn", tmp_path / "models") == [run_dir]
     assert best_run("syn", tmp_path / "models") == run_dir
@@ -233,23 +237,25 @@ def test_run_folder_metrics_and_checkpoint_round_trip(processed, configs, tmp_pa
     assert len(csv_rows(run_dir)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("item_repr", ["text", "hybrid"])
 def test_text_models_train_with_features_and_cold_items(
     processed, configs, tmp_path, monkeypatch, item_repr
 ):
     features = np.random.default_rng(0).normal(size=(45, 8)).astype(np.float32)
     features[0] = 0
-    monkeypatch.setattr(train_stage, "load_features", lambda cfg, n, root: features)
+    monkeypatch.setattr(training, "load_features", lambda cfg, n, root: features)
     overrides = {"item_repr": item_repr, "cold_items": 0.1, "max_epochs": 1}
     run_dir = run_train(processed, configs, tmp_path / "models", overrides=overrides)
     assert run_dir.name == "tiny-cold0.1"
-    model = load_run(run_dir).model
+    model = load_trained_run(run_dir).model
     assert torch.equal(model.item_features, torch.from_numpy(features))  # carried in the ckpt
     assert model.candidate_mask.sum() == 40 - 4  # 10% of 40 items held out of the softmax
     scores = model.score(torch.tensor([[1, 2, 3]]))
     assert scores.shape == (1, 45) and torch.isfinite(scores[0, 1:]).all()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, tmp_path):
     env = cli_env(processed, tmp_path / "models", configs)
     run_dir = tmp_path / "models" / "syn" / "tiny-slow"
@@ -283,6 +289,7 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(processed, configs, t
     assert after[: done + 1] == [r for r in before if int(r["epoch"]) <= done]
 
 
+@pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch_even_when_validation_does_not_improve(
     processed, configs, tmp_path
 ):
@@ -294,6 +301,7 @@ def test_last_checkpoint_follows_every_epoch_even_when_validation_does_not_impro
     assert last["epoch"] == TINY["max_epochs"] - 1
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path):
     env = cli_env(processed, tmp_path / "models", configs)
     args = ["--config", "tiny", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
@@ -301,9 +309,10 @@ def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "models" / "syn" / "tiny"
     assert [r["epoch"] for r in csv_rows(run_dir)] == ["0"]
-    assert load_run(run_dir).model.score(torch.tensor([[1, 2]])).shape == (1, 45)
+    assert load_trained_run(run_dir).model.score(torch.tensor([[1, 2]])).shape == (1, 45)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -337,22 +346,22 @@ def test_bad_config_is_a_one_line_error(processed, configs, tmp_path, args, mess
 )
 def test_bad_config_values_are_user_errors(configs, overrides, message):
     with pytest.raises(RecsysError, match=message):
-        train_stage.resolve_config("tiny", "syn", overrides, configs)
+        config_module.resolve_config("tiny", "syn", overrides, configs)
 
 
 def test_bad_config_file_is_a_user_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("d_model: [1, 2\n")
     with pytest.raises(RecsysError, match="not valid YAML"):
-        train_stage.resolve_config(str(bad), "syn")
+        config_module.resolve_config(str(bad), "syn")
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(RecsysError, match="mapping"):
-        train_stage.resolve_config(str(bad), "syn")
+        config_module.resolve_config(str(bad), "syn")
 
 
 def test_missing_inputs_name_the_make_target(processed, configs, tmp_path):
     with pytest.raises(RecsysError, match="make data DATASET=other"):
-        train_stage.train(
+        training.train(
             "other", "tiny", processed_root=processed, models_dir=tmp_path, configs_dir=configs
         )
     with pytest.raises(RecsysError, match="make features DATASET=syn"):
@@ -364,16 +373,16 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(RecsysError, match="corrupt"):
-        load_run(run_dir)
+        load_trained_run(run_dir)
     with pytest.raises(RecsysError, match="does not exist"):
-        load_run(tmp_path / "missing")
+        load_trained_run(tmp_path / "missing")
     with pytest.raises(RecsysError, match="make train"):
         best_run("syn", tmp_path)
 
 
 def test_shipped_configs_resolve():
     for path in sorted((PROJ_ROOT / "configs").glob("*.yaml")):
-        config = train_stage.resolve_config(str(path), "ml-100k")
+        config = config_module.resolve_config(str(path), "ml-100k")
         assert config["config_name"] == path.stem
 
 
@@ -393,6 +402,7 @@ def test_best_run_prefers_runs_trained_on_the_whole_catalogue(tmp_path):
     assert best_run("syn", tmp_path) == whole
 
 
+@pytest.mark.slow
 def test_corrupt_run_config_fails_and_deletes_nothing(processed, configs, tmp_path):
     models = tmp_path / "models"
     run_dir = run_train(processed, configs, models, max_epochs=1)
@@ -409,6 +419,7 @@ def test_corrupt_run_config_fails_and_deletes_nothing(processed, configs, tmp_pa
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["config_name"] == "tiny"
 
 
+@pytest.mark.slow
 def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, tmp_path):
     models = tmp_path / "models"
     options = dict(
@@ -419,21 +430,21 @@ def test_seeds_train_one_run_each_that_resume_on_their_own(processed, configs, t
         accelerator="cpu",
         max_epochs=1,
     )
-    runs = train_stage.train_seeds("syn", "tiny", [42, 7], **options)
+    runs = training.train_seeds("syn", "tiny", [42, 7], **options)
     assert [r.name for r in runs] == ["tiny-seed42", "tiny-seed7"]
     for run_dir, seed in zip(runs, (42, 7)):
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert (saved["seed"], saved["config_name"]) == (seed, "tiny")
-    weights = [load_run(r).model.item_emb.weight for r in runs]
+    weights = [load_trained_run(r).model.item_emb.weight for r in runs]
     assert not torch.equal(*weights)
     kept = (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     shutil.rmtree(runs[1])
-    assert train_stage.train_seeds("syn", "tiny", [42, 7], **options) == runs
+    assert training.train_seeds("syn", "tiny", [42, 7], **options) == runs
     assert (runs[0] / "checkpoints" / "last.ckpt").stat().st_mtime_ns == kept  # done: skipped
     assert (runs[1] / "checkpoints" / "last.ckpt").is_file()  # retrained on its own
     assert not (models / "syn" / "tiny").exists()  # no seeds: the plain name, as before
     with pytest.raises(RecsysError, match="both set the seed"):
-        train_stage.train_seeds("syn", "tiny", [1], overrides={"seed": 3}, **options)
+        training.train_seeds("syn", "tiny", [1], overrides={"seed": 3}, **options)
 
 
 @pytest.mark.parametrize(
@@ -451,6 +462,7 @@ def test_parse_seeds_keeps_the_order():
         train_stage.parse_seeds("-1")
 
 
+@pytest.mark.slow
 def test_bad_seeds_and_logger_on_the_command_line_are_one_line(processed, configs, tmp_path):
     env = cli_env(processed, tmp_path / "models", configs)
     for args, message in [
@@ -477,6 +489,7 @@ def test_loggers_are_csv_unless_asked_and_a_missing_package_fails_first(tmp_path
         tracking.check_logger("mlflow")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # inside mlflow's store
 def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
     processed, configs, tmp_path, monkeypatch
@@ -490,7 +503,7 @@ def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
     (tmp_path / "tracking").mkdir()
     monkeypatch.setenv("RECSYS_MLFLOW_URI", uri)
     run_dir = run_train(processed, configs, tmp_path / "models", max_epochs=2, tracker="mlflow")
-    stored = train_stage.read_json(run_dir / tracking.RUN_FILE)
+    stored = training.read_json(run_dir / tracking.RUN_FILE)
     assert stored["tracking_uri"] == uri
     client = MlflowClient(uri)
     run = client.get_run(stored["run_id"])
@@ -524,9 +537,9 @@ def test_mlflow_tracks_params_epochs_artifacts_and_evaluation(
 
 
 def tiny_module(configs: Path, **overrides) -> SeqRecModule:
-    cfg = train_stage.resolve_config("tiny", "syn", overrides, configs)
+    cfg = config_module.resolve_config("tiny", "syn", overrides, configs)
     sizes = {"n_items": 10, "n_catalogue": 10, "n_users": 3, "feature_dim": 0}
-    return SeqRecModule(cfg, {**{k: cfg[k] for k in train_stage.MODEL_KEYS}, **sizes})
+    return SeqRecModule(cfg, {**{k: cfg[k] for k in config_module.MODEL_KEYS}, **sizes})
 
 
 def test_ema_callback_is_the_exponential_average_of_the_weights(configs):
@@ -555,6 +568,7 @@ def test_adamw_is_fused_where_lightning_allows_clipping_with_it(configs, mixed):
     assert optimizer.defaults["foreach"] is (True if mixed else None)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_with_gradient_clipping(processed, configs, tmp_path):
     run_dir = run_train(processed, configs, tmp_path / "models", precision="bf16-mixed")
     rows = csv_rows(run_dir)
@@ -585,21 +599,23 @@ def test_bf16_on_a_cpu_without_it_falls_back_to_float32_with_a_logged_line(nativ
         assert "no native bf16" in lines[0] and "32-true" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_records_the_precision_it_trained_in(processed, configs, tmp_path, monkeypatch):
     from recsys import devices
 
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     run_dir = run_train(processed, configs, tmp_path / "models", precision="bf16-mixed")
-    assert train_stage.read_json(run_dir / "metrics.json")["precision"] == "32-true"
+    assert training.read_json(run_dir / "metrics.json")["precision"] == "32-true"
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_training_before_max_epochs(processed, configs, tmp_path):
     """A time budget ends the run early, finished, with its best checkpoint kept."""
     slow = {"max_epochs": 200, "patience": 200, "max_minutes": 0.01}
     started = time.perf_counter()
     run_dir = run_train(processed, configs, tmp_path / "models", overrides=slow)
     assert time.perf_counter() - started < 60
-    metrics = train_stage.read_json(run_dir / "metrics.json")
+    metrics = training.read_json(run_dir / "metrics.json")
     assert metrics["finished"] and 1 <= metrics["epochs_run"] < 200
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 
@@ -617,7 +633,7 @@ def test_val_every_validates_every_other_epoch_and_counts_every_epochs_time(
     )
     rows = csv_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 3]
-    metrics = train_stage.read_json(run_dir / "metrics.json")
+    metrics = training.read_json(run_dir / "metrics.json")
     assert metrics["epochs_run"] == 4 and metrics["best_epoch"] in (1, 3)
     # the unvalidated epochs' time is in the total: more than the validated epochs alone
     assert metrics["total_time_s"] > sum(float(r["epoch_s"]) for r in rows)

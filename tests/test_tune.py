@@ -19,7 +19,8 @@ import yaml
 
 from recsys import report
 from recsys.cli import RecsysError
-from recsys.modeling import train as train_stage
+from recsys.modeling import configs as config_module
+from recsys.modeling import training
 from recsys.modeling import tune
 from recsys.modeling.synthetic import write_synthetic_processed
 
@@ -118,6 +119,7 @@ def test_a_missing_search_space_says_how_to_get_one(world, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- study
+@pytest.mark.slow
 def test_a_study_of_another_dataset_or_config_is_refused(world):
     dirs = folders(world, "refused")
     setup = tune.prepare(DATASET, "tiny", 1, **dirs)
@@ -181,8 +183,8 @@ def test_a_worse_trial_is_pruned_and_the_best_becomes_a_config(world, pruned):
     tuned = world["configs"] / "tuned" / f"{DATASET}-tiny.yaml"
     assert setup.tuned_path == tuned
     assert f"trial 0,\n# validation NDCG@10 {good['value']:.4f}." in tuned.read_text()
-    assert train_stage.config_path("tuned/syn-tiny", world["configs"]) == tuned
-    resolved = train_stage.resolve_config("tuned/syn-tiny", DATASET, None, world["configs"])
+    assert config_module.config_path("tuned/syn-tiny", world["configs"]) == tuned
+    resolved = config_module.resolve_config("tuned/syn-tiny", DATASET, None, world["configs"])
     trial_dir = dirs["models_dir"] / DATASET / "tuning" / "tiny" / "trial-0"
     trained = yaml.safe_load((trial_dir / "config.yaml").read_text())
     assert {**resolved, "config_name": "tiny"} == trained
@@ -209,11 +211,11 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
         accelerator="cpu",
         max_epochs=1,
     )
-    run_dir = train_stage.train(DATASET, "tiny", **kwargs)
+    run_dir = training.train(DATASET, "tiny", **kwargs)
     assert run_dir.name == "tiny"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["lr"] == 1.0e-2
-    plain = train_stage.train(DATASET, "tiny", tuned=False, run_name="plain", **kwargs)
-    base = train_stage.resolve_config("tiny", DATASET, None, world["configs"])
+    plain = training.train(DATASET, "tiny", tuned=False, run_name="plain", **kwargs)
+    base = config_module.resolve_config("tiny", DATASET, None, world["configs"])
     assert base["lr"] != 1.0e-2
     assert yaml.safe_load((plain / "config.yaml").read_text())["lr"] == base["lr"]
 
@@ -222,13 +224,14 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
         setup.tuned_path.read_text().replace(f"dataset: {DATASET}", "dataset: ml-100k")
     )
     with pytest.raises(RecsysError, match=r"ml-100k-tiny.yaml was tuned on ml-100k, not syn"):
-        train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
+        config_module.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
     other.write_text(setup.tuned_path.read_text() + "old_key: 1\n")
     with pytest.raises(RecsysError, match=r"unknown config key 'old_key' in .*ml-100k-tiny.yaml"):
-        train_stage.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
+        config_module.resolve_config("tuned/ml-100k-tiny", DATASET, None, world["configs"])
     other.unlink()
 
 
+@pytest.mark.slow
 def test_first_sets_the_first_trial_of_a_new_study_only(world):
     """--first lr=... is trial 0 (a known recipe is always a candidate); a key outside the
     search space, or a value of the wrong type, is one line before any trial."""
@@ -289,6 +292,7 @@ def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tm
 
 
 # -------------------------------------------------------------------------------- kill -9
+@pytest.mark.slow
 def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     dirs = folders(world, "killed")
     env = dict(
@@ -327,13 +331,13 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     study, _ = tune.open_study(setup.db, setup.name, setup.attrs)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
 
-    plans, fit = [], train_stage.fit
+    plans, fit = [], training.fit
 
     def spy(cfg, inputs, run_dir, resume, *args, **kwargs):
         plans.append((run_dir.name, resume))
         return fit(cfg, inputs, run_dir, resume, *args, **kwargs)
 
-    monkeypatch.setattr(train_stage, "fit", spy)
+    monkeypatch.setattr(training, "fit", spy)
     summary = run_tune(world, setup)
     states = [t["state"] for t in summary["trials"]]
     assert states == ["fail", "complete", "complete"]
@@ -345,3 +349,12 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     assert set(summary["importances"]) == {"lr"}
     figure = dirs["figures_dir"] / DATASET / "tuning-tiny-importance.png"
     assert figure.stat().st_size > 0
+
+
+def test_tuners_started_together_seed_their_samplers_apart():
+    here, there = (tune.sampler_seed(0, 0, worker) for worker in ("node1:100", "node1:101"))
+    assert here != there
+    assert tune.sampler_seed(0, 0, "node1:100") == here  # given its worker, a seed is repeatable
+    assert tune.sampler_seed(0, 4, "node1:100") != here  # a resumed tuner does not replay
+    assert tune.sampler_seed(1, 0, "node1:100") != here
+    assert tune.worker_name().endswith(f":{os.getpid()}")

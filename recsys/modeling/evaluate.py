@@ -173,9 +173,9 @@ def load_trained(
     processed_root: Path | None = None,
 ) -> Candidate:
     """A trained run as a candidate; a run of another dataset is a user error."""
-    from recsys.modeling.runs import load_run
+    from recsys.modeling.runs import load_trained_run
 
-    trained = load_run(Path(run_dir), device=str(device))
+    trained = load_trained_run(Path(run_dir), device=str(device))
     if trained.dataset != dataset:
         raise fail(
             f"run {run_dir} was trained on {trained.dataset!r}, not {dataset!r}; "
@@ -202,7 +202,7 @@ def check_trie(
 ) -> None:
     """A generative run may only rank the data whose semantic IDs it was trained on: the same
     code for the same item, else its trie names other items."""
-    from recsys.modeling.train import semantic_ids_slug
+    from recsys.modeling.configs import semantic_ids_slug
     from recsys.semantic_ids import load_semantic_ids
 
     dataset = config["dataset"]
@@ -297,7 +297,7 @@ def skipped_baselines(n_items: int, max_dense_items: int) -> list[dict[str, str]
 
 def cold_seed(trained: list[Candidate]) -> int:
     """The seed that drew the runs' cold items (their config's ``cold_seed``)."""
-    from recsys.modeling.train import DEFAULTS
+    from recsys.modeling.configs import DEFAULTS
 
     default = DEFAULTS["cold_seed"]
     seeds = sorted({int(c.config.get("cold_seed", default)) for c in trained if c.config})

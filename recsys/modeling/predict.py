@@ -26,6 +26,7 @@ import torch
 import typer
 from loguru import logger
 
+from recsys.api.run import Run, load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR
@@ -34,7 +35,6 @@ from recsys.devices import resolve_device
 from recsys.modeling.scoring import context_length, score_batch
 from recsys.options import DatasetOpt, DeviceOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.processed import Sequences, left_pad
-from recsys.serving.run import Run, load_run
 
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 

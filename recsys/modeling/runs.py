@@ -2,7 +2,7 @@
 
 A checkpoint is self-contained: it holds the run config, the model config and, as buffers, the
 frozen text vectors of text and hybrid models or the items' codes of semantic ones, so
-:func:`load_run` needs no feature file and reads with ``torch.load(weights_only=True)``.
+:func:`load_trained_run` needs no feature file and reads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "cpu"):
     return model.to(device).eval()
 
 
-def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> TrainedRun:
+def load_trained_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> TrainedRun:
     """Load ``run_dir``'s best (or ``last``) checkpoint as a ready-to-score model."""
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):

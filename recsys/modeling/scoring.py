@@ -29,6 +29,7 @@ import torch
 from loguru import logger
 
 from recsys.cli import fail
+from recsys.config import SCORE_BUDGET
 from recsys.devices import default_device
 from recsys.modeling import metrics
 from recsys.modeling.model import Decoder, next_item_scores
@@ -36,8 +37,6 @@ from recsys.processed import EvalExamples, Sequences
 
 #: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
 BATCH_SIZE = 128
-#: Bytes of float32 scores one batch may hold; larger batches shrink to fit (see module doc).
-SCORE_BUDGET = 256 * 2**20
 
 
 @dataclass

@@ -11,7 +11,17 @@ scores the test split.
 The study lives in ``models/<dataset>/tuning/<study>.db`` (SQLite). ``--trials N`` is the number
 of finished (complete or pruned) trials the study should hold, so a tuner run again after a kill
 does only the rest; a trial left running by a dead tuner is failed and queued again with the same
-parameters, and resumes from its run's ``last.ckpt``. Several tuners may share one study.
+parameters, and resumes from its run's ``last.ckpt``. Several tuners may share one study; each
+seeds its sampler with ``--seed``, the trials already there and its host and process id
+(:func:`sampler_seed`), so two started together propose different values.
+
+Tuners on several machines: SQLite relies on file locks that network filesystems (NFS, SMB) do
+not honour reliably, so a study ``.db`` shared that way can be corrupted. This tuner opens SQLite
+only: keep the ``.db`` on a local disk and run several tuners on that machine. For tuners on
+several machines, Optuna's journal storage is the safe choice, an append-only log with its own
+lock that works on a network filesystem (``JournalStorage(JournalFileBackend("study.log"))``
+from ``optuna.storages`` and ``optuna.storages.journal``); it has no heartbeats, so a trial of a
+dead tuner there stays RUNNING until it is failed by hand.
 
 Outputs: the best trial as a training config ``configs/tuned/<dataset>-<config>.yaml``, which
 ``make train CONFIGS=<config>`` then trains on that dataset (``TRAIN_ARGS=--no-tuned`` does not),
@@ -48,20 +58,14 @@ from recsys.config import (
     shown_path,
 )
 from recsys.io import ensure_dir, read_json, read_yaml, write_json, write_text
+from recsys.modeling.configs import DEFAULTS, check_type, config_path, parse_sets, resolve_config
 from recsys.modeling.lightning import METRIC
 from recsys.modeling.runs import best_val_ndcg
-from recsys.modeling.train import (
-    DEFAULTS,
-    _check_type,
-    config_path,
-    parse_sets,
-    resolve_config,
-    train,
-)
+from recsys.modeling.training import train
 from recsys.options import DatasetOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.processed import require_processed
 
-# Imported after recsys.modeling.train, which sets OMP_WAIT_POLICY before torch loads.
+# Imported after recsys.modeling.training, which sets OMP_WAIT_POLICY before torch loads.
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback  # noqa: E402
@@ -120,7 +124,7 @@ def _kind(key: str) -> str:
 def _typed(key: str, value: Any, where: str) -> Any:
     """``value`` checked against the type of ``key``'s default (ints for int keys, ...)."""
     try:
-        return _check_type(key, value, where)
+        return check_type(key, value, where)
     except RecsysError as err:
         if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
             raise fail(f"{err}; YAML reads {value} as text: write it with a dot, e.g. 1.0e-4")
@@ -341,6 +345,24 @@ def requeue_dead_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
     if failed:
         logger.info(f"trials {failed} were left running by a tuner that died; queued again")
     return failed
+
+
+def worker_name() -> str:
+    """This tuner among those sharing a study: its host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def sampler_seed(seed: int, n_trials: int, worker: str) -> int:
+    """The TPE sampler's seed for one tuner process.
+
+    ``seed`` is ``--seed``; ``n_trials``, the trials the study already holds, keeps a resumed
+    tuner from replaying its earlier proposals; ``worker`` keeps two tuners started together on
+    one study from proposing the same values in lockstep. So proposals are not reproducible from
+    ``--seed`` alone: what reproduces is a trial, whose parameters the study and the trials JSON
+    keep, and whose training seed is its config's.
+    """
+    digest = hashlib.sha256(f"{seed}/{n_trials}/{worker}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def n_finished(study: optuna.Study) -> int:
@@ -593,11 +615,9 @@ def tune(
     study, storage = open_study(setup.db, setup.name, setup.attrs, pruner)
     if first and not study.get_trials(deepcopy=False):
         study.enqueue_trial(first)
-    # Offset by the trials already there, so a resumed tuner does not replay the same proposals.
-    study.sampler = optuna.samplers.TPESampler(
-        seed=settings.seed + len(study.get_trials(deepcopy=False)),
-        n_startup_trials=settings.startup_trials,
-    )
+    seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)), worker_name())
+    logger.info(f"sampler seed {seed} (--seed {settings.seed}, this tuner's host and process)")
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup_trials)
     train_kwargs = {
         "accelerator": accelerator,
         "processed_root": processed_root,
@@ -674,7 +694,10 @@ def write_outputs(study: optuna.Study, setup: TuneSetup) -> dict[str, Any]:
         "metric": METRIC,
         "command": setup.command,
         "target_trials": setup.trials,
-        "sampler": f"TPE, seed {settings.seed}, the first {settings.startup_trials} trials random",
+        "sampler": (
+            f"TPE, seed {settings.seed} mixed with each tuner's host and process id, the first "
+            f"{settings.startup_trials} trials random"
+        ),
         "pruner": (
             "stops a trial whose validation NDCG@10 is below the median of the earlier trials "
             f"at the same epoch, from epoch {settings.prune_warmup} (counting from 0) on, once "

@@ -1,1 +1,1 @@
-"""Serving a trained run: the public run API, the item index and the HTTP service."""
+"""The HTTP service over the Run API (:mod:`recsys.api`): the app, micro-batcher and metrics."""

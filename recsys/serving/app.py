@@ -1,4 +1,4 @@
-"""The HTTP recommendation service: FastAPI over a loaded :class:`~recsys.serving.run.Run`.
+"""The HTTP recommendation service: FastAPI over a loaded :class:`~recsys.api.run.Run`.
 
 ``create_app(run, api_key=...)`` builds the app; ``python -m recsys.serve`` runs it under
 uvicorn. Every request is resolved on its own first (a bad one fails alone, with its own
@@ -32,9 +32,9 @@ from loguru import logger
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recsys.api.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported, load_run
 from recsys.cli import RecsysError
 from recsys.serving.batching import MAX_BATCH, MicroBatcher
-from recsys.serving.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported, load_run
 from recsys.serving.telemetry import Metrics
 
 #: The most recommendations or similar items one request may ask for.
@@ -234,7 +234,7 @@ class Service:
     def __init__(
         self, run: Run, loader: Callable[[str | None], Run], metrics: Metrics, max_batch: int
     ) -> None:
-        self._first = run
+        self._first: Run | None = run
         self.loader = loader
         self.metrics = metrics
         self.max_batch = max_batch
@@ -244,7 +244,10 @@ class Service:
     async def start(self) -> None:
         """Start a batcher over the run (the latest one, when the app is started again)."""
         self.lock = asyncio.Lock()
-        self.current = await self._serve(self.current.run if self.current else self._first)
+        run = self.current.run if self.current else self._first
+        assert run is not None
+        self._first = None  # held here, the first run would outlive every reload
+        self.current = await self._serve(run)
 
     async def stop(self) -> None:
         if self.current is not None:
@@ -274,8 +277,13 @@ class Service:
         resolved = serving.run.resolve(query)
         return serving, await serving.batcher.submit(resolved)
 
-    async def reload(self, path: str | None) -> tuple[Serving, Serving, float]:
-        """Load a run in a worker thread, check it answers, swap it in, drain the old one."""
+    async def reload(self, path: str | None) -> tuple[str, Serving, float]:
+        """Load a run in a worker thread, check it answers, swap it in, drain the old one.
+
+        Returns the old run's name, the new serving and the seconds the reload took. Nothing
+        here references the old run once it is drained: the memory is settled (the collector
+        frozen) only then, so the old run is freed rather than frozen in place.
+        """
         assert self.lock is not None
         async with self.lock:
             start = time.perf_counter()
@@ -288,14 +296,14 @@ class Service:
                 raise
             new = await self._serve(run)
             old, self.current = self.serving(), new
+            previous, previous_dir = old.run.name, old.run.run_dir
             await old.batcher.stop()
+            del old
             settle_memory()
             self.metrics.reloads.labels("ok").inc()
             seconds = time.perf_counter() - start
-            logger.info(
-                f"reloaded: serving {run.run_dir} (was {old.run.run_dir}), {seconds:.1f} s"
-            )
-            return old, new, seconds
+            logger.info(f"reloaded: serving {run.run_dir} (was {previous_dir}), {seconds:.1f} s")
+            return previous, new, seconds
 
     async def add_items(self, items: list[dict[str, Any]]) -> tuple[Serving, list[str]]:
         """Add items to the current run (never to one a reload is replacing)."""
@@ -515,8 +523,8 @@ def create_app(
     async def reload(body: ReloadRequest | None = Body(None)) -> dict[str, Any]:
         """Load a run (default: the one the service started with, read again) and swap it in;
         requests in flight finish on the old one."""
-        old, new, seconds = await service.reload(body.run if body else None)
-        return {**new.label, "previous": old.run.name, "seconds": round(seconds, 3)}
+        previous, new, seconds = await service.reload(body.run if body else None)
+        return {**new.label, "previous": previous, "seconds": round(seconds, 3)}
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -5,6 +5,10 @@ while the worker is busy, new requests queue, and the next pass takes all of the
 ``max_batch``. Under load a batch grows with the queue, which is what turns concurrency into
 throughput on a CPU. The model runs on one worker thread: torch releases the GIL while it
 computes, so the event loop keeps accepting and answering requests meanwhile.
+
+A pass that fails (``handle`` raises, answers fewer items than it was given, or ``on_batch``
+raises) fails that pass's callers with the error; the loop goes on to the next pass, so one bad
+batch never leaves later requests waiting forever.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.handle = handle
         self.max_batch = max_batch
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]] | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-model")
         self._closing = False
@@ -49,11 +53,11 @@ class MicroBatcher(Generic[Item, Result]):
         already takes the new requests.
         """
         self._closing = True
-        if self._queue is not None:
-            await self._queue.join()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._queue is not None and self._task is not None:
+            # The loop answers what is queued, then returns at this mark; a cancelled loop would
+            # leave an exception whose traceback keeps this batcher, and so the run, alive.
+            await self._queue.put(None)
+            await self._task
         self._worker.shutdown(wait=True)
 
     async def submit(self, item: Item) -> Result:
@@ -66,22 +70,32 @@ class MicroBatcher(Generic[Item, Result]):
     async def _loop(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+        stopping = False
+        while not stopping:
+            batch = []
+            entry = await self._queue.get()
+            while entry is not None:
+                batch.append(entry)
+                if len(batch) == self.max_batch or self._queue.empty():
+                    break
+                entry = self._queue.get_nowait()
+            stopping = entry is None
+            if not batch:
+                return
             items = [item for item, _ in batch]
             try:
                 results = await loop.run_in_executor(self._worker, self.handle, items)
-            except Exception as err:  # the whole pass failed: every caller hears why
-                results = [err] * len(batch)
-            else:
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"the batch handler answered {len(results)} of {len(batch)} requests"
+                    )
                 if self.on_batch is not None:
                     self.on_batch(len(batch))
+            except Exception as err:  # the whole pass failed: every caller hears why
+                results = [err] * len(batch)
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     if isinstance(result, Exception):
                         future.set_exception(result)
                     else:
                         future.set_result(result)
-                self._queue.task_done()

@@ -36,8 +36,8 @@ from loguru import logger
 
 from recsys.arrays import sorted_member
 from recsys.cli import RecsysError, fail
+from recsys.config import SCORE_BUDGET
 from recsys.io import atomic_dir, ensure_dir, read_json, write_json
-from recsys.modeling.scoring import SCORE_BUDGET
 
 #: Rows from which ``kind="auto"`` builds the approximate (IVF) index. Exact single-query time
 #: grows with rows x dim (``exact_single_query_by_rows`` in reports/bench/ann.json); below this

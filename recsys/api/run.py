@@ -9,7 +9,7 @@
 
 ``predict`` and the HTTP service sit on it, so a recommendation is computed one way: the
 decoder's last hidden state, then a top-K over the run's item table through an
-:class:`~recsys.serving.index.ItemIndex` (exact below a size threshold, approximate above it,
+:class:`~recsys.api.index.ItemIndex` (exact below a size threshold, approximate above it,
 history and filters exact either way). Every answer is a DataFrame with the service's fields.
 """
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys.api.index import ItemIndex, normalized, open_run_index
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
@@ -37,7 +38,6 @@ from recsys.processed import (
     require_processed,
     user_histories,
 )
-from recsys.serving.index import ItemIndex, normalized, open_run_index
 
 #: Items added at run time (their fields and text vectors), replayed when the run loads again.
 ADDED_ITEMS_FILE = "added_items.parquet"
@@ -400,7 +400,7 @@ class Run:
         return self.records(ids[0], scores[0])
 
     def _build_similar_index(self) -> ItemIndex:
-        from recsys.serving.index import build_index
+        from recsys.api.index import build_index
 
         return build_index(normalized(self.table.cpu().numpy()))
 
@@ -447,13 +447,14 @@ class Run:
             )
         from recsys.text_features import item_sentences, item_text_fields
 
+        fields = item_text_fields(self.dataset, self.processed_root)
         # One add at a time (ids and new rows are numbered from the table's size), while
         # recommendations go on: only the append itself takes the scoring lock.
         with self._adding:
             new = self._check_new_items(
-                pd.DataFrame(list(items) if not isinstance(items, pd.DataFrame) else items)
+                pd.DataFrame(list(items) if not isinstance(items, pd.DataFrame) else items),
+                fields or [],
             )
-            fields = item_text_fields(self.dataset, self.processed_root)
             texts = item_sentences(new, self.dataset, fields).table["text"].tolist()
             vectors = np.asarray(self._encoder()(texts), dtype=np.float32)
             expected = int(self.model.item_features.shape[1])
@@ -468,12 +469,18 @@ class Run:
             self._save_added(added, vectors)
         return added
 
-    def _check_new_items(self, new: pd.DataFrame) -> pd.DataFrame:
+    def _check_new_items(self, new: pd.DataFrame, text_fields: Sequence[str]) -> pd.DataFrame:
+        """``new`` checked and numbered; ``text_fields`` are those the catalogue's item texts
+        were built from, so a new item's text is built from the same ones."""
         if new.empty:
             raise fail("no items given; send at least one item with item_id and title")
-        missing = [c for c in ("item_id", "title") if c not in new.columns]
+        needed = ["item_id", "title", *[f for f in text_fields if f != "title"]]
+        missing = [c for c in needed if c not in new.columns]
         if missing:
-            raise fail(f"new items need {' and '.join(missing)}")
+            raise fail(
+                f"new items of {self.dataset} need the fields {', '.join(needed)}; "
+                f"missing: {', '.join(missing)}"
+            )
         new = new.assign(item_id=new["item_id"].astype(str))
         taken = [i for i in new["item_id"] if i in self.catalogue.by_id]
         if taken:
@@ -550,7 +557,7 @@ def trained_run(
     :class:`~recsys.modeling.runs.TrainedRun`, checked to be of ``dataset`` when one is given,
     and the checkpoint file it came from."""
     from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run, is_generative
-    from recsys.modeling.runs import load_run as load_trained_run
+    from recsys.modeling.runs import load_trained_run
 
     if run is None:
         if dataset is None:

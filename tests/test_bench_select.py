@@ -1,0 +1,39 @@
+"""``make bench``: with no name the quick set, which says what it skipped; a name runs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.__main__ import HOUR_LONG, benchmark_names, main, select
+
+
+def test_the_quick_set_leaves_out_the_hour_long_benchmarks_and_names_them(monkeypatch, capsys):
+    names = benchmark_names()
+    assert set(HOUR_LONG) < set(names)
+    quick, skipped = select(None, names)
+    assert quick == [n for n in names if n not in HOUR_LONG] and skipped == sorted(HOUR_LONG)
+    ran: list[str] = []
+
+    def imported(module: str) -> type[_NoBench]:
+        ran.append(module)
+        return _NoBench
+
+    monkeypatch.setattr("importlib.import_module", imported)
+    main([])
+    assert ran == [f"benchmarks.bench_{n}" for n in quick]
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("== quick set: skipping") and all(n in first for n in HOUR_LONG)
+
+
+def test_an_hour_long_benchmark_runs_when_named_and_all_runs_everything():
+    names = benchmark_names()
+    assert select("scale", names) == (["scale"], [])
+    assert select("all", names) == (names, [])
+    with pytest.raises(SystemExit, match="unknown benchmark 'nope'"):
+        select("nope", names)
+
+
+class _NoBench:
+    @staticmethod
+    def main() -> None:
+        """Stands in for a benchmark module: the test checks the selection, not the run."""
