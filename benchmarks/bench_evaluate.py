@@ -38,7 +38,7 @@ MEMORY_BATCHES = (16, 64, 256, 1024)
 
 def _data_and_model(processed_root: str, models_dir: str) -> tuple[Any, Any, str]:
     """The processed data and a model to time, with a note saying which ones they are."""
-    from recsys.modeling.evaluate import load_trained
+    from recsys.modeling.candidates import load_trained
     from recsys.modeling.model import ModelConfig, SeqRecModel
     from recsys.modeling.runs import best_run, list_runs
     from recsys.processed import load_processed
@@ -122,8 +122,14 @@ def _timed(what: Any) -> tuple[Any, float, float]:
 
 def evaluate_stages(dataset: str) -> dict[str, Any]:
     """Wall and CPU seconds of each stage of ``make evaluate`` on ``dataset``'s baselines."""
-    from recsys.modeling import evaluate as E
     from recsys.modeling.baselines import BASELINES
+    from recsys.modeling.evaluation_data import (
+        SPLITS,
+        split_examples,
+        training_popularity,
+        usable_ks,
+    )
+    from recsys.modeling.metric_summary import summarize
     from recsys.modeling.scoring import rank_examples
     from recsys.processed import load_processed, train_pieces
 
@@ -134,8 +140,8 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
         return {"skipped": f"data/processed/{dataset} not found"}
     data = load_processed(dataset)
     sequences = train_pieces(data.events)
-    ks, popularity = E.usable_ks(data.n_items), E.training_popularity(data)
-    examples = {split: E.split_examples(data, split) for split in E.SPLITS}
+    ks, popularity = usable_ks(data.n_items), training_popularity(data)
+    examples = {split: split_examples(data, split) for split in SPLITS}
     out: dict[str, Any] = {"dataset": dataset, "n_items": data.n_items, "models": {}}
     for name, cls in BASELINES.items():
         model, fit_wall, fit_cpu = _timed(
@@ -148,7 +154,7 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
             )
             stage[f"{split}_rank_wall_s"], stage[f"{split}_rank_cpu_s"] = wall, cpu
             _, wall, cpu = _timed(
-                lambda r=ranked: E.summarize(r, popularity, data.n_items, ks, 1000, 0)
+                lambda r=ranked: summarize(r, popularity, data.n_items, ks, 1000, 0)
             )
             stage[f"{split}_bootstrap_wall_s"], stage[f"{split}_bootstrap_cpu_s"] = wall, cpu
         out["models"][name] = stage
@@ -162,7 +168,8 @@ def evaluate_stages(dataset: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    from recsys.modeling.evaluate import baseline_candidates, per_user
+    from recsys.modeling.candidates import baseline_candidates
+    from recsys.modeling.metric_summary import per_user
 
     processed_root, data_note = _processed_root()
     data, model, model_note = _data_and_model(processed_root, str(MODELS_DIR))

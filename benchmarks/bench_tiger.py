@@ -25,7 +25,8 @@ from typing import Any
 from benchmarks.bench_train import machine_load, seed_runs
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
-from recsys.modeling.evaluate import evaluate, split_examples
+from recsys.modeling.evaluate import evaluate
+from recsys.modeling.evaluation_data import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.scoring import rank_examples

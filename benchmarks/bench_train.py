@@ -32,7 +32,7 @@ import torch
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.devices import cpu_has_bf16
 from recsys.io import read_json, write_json
-from recsys.modeling.evaluate import split_examples
+from recsys.modeling.evaluation_data import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.scoring import rank_examples

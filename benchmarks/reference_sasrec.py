@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.modeling.evaluate import split_examples
+from recsys.modeling.evaluation_data import split_examples
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.scoring import rank_examples
 from recsys.processed import load_processed, train_pieces

@@ -14,7 +14,8 @@ import torch
 from recsys.modeling import configs as config_module
 
 from recsys.modeling import training
-from recsys.modeling.evaluate import Candidate, baseline_candidates, evaluate_cold
+from recsys.modeling.candidates import Candidate, baseline_candidates
+from recsys.modeling.evaluation import evaluate_cold
 from recsys.modeling.lightning import SequenceWindows
 from recsys.modeling.model import ModelConfig, SeqRecModel
 from recsys.modeling.runs import load_trained_run
@@ -196,7 +197,7 @@ def test_a_trained_hybrid_run_ranks_cold_items_by_their_text(
 
 def test_seeds_of_one_config_hold_out_the_same_cold_items() -> None:
     from recsys.cli import RecsysError
-    from recsys.modeling.evaluate import cold_seed
+    from recsys.modeling.candidates import cold_seed
 
     def run(**config) -> Candidate:
         return Candidate(name="r", kind="trained", scorer=None, config=config)

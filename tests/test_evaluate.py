@@ -17,7 +17,11 @@ from recsys.io import read_json
 from recsys.modeling import evaluate as E
 from recsys.modeling import metrics
 from recsys.modeling.baselines import EASE, MostPopular
+from recsys.modeling.candidates import Candidate, load_trained
+from recsys.modeling.evaluation_data import usable_ks
+from recsys.modeling.metric_summary import per_user
 from recsys.modeling.scoring import rank_examples
+from recsys.modeling.seed_groups import config_groups, group_names
 from recsys.processed import eval_examples, train_pieces
 
 BOOT = 50  # resamples: enough to exercise the intervals, cheap enough for unit tests
@@ -88,10 +92,10 @@ def test_history_is_masked_unless_kept(data):
 
 def test_ranks_match_the_trained_runs_own_validation(world, data):
     # training validates with the same metric code; the best epoch's NDCG@10 must reappear here
-    candidate = E.load_trained(world.id_run, DATASET)
+    candidate = load_trained(world.id_run, DATASET)
     ranked = rank_examples(candidate.scorer, eval_examples(data.events, "valid"), N_ITEMS)
     recorded = read_json(world.id_run / "metrics.json")["best_val_ndcg@10"]
-    assert E.per_user(ranked, "ndcg", 10).double().mean().item() == pytest.approx(recorded, 1e-5)
+    assert per_user(ranked, "ndcg", 10).double().mean().item() == pytest.approx(recorded, 1e-5)
 
 
 # --------------------------------------------------------------------------------- report
@@ -249,11 +253,11 @@ def test_cli_prints_one_line_error_and_exits_nonzero(world, tmp_path):
 
 
 def test_candidate_ids_can_score_cold_only_for_text_runs():
-    assert E.Candidate("a", "trained", None, item_repr="hybrid").can_score_cold
-    assert not E.Candidate("b", "trained", None, item_repr="id").can_score_cold
-    assert not E.Candidate("c", "baseline", None).can_score_cold
-    assert np.array_equal(E.usable_ks(60), [5, 10, 20, 50])
-    assert E.usable_ks(12) == (5, 10)
+    assert Candidate("a", "trained", None, item_repr="hybrid").can_score_cold
+    assert not Candidate("b", "trained", None, item_repr="id").can_score_cold
+    assert not Candidate("c", "baseline", None).can_score_cold
+    assert np.array_equal(usable_ks(60), [5, 10, 20, 50])
+    assert usable_ks(12) == (5, 10)
 
 
 # ---------------------------------------------------------------------------------- seeds
@@ -316,10 +320,10 @@ def test_seeds_of_one_config_are_one_row_with_mean_spread_and_interval(
 
     # the interval resamples users on their NDCG@10 averaged over the two seeds
     examples = eval_examples(data.events, "test")
-    scorers = [E.load_trained(seeded / DATASET / r["name"], DATASET).scorer for r in runs]
+    scorers = [load_trained(seeded / DATASET / r["name"], DATASET).scorer for r in runs]
     ranked = [rank_examples(scorer, examples, N_ITEMS) for scorer in scorers]
-    per_user = torch.stack([E.per_user(r, "ndcg", 10).double() for r in ranked]).mean(0)
-    expected = metrics.bootstrap_ci(per_user, BOOT, 0.95, 0).as_dict()
+    mean_model = torch.stack([per_user(r, "ndcg", 10).double() for r in ranked]).mean(0)
+    expected = metrics.bootstrap_ci(mean_model, BOOT, 0.95, 0).as_dict()
     low_high = (config["test"]["ndcg@10"]["low"], config["test"]["ndcg@10"]["high"])
     assert low_high == (expected["low"], expected["high"])
 
@@ -363,19 +367,19 @@ def test_one_seed_configs_keep_their_run_row(world, tmp_path):
 
 def test_runs_group_by_everything_but_the_seed_and_keep_unique_names():
     def run(name, **config):
-        return E.Candidate(name, "trained", None, config={"lr": 0.001, "seed": 42, **config})
+        return Candidate(name, "trained", None, config={"lr": 0.001, "seed": 42, **config})
 
     candidates = [
         run("a", seed=42),
         run("a-seed1", seed=1),
         run("a-copy", seed=42),  # same config and seed as "a": counted once
         run("b", lr=0.01),
-        E.Candidate("ease", "baseline", None),
+        Candidate("ease", "baseline", None),
     ]
-    groups = E.config_groups(candidates)
+    groups = config_groups(candidates)
     assert [[c.name for c in g] for g in groups] == [["a", "a-seed1"], ["b"], ["ease"]]
-    assert E.group_names(groups) == ["a", "b", "ease"]
+    assert group_names(groups) == ["a", "b", "ease"]
     clash = [[run("x-seed1"), run("x-seed2", seed=2)], [run("x", lr=0.1)]]
-    assert E.group_names(clash) == ["x-seed1+x-seed2", "x"]
+    assert group_names(clash) == ["x-seed1+x-seed2", "x"]
     mixed = [[run("p-seed1"), run("q-seed2", seed=2)]]
-    assert E.group_names(mixed) == ["p-seed1+q-seed2"]
+    assert group_names(mixed) == ["p-seed1+q-seed2"]

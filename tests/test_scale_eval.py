@@ -19,7 +19,7 @@ from test_evaluate import run_evaluate
 from recsys import devices
 from recsys.cli import RecsysError
 from recsys.io import read_json
-from recsys.modeling import evaluate as E
+from recsys.modeling import evaluation
 from recsys.modeling import metrics
 from recsys.modeling import scoring
 from recsys.modeling import configs as config_module
@@ -31,6 +31,9 @@ from recsys.modeling.baselines import (
     fit_baselines,
     too_large,
 )
+from recsys.modeling.candidates import load_trained
+from recsys.modeling.evaluation_data import user_sample
+from recsys.modeling.metric_summary import per_user
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import eval_examples, train_pieces
 
@@ -81,13 +84,13 @@ def test_sample_users_scores_the_same_seeded_users_for_every_model_and_split(
     world, data, tmp_path, monkeypatch
 ):
     calls = []
-    ranked = E.rank_examples
+    ranked = evaluation.rank_examples
 
     def recording(scorer, examples, n_items, **kwargs):
         calls.append((type(scorer).__name__, examples.users.copy()))
         return ranked(scorer, examples, n_items, **kwargs)
 
-    monkeypatch.setattr(E, "rank_examples", recording)
+    monkeypatch.setattr(evaluation, "rank_examples", recording)
     report = read_json(run_evaluate(world, tmp_path, sample_users=20, seed=3))
     assert report["n_users"] == 20
     assert report["user_sample"] == {"n_users": 20, "of": 60, "seed": 3}
@@ -103,7 +106,7 @@ def test_sample_users_scores_the_same_seeded_users_for_every_model_and_split(
     assert markdown.splitlines()[2].startswith("20 test users, 60 items")
     assert "**A sample**: 20 of the 60 test users, drawn with seed 3" in markdown
 
-    again, other = E.user_sample(data, 20, seed=3), E.user_sample(data, 20, seed=4)
+    again, other = user_sample(data, 20, seed=3), user_sample(data, 20, seed=4)
     assert np.array_equal(again.users, sample) and not np.array_equal(other.users, sample)
 
 
@@ -111,7 +114,7 @@ def test_sample_metrics_are_the_means_over_the_sampled_users(world, data, tmp_pa
     report = read_json(
         run_evaluate(world, tmp_path, baselines_only=True, sample_users=15, max_dense_items=1)
     )
-    sample = E.user_sample(data, 15, seed=0)
+    sample = user_sample(data, 15, seed=0)
     examples = eval_examples(data.events, "test")
     test = examples.take(np.isin(examples.users, sample.users))
     assert len(test.targets) == 15
@@ -120,7 +123,7 @@ def test_sample_metrics_are_the_means_over_the_sampled_users(world, data, tmp_pa
     ranks = scoring.rank_examples(popular, test, data.n_items, device="cpu")
     row = next(m for m in report["models"] if m["name"] == "most-popular")
     for metric in ("ndcg", "hr"):
-        expected = E.per_user(ranks, metric, 10).double().mean().item()
+        expected = per_user(ranks, metric, 10).double().mean().item()
         assert row["test"][f"{metric}@10"]["value"] == pytest.approx(expected, abs=1e-6)
 
 
@@ -244,7 +247,7 @@ def test_fitting_batch_size_at_hm_scale():
 
 
 def test_trained_runs_know_their_score_width(world):
-    model = E.load_trained(world.id_run, DATASET).scorer
+    model = load_trained(world.id_run, DATASET).scorer
     assert scoring.score_columns(model, N_ITEMS) == N_ITEMS + N_COLD_CATALOGUE + 1
 
 

@@ -14,6 +14,7 @@ from recsys.io import read_json, write_json
 from recsys.modeling import evaluate as E
 from recsys.modeling import configs as config_module
 from recsys.modeling import training
+from recsys.modeling.candidates import load_trained
 from recsys.modeling.model import BLOCKS, ModelConfig, SemanticDecoder, build_model
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
@@ -261,7 +262,7 @@ def test_a_run_whose_ids_changed_is_refused(tiger_world, tmp_path) -> None:
     ids[[1, 2]] = ids[[2, 1]]  # two items swap codes: same file shape, another trie
     np.save(npy, ids)
     with pytest.raises(RecsysError, match="other semantic IDs"):
-        E.load_trained(models / DATASET / "tiger-tiny", DATASET, processed_root=copy)
+        load_trained(models / DATASET / "tiger-tiny", DATASET, processed_root=copy)
 
 
 def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
