@@ -1,5 +1,5 @@
 """The package's layers: the Run API sits below the service and the stages, nothing in modeling/
-imports serving/, and no stage module imports another."""
+imports serving/, the modeling library imports no stage, and no stage module imports another."""
 
 from __future__ import annotations
 
@@ -36,8 +36,22 @@ def test_the_run_api_imports_neither_the_service_nor_a_stage(path: Path) -> None
     assert not {m for m in imported_modules(path) if m.startswith(above)}
 
 
+def imported_stages(path: Path, stages: tuple[str, ...] = STAGES) -> set[str]:
+    """The ``stages`` modules ``path`` imports, whole or a name from one."""
+    modules = {f"recsys.modeling.{stage}" for stage in stages}
+    return {m for m in imported_modules(path) if m in modules or m.rsplit(".", 1)[0] in modules}
+
+
+#: The modeling library: every module of ``modeling/`` but the stages.
+LIBRARY = sorted(path for path in (PACKAGE / "modeling").glob("*.py") if path.stem not in STAGES)
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: p.name)
+def test_the_modeling_library_imports_no_stage(path: Path) -> None:
+    assert not imported_stages(path)
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_no_stage_imports_another(stage: str) -> None:
-    others = {f"recsys.modeling.{other}" for other in STAGES if other != stage}
-    imported = imported_modules(PACKAGE / "modeling" / f"{stage}.py")
-    assert not {m for m in imported if m in others or m.rsplit(".", 1)[0] in others}
+    others = tuple(other for other in STAGES if other != stage)
+    assert not imported_stages(PACKAGE / "modeling" / f"{stage}.py", others)
