@@ -21,7 +21,7 @@ from recsys import report
 from recsys.cli import RecsysError
 from recsys.modeling import configs as config_module
 from recsys.modeling import training
-from recsys.modeling import tune
+from recsys.modeling import search_space, study_storage, tuning
 from recsys.modeling.synthetic import write_synthetic_processed
 
 PROJ_ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +65,16 @@ def folders(world: dict[str, Path], name: str) -> dict[str, Path]:
     }
 
 
-def run_tune(world: dict[str, Path], setup: tune.TuneSetup) -> dict:
-    return tune.tune(setup, accelerator="cpu", processed_root=world["processed"])
+def run_tune(world: dict[str, Path], setup: tuning.TuneSetup) -> dict:
+    return tuning.tune(setup, accelerator="cpu", processed_root=world["processed"])
 
 
 # ---------------------------------------------------------------------------- search space
 def test_the_shipped_search_spaces_fit_their_configs():
     for path in sorted((PROJ_ROOT / "configs" / "search").glob("*.yaml")):
-        space = tune.load_space(path, path.stem, "ml-100k", configs_dir=PROJ_ROOT / "configs")
+        space = search_space.load_space(
+            path, path.stem, "ml-100k", configs_dir=PROJ_ROOT / "configs"
+        )
         keys = {spec.key for spec in space}
         assert {"lr", "dropout", "d_model", "n_layers", "batch_size"} <= keys, path
 
@@ -107,7 +109,7 @@ def test_a_bad_search_space_is_one_line_naming_file_and_key(world, tmp_path, tex
     path = tmp_path / "space.yaml"
     path.write_text(text + "\n")
     with pytest.raises(RecsysError) as caught:
-        tune.load_space(path, "tiny", DATASET, {"max_epochs": 2}, world["configs"])
+        search_space.load_space(path, "tiny", DATASET, {"max_epochs": 2}, world["configs"])
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
     assert re.search(expected, message), message
@@ -115,57 +117,59 @@ def test_a_bad_search_space_is_one_line_naming_file_and_key(world, tmp_path, tex
 
 def test_a_missing_search_space_says_how_to_get_one(world, tmp_path):
     with pytest.raises(RecsysError, match="search space .*none.yaml does not exist.*--space"):
-        tune.prepare(DATASET, "tiny", 1, space_file=tmp_path / "none.yaml", **folders(world, "x"))
+        tuning.prepare(
+            DATASET, "tiny", 1, space_file=tmp_path / "none.yaml", **folders(world, "x")
+        )
 
 
 # ---------------------------------------------------------------------------------- study
 @pytest.mark.slow
 def test_a_study_of_another_dataset_or_config_is_refused(world):
     dirs = folders(world, "refused")
-    setup = tune.prepare(DATASET, "tiny", 1, **dirs)
-    tune.open_study(setup.db, setup.name, setup.attrs)
+    setup = tuning.prepare(DATASET, "tiny", 1, **dirs)
+    study_storage.open_study(setup.db, setup.name, setup.attrs)
     other_db = dirs["models_dir"] / "other" / "tuning" / "tiny.db"
     other_db.parent.mkdir(parents=True)
     other_db.write_bytes(setup.db.read_bytes())
     write_synthetic_processed(world["processed"], "other", n_users=60, n_items=40, n_events=1500)
-    elsewhere = tune.prepare("other", "tiny", 1, **dirs)
+    elsewhere = tuning.prepare("other", "tiny", 1, **dirs)
     with pytest.raises(RecsysError, match="another dataset \\('syn', not 'other'\\)"):
         run_tune(world, elsewhere)
 
     (world["configs"] / "tiny2.yaml").write_text(yaml.safe_dump(TINY))
     (world["configs"] / "search" / "tiny2.yaml").write_text(SPACE)
-    renamed = tune.prepare(DATASET, "tiny2", 1, study_name="tiny", **dirs)
+    renamed = tuning.prepare(DATASET, "tiny2", 1, study_name="tiny", **dirs)
     with pytest.raises(RecsysError, match="another base config \\('tiny', not 'tiny2'\\)"):
         run_tune(world, renamed)
-    shorter = tune.prepare(DATASET, "tiny", 1, max_epochs=1, **dirs)
+    shorter = tuning.prepare(DATASET, "tiny", 1, max_epochs=1, **dirs)
     with pytest.raises(RecsysError, match="another base config values"):
         run_tune(world, shorter)
     space = world["root"] / "wider.yaml"
     space.write_text("lr: {low: 1.0e-6, high: 1.0e-2, log: true}\n")
-    wider = tune.prepare(DATASET, "tiny", 1, space_file=space, **dirs)
+    wider = tuning.prepare(DATASET, "tiny", 1, space_file=space, **dirs)
     with pytest.raises(RecsysError, match="another search space file contents"):
         run_tune(world, wider)
 
     os.replace(setup.db, setup.db.with_name("moved.db"))
-    moved = tune.prepare(DATASET, "tiny", 1, study_name="moved", **dirs)
+    moved = tuning.prepare(DATASET, "tiny", 1, study_name="moved", **dirs)
     with pytest.raises(RecsysError, match="holds the study 'tiny', not 'moved'"):
         run_tune(world, moved)
     setup.db.write_text("not a database, just text " * 100)
     with pytest.raises(RecsysError, match="tiny.db is not a readable study database"):
         run_tune(world, setup)
     with pytest.raises(RecsysError, match="--study 'a b'"):
-        tune.prepare(DATASET, "tiny", 1, study_name="a b", **dirs)
+        tuning.prepare(DATASET, "tiny", 1, study_name="a b", **dirs)
 
 
 # ----------------------------------------------------------------- pruning, tuned config
 @pytest.fixture(scope="module")
-def pruned(world) -> tuple[tune.TuneSetup, dict, dict[str, Path]]:
+def pruned(world) -> tuple[tuning.TuneSetup, dict, dict[str, Path]]:
     """Two queued trials, a good and a far worse learning rate, with a pruner that may stop
     any trial after the first finished one, from the first epoch on."""
     dirs = folders(world, "pruned")
-    settings = tune.SearchSettings(prune_after=1, prune_warmup=0)
-    setup = tune.prepare(DATASET, "tiny", 2, settings=settings, **dirs)
-    study, _ = tune.open_study(setup.db, setup.name, setup.attrs)
+    settings = tuning.SearchSettings(prune_after=1, prune_warmup=0)
+    setup = tuning.prepare(DATASET, "tiny", 2, settings=settings, **dirs)
+    study, _ = study_storage.open_study(setup.db, setup.name, setup.attrs)
     study.enqueue_trial({"lr": 1.0e-2})
     study.enqueue_trial({"lr": 1.0e-5})
     return setup, run_tune(world, setup), dirs
@@ -235,20 +239,20 @@ def test_train_by_name_uses_the_config_tuned_on_the_dataset(world, pruned, tmp_p
 def test_first_sets_the_first_trial_of_a_new_study_only(world):
     """--first lr=... is trial 0 (a known recipe is always a candidate); a key outside the
     search space, or a value of the wrong type, is one line before any trial."""
-    setup = tune.prepare(DATASET, "tiny", 1, study_name="first", **folders(world, "first"))
+    setup = tuning.prepare(DATASET, "tiny", 1, study_name="first", **folders(world, "first"))
     for bad, message in (({"dropout": 0.5}, "--first dropout: not a key"), ({"lr": "x"}, "lr")):
         with pytest.raises(RecsysError, match=message):
-            tune.tune(setup, accelerator="cpu", processed_root=world["processed"], first=bad)
+            tuning.tune(setup, accelerator="cpu", processed_root=world["processed"], first=bad)
     assert (
         not setup.db.exists()
-        or not tune.open_study(setup.db, setup.name, setup.attrs)[0].get_trials()
+        or not study_storage.open_study(setup.db, setup.name, setup.attrs)[0].get_trials()
     )
-    summary = tune.tune(
+    summary = tuning.tune(
         setup, accelerator="cpu", processed_root=world["processed"], first={"lr": 0.004}
     )
     assert [t["params"]["lr"] for t in summary["trials"]] == [0.004]
     setup = dataclasses.replace(setup, trials=2)  # a study with trials takes no first trial
-    summary = tune.tune(
+    summary = tuning.tune(
         setup, accelerator="cpu", processed_root=world["processed"], first={"lr": 0.004}
     )
     assert len(summary["trials"]) == 2 and summary["trials"][1]["params"]["lr"] != 0.004
@@ -327,8 +331,8 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     finally:
         proc.kill()
         proc.wait()
-    setup = tune.prepare(DATASET, "tiny", 2, max_epochs=8, **dirs)
-    study, _ = tune.open_study(setup.db, setup.name, setup.attrs)
+    setup = tuning.prepare(DATASET, "tiny", 2, max_epochs=8, **dirs)
+    study, _ = study_storage.open_study(setup.db, setup.name, setup.attrs)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
 
     plans, fit = [], training.fit
@@ -352,9 +356,13 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
 
 
 def test_tuners_started_together_seed_their_samplers_apart():
-    here, there = (tune.sampler_seed(0, 0, worker) for worker in ("node1:100", "node1:101"))
+    here, there = (
+        study_storage.sampler_seed(0, 0, worker) for worker in ("node1:100", "node1:101")
+    )
     assert here != there
-    assert tune.sampler_seed(0, 0, "node1:100") == here  # given its worker, a seed is repeatable
-    assert tune.sampler_seed(0, 4, "node1:100") != here  # a resumed tuner does not replay
-    assert tune.sampler_seed(1, 0, "node1:100") != here
-    assert tune.worker_name().endswith(f":{os.getpid()}")
+    assert (
+        study_storage.sampler_seed(0, 0, "node1:100") == here
+    )  # given its worker, a seed is repeatable
+    assert study_storage.sampler_seed(0, 4, "node1:100") != here  # a resumed tuner does not replay
+    assert study_storage.sampler_seed(1, 0, "node1:100") != here
+    assert study_storage.worker_name().endswith(f":{os.getpid()}")

@@ -1,5 +1,5 @@
 """Training library: a resolved config fitted into a run folder, which ``make train``
-(:mod:`recsys.modeling.train`) and the tuner (:mod:`recsys.modeling.tune`) both call.
+(:mod:`recsys.modeling.train`) and the tuner (:mod:`recsys.modeling.tuning`) both call.
 
 A run folder holds ``config.yaml`` (the resolved config), ``checkpoints/{best,last}.ckpt``,
 ``metrics.json`` and ``logs/metrics.csv``. Running the same resolved config again resumes from
