@@ -339,9 +339,9 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
 
     The same loss and gradients as ``F.cross_entropy(hidden @ table.T + bias, targets)``, made
     in one pass over the rows, holding at most ``group_bytes`` of probabilities at any catalogue
-    size. Autograd would write the
-    scores, their log-softmax, a one-hot and a softmax gradient out to memory and read them
-    back; with an inner dimension of 64 those passes, not the arithmetic, are the cost. Here
+    size. Autograd would write the scores, their log-softmax, a one-hot and a softmax gradient
+    out to memory and read them back; with an inner dimension of 64 those passes, not the
+    arithmetic, are the cost. Here
     each chunk of rows is scored and turned into probabilities while it is in a core's cache;
     a group of chunks' probabilities becomes the scores' gradient in place (``softmax -
     one_hot``), carried back to the hidden rows and to the table by two matrix products. The
