@@ -341,12 +341,11 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     in one pass over the rows, holding at most ``group_bytes`` of probabilities at any catalogue
     size. Autograd would write the scores, their log-softmax, a one-hot and a softmax gradient
     out to memory and read them back; with an inner dimension of 64 those passes, not the
-    arithmetic, are the cost. Here
-    each chunk of rows is scored and turned into probabilities while it is in a core's cache;
-    a group of chunks' probabilities becomes the scores' gradient in place (``softmax -
-    one_hot``), carried back to the hidden rows and to the table by two matrix products. The
-    backward pass only scales the saved gradients. ``bias`` is -inf for the columns that are not
-    candidates.
+    arithmetic, are the cost. Here each chunk of rows is scored and turned into probabilities
+    while it is in a core's cache; a group of chunks' probabilities becomes the scores' gradient
+    in place (``softmax - one_hot``), carried back to the hidden rows and to the table by two
+    matrix products. The backward pass only scales the saved gradients. ``bias`` is -inf for the
+    columns that are not candidates.
 
     Under autocast (bf16 on a CPU with AVX512-BF16, or a GPU) the three matrix products run in
     its dtype; the softmax is computed in float32, and the table gradient is summed over the
