@@ -25,9 +25,9 @@ import yaml
 from loguru import logger
 
 from recsys.cli import fail
-from recsys.config import CONFIGS_DIR
 from recsys.io import read_yaml, write_text
 from recsys.modeling import metrics
+from recsys.modeling.configs import tuned_file
 from recsys.modeling.baselines import BASELINES, Baseline
 from recsys.modeling.scoring import BATCH_SIZE, rank_examples
 from recsys.processed import EvalExamples, Sequences
@@ -115,7 +115,7 @@ def tune_baselines(
 
 def tuned_path(dataset: str, configs_dir: Path | None = None) -> Path:
     """``configs/tuned/<dataset>-baselines.yaml``."""
-    return Path(configs_dir or CONFIGS_DIR) / "tuned" / f"{dataset}-baselines.yaml"
+    return tuned_file(dataset, "baselines", configs_dir)
 
 
 def tune_command(dataset: str) -> str:

@@ -101,12 +101,18 @@ def config_path(name_or_path: str, configs_dir: Path | None = None) -> Path:
     return path
 
 
+def tuned_file(dataset: str, name: str, configs_dir: Path | None = None) -> Path:
+    """``configs/tuned/<dataset>-<name>.yaml``: where what was chosen on ``dataset``'s
+    validation split for ``name`` (a training config, or ``baselines``) is kept."""
+    return Path(configs_dir or CONFIGS_DIR) / "tuned" / f"{dataset}-{name}.yaml"
+
+
 def tuned_config_path(name: str, dataset: str, configs_dir: Path | None = None) -> Path | None:
-    """``configs/tuned/<dataset>-<name>.yaml``, the config ``make tune`` chose on validation for
-    a config named ``name`` (not a path) on ``dataset``, when it exists."""
+    """The config ``make tune`` chose on validation for a config named ``name`` (not a path) on
+    ``dataset`` (:func:`tuned_file`), when it exists."""
     if Path(name).suffix in (".yaml", ".yml") or "/" in name:
         return None
-    path = Path(configs_dir or CONFIGS_DIR) / "tuned" / f"{dataset}-{name}.yaml"
+    path = tuned_file(dataset, name, configs_dir)
     return path if path.is_file() else None
 
 

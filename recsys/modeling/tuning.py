@@ -26,7 +26,7 @@ from loguru import logger
 from recsys.cli import RecsysError, fail
 from recsys.config import CONFIGS_DIR, FIGURES_DIR, MODELS_DIR, TUNING_DIR, shown_path
 from recsys.io import read_json, read_yaml, write_json, write_text
-from recsys.modeling.configs import config_path, resolve_config
+from recsys.modeling.configs import config_path, resolve_config, tuned_file
 from recsys.modeling.lightning import METRIC
 from recsys.modeling.runs import best_val_ndcg
 from recsys.modeling.search_space import ParamSpec, file_hash, load_space, typed_value
@@ -253,7 +253,7 @@ def prepare(
         trials=trials,
         models_dir=Path(models_dir or MODELS_DIR),
         db=Path(models_dir or MODELS_DIR) / dataset / "tuning" / f"{name}.db",
-        tuned_path=configs_root / "tuned" / f"{dataset}-{base}.yaml",
+        tuned_path=tuned_file(dataset, base, configs_root),
         json_path=Path(tuning_dir or TUNING_DIR) / dataset / f"{name}.json",
         figure_dir=Path(figures_dir or FIGURES_DIR) / dataset,
     )
