@@ -39,7 +39,7 @@ MEMORY_BATCHES = (16, 64, 256, 1024)
 def _data_and_model(processed_root: str, models_dir: str) -> tuple[Any, Any, str]:
     """The processed data and a model to time, with a note saying which ones they are."""
     from recsys.modeling.candidates import load_trained
-    from recsys.modeling.model import ModelConfig, SeqRecModel
+    from recsys.modeling.models import ModelConfig, SeqRecModel
     from recsys.modeling.runs import best_run, list_runs
     from recsys.processed import load_processed
 

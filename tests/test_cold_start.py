@@ -17,7 +17,7 @@ from recsys.modeling import training
 from recsys.modeling.candidates import Candidate, baseline_candidates
 from recsys.modeling.evaluation import evaluate_cold
 from recsys.modeling.lightning import SequenceWindows
-from recsys.modeling.model import ModelConfig, SeqRecModel
+from recsys.modeling.models import ModelConfig, SeqRecModel
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import (

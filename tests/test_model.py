@@ -7,15 +7,9 @@ import torch
 
 import torch.nn.functional as F
 
-from recsys.modeling.model import (
-    BLOCKS,
-    CE_CHUNK_BYTES,
-    CE_GROUP_BYTES,
-    Dropout,
-    ModelConfig,
-    SeqRecModel,
-    SoftmaxCrossEntropy,
-)
+from recsys.modeling.models import BLOCKS, ModelConfig, SeqRecModel
+from recsys.modeling.models.blocks import Dropout
+from recsys.modeling.models.losses import CE_CHUNK_BYTES, CE_GROUP_BYTES, SoftmaxCrossEntropy
 from recsys.modeling.runs import model_from_checkpoint
 from recsys.processed import left_pad
 

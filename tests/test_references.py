@@ -112,7 +112,7 @@ def test_the_pipeline_outputs_are_documented(tmp_path, split):
 def test_run_config_and_checkpoint_keys_are_documented():
     from dataclasses import fields
 
-    from recsys.modeling.model import ModelConfig
+    from recsys.modeling.models import ModelConfig
     from recsys.modeling.configs import DEFAULTS
 
     config = named(section("config.yaml"))

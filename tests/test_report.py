@@ -160,7 +160,7 @@ def test_other_pages_quote_their_files(tmp_path: Path) -> None:
     assert "| `tokens_per_s` | 12,345.6 |" in pages["training"]
     repro = pages["reproducibility"]
     assert 'make all DATASET=toy CONFIGS="sasrec-ce"' in repro
-    assert "    config_name: sasrec-ce\n    item_repr: id" in repro
+    assert "    config_name: sasrec-ce\n    family: sasrec\n    item_repr: id" in repro
     assert (
         "python -m recsys.modeling.train --dataset toy --config sasrec-ce \\\n    "
         "--set lr=0.002 \\\n    --set max_epochs=3 \\\n    --set cold_items=0.1 \\\n    "

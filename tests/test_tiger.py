@@ -15,7 +15,7 @@ from recsys.modeling import evaluate as E
 from recsys.modeling import configs as config_module
 from recsys.modeling import training
 from recsys.modeling.candidates import load_trained
-from recsys.modeling.model import BLOCKS, ModelConfig, SemanticDecoder, build_model
+from recsys.modeling.models import BLOCKS, ModelConfig, SemanticDecoder, build_model
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import cold_item_set
@@ -332,7 +332,7 @@ def test_cold_items_enter_the_trie_and_can_be_generated(tiger_world, tmp_path) -
 # ------------------------------------------------------------------- gpt-semantic (codes)
 @pytest.mark.slow
 def test_a_codes_table_is_the_sum_of_code_rows_and_trains() -> None:
-    from recsys.modeling.model import SeqRecModel
+    from recsys.modeling.models import SeqRecModel
 
     torch.manual_seed(0)
     config = tiny_config(item_repr="codes")

@@ -30,7 +30,7 @@ from recsys.api.index import ItemIndex, normalized, open_run_index
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
-from recsys.modeling.model import CONTENT_REPRS, TEXT_REPRS
+from recsys.modeling.models import CONTENT_REPRS, TEXT_REPRS
 from recsys.processed import (
     ProcessedData,
     Sequences,

@@ -264,8 +264,9 @@ def _user_time_keys(
     ``(None, 0)`` when the pair does not fit.
 
     Times are offsets from the first in steps of their greatest common divisor (H&M's days then
-    take a few bits, not a second count's), or their rank where only that makes room for a ``key_bits`` tie key or
-    for the pair itself: ranking is a sort of its own, wasted where the key cannot fit anyway.
+    take a few bits, not a second count's), or their rank where only that makes room for a
+    ``key_bits`` tie key or for the pair itself: ranking is a sort of its own, wasted where the
+    key cannot fit anyway.
     """
     if not len(user_idx) or user_idx.min() < 0:
         return None, 0

@@ -28,7 +28,7 @@ from recsys.modeling.baseline_tuning import (
 )
 from recsys.modeling.baselines import MAX_DENSE_ITEMS, fit_baselines, too_large
 from recsys.modeling.evaluation_data import split_examples
-from recsys.modeling.model import COLD_CAPABLE, SemanticDecoder
+from recsys.modeling.models import COLD_CAPABLE, SemanticDecoder
 from recsys.modeling.scoring import BATCH_SIZE
 from recsys.processed import ProcessedData, train_pieces
 

@@ -17,6 +17,8 @@ from recsys.io import read_yaml
 
 #: Every config key with its default; a config file or ``--set`` may change values, not add keys.
 DEFAULTS: dict[str, Any] = {
+    # sasrec (the causal decoder; TIGER with item_repr semantic) | gru4rec | bert4rec | mf
+    "family": "sasrec",
     # id | text | hybrid | codes (sums of semantic-ID code rows) | semantic (generates the IDs)
     "item_repr": "id",
     "feature_model": None,  # text-vector model for text/hybrid (None: the features default)
@@ -28,9 +30,15 @@ DEFAULTS: dict[str, Any] = {
     # semantic: the share of the beams kept for items never trained on (TIGER's epsilon for
     # cold start); they take every 1 / cold_share-th place of the list. 0: none.
     "cold_share": 0.0,
-    "loss": "ce",  # ce | sampled | bce | bpr
-    "sampler": "uniform",  # uniform | popularity | in-batch (loss=sampled)
-    "n_negatives": 256,
+    # ce | sampled (softmax with logQ) | bce | bpr | gbce | ccl | directau (bert4rec: ce, sampled)
+    "loss": "ce",
+    "sampler": "uniform",  # uniform | popularity | in-batch (the losses that sample negatives)
+    "n_negatives": 256,  # negatives per batch, shared by all its positions
+    "gbce_t": 0.75,  # gbce calibration: 0 is plain bce, 1 calibrated to the full softmax
+    "ccl_margin": 0.8,  # ccl: a negative counts only where its cosine is above the margin
+    "ccl_negative_weight": 150.0,  # ccl: the negatives' mean excess weighs this much
+    "directau_gamma": 1.0,  # directau: uniformity's weight against alignment
+    "mask_ratio": 0.2,  # bert4rec: the share of each training sequence's items masked
     "d_model": 64,
     "n_layers": 2,
     "n_heads": 1,
@@ -82,7 +90,8 @@ CHOICES = {
 LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
-    "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share"
+    "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share family "
+    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio"
 ).split()
 
 
@@ -226,7 +235,7 @@ def catalogue_loss(resolved: dict[str, Any], n_catalogue: int, explicit: bool) -
     if explicit:
         how = ""
         if loss == "ce":
-            from recsys.modeling.model import CE_CHUNK_BYTES
+            from recsys.modeling.models.losses import CE_CHUNK_BYTES
 
             rows = max(1, CE_CHUNK_BYTES // (4 * (n_catalogue + 1)))
             how = f"; the full softmax goes {rows} target rows at a time, never all scores at once"
@@ -246,7 +255,7 @@ def catalogue_loss(resolved: dict[str, Any], n_catalogue: int, explicit: bool) -
 
 def _check_model_keys(resolved: dict[str, Any]) -> None:
     """Let the model config validate its keys now, with placeholder data sizes."""
-    from recsys.modeling.model import ModelConfig
+    from recsys.modeling.models import ModelConfig
 
     try:
         ModelConfig(

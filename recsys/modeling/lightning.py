@@ -1,4 +1,4 @@
-"""Lightning wiring for :mod:`recsys.modeling.model`: data windows, the training module, records.
+"""Lightning wiring for :mod:`recsys.modeling.models`: data windows, the training module, records.
 
 Data go in as :class:`recsys.processed.Sequences` (training pieces, validation histories): slices
 of one flat item array each, never per-user arrays or paths, so tests build them synthetically
@@ -27,7 +27,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -38,13 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recsys.io import atomic_path, write_json, write_text
 from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k, target_ranks
-from recsys.modeling.model import (
-    ModelConfig,
-    SemanticDecoder,
-    SeqRecModel,
-    build_model,
-    next_item_scores,
-)
+from recsys.modeling.models import ModelConfig, build_model
 from recsys.processed import EvalExamples, Sequences, left_pad
 
 METRIC = "val_ndcg@10"
@@ -290,8 +283,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 
 class SeqRecModule(pl.LightningModule):
-    """Trains a :class:`SeqRecModel` or a :class:`SemanticDecoder`; the run config travels in
-    the checkpoint as plain dicts."""
+    """Trains any model family (a :class:`~recsys.modeling.models.Recommender`); the run config
+    travels in the checkpoint as plain dicts."""
 
     def __init__(
         self,
@@ -309,7 +302,7 @@ class SeqRecModule(pl.LightningModule):
             self.model.set_item_counts(item_counts)
         # A scoring model's loss ranks a candidate set; the generative one only ever sees the
         # items of the (cold-cut) training sequences as targets.
-        if isinstance(self.model, SeqRecModel) and cold_items is not None and len(cold_items):
+        if not self.model.generative and cold_items is not None and len(cold_items):
             self.model.candidate_mask[torch.as_tensor(cold_items, dtype=torch.long)] = False
         self._sums: dict[str, Tensor] = {}
         self.epoch_metrics: dict[str, float] = {}
@@ -372,12 +365,8 @@ class SeqRecModule(pl.LightningModule):
     def _validate(self, batch: dict[str, Tensor]) -> None:
         n_items = self.model.config.n_items
         items, targets = batch["items"], batch["targets"]
-        scores = next_item_scores(self.model, items, batch["users"], batch["history"]).float()
-        if isinstance(self.model, SemanticDecoder):  # the target's codes, token by token
-            self._add("val_loss", -self.model.item_log_probs(items, targets).sum())
-        else:
-            logits = scores.masked_fill(~self.model.candidate_mask, float("-inf"))
-            self._add("val_loss", F.cross_entropy(logits, targets, reduction="sum"))
+        scores = self.model.score(items, batch["users"], batch["history"]).float()
+        self._add("val_loss", self.model.validation_loss(items, targets, scores))
         ranks = target_ranks(scores, targets, exclude=batch["history"], n_rank=n_items)
         self._add("val_ndcg@10", ndcg_at_k(ranks, 10).sum())
         self._add("val_hr@10", hit_rate_at_k(ranks, 10).sum())

@@ -51,7 +51,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "cpu"):
     """Rebuild the decoder of a checkpoint dict, in eval mode."""
-    from recsys.modeling.model import ModelConfig, build_model
+    from recsys.modeling.models import ModelConfig, build_model
 
     state = {
         key[len(MODEL_PREFIX) :]: value

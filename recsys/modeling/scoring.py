@@ -32,7 +32,7 @@ from recsys.cli import fail
 from recsys.config import SCORE_BUDGET
 from recsys.devices import default_device
 from recsys.modeling import metrics
-from recsys.modeling.model import Decoder, next_item_scores
+from recsys.modeling.models import Recommender
 from recsys.processed import EvalExamples, Sequences
 
 #: Users per scoring batch: on 2 CPU cores 128 beat 256 and 512 (smaller attention buffers).
@@ -77,10 +77,10 @@ def score_batch(
     users: torch.Tensor,
     exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scores in float32 from a trained decoder (see :func:`next_item_scores`; ``exclude`` is
-    the history a generative one prunes) or a baseline."""
-    if isinstance(scorer, Decoder):
-        return next_item_scores(scorer, item_seq, users, exclude).float()
+    """Scores in float32 from a trained model (``exclude``: the history a generative one prunes)
+    or a baseline."""
+    if isinstance(scorer, Recommender):
+        return scorer.score(item_seq, users, exclude).float()
     return scorer.score(item_seq).float()
 
 

@@ -64,7 +64,7 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     import numpy as np
     import torch
 
-    from recsys.modeling.model import CODE_REPRS
+    from recsys.modeling.models import CODE_REPRS
     from recsys.processed import (
         cold_item_set,
         eval_examples,

@@ -1,0 +1,58 @@
+"""The model families, one module each, behind one config and one contract
+(:class:`~recsys.modeling.models.base.Recommender`).
+
+To add a family: write a module with a :class:`Recommender` subclass (an
+:class:`~recsys.modeling.models.items.ItemScorer` if it scores the item table), name it in
+:data:`~recsys.modeling.models.config.FAMILIES` and the losses it takes in ``FAMILY_LOSSES``,
+add it to :data:`FAMILY_CLASSES` below, and ship a ``configs/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from recsys.modeling.models.base import Recommender
+from recsys.modeling.models.config import (
+    BLOCKS,
+    CODE_REPRS,
+    COLD_CAPABLE,
+    CONTENT_REPRS,
+    FAMILIES,
+    FAMILY_LOSSES,
+    ITEM_REPRS,
+    LOSSES,
+    TEXT_REPRS,
+    ModelConfig,
+)
+from recsys.modeling.models.sasrec import SeqRecModel
+from recsys.modeling.models.tiger import SemanticDecoder
+
+#: The class of each family that scores an item table.
+FAMILY_CLASSES: dict[str, type[Recommender]] = {"sasrec": SeqRecModel}
+
+
+def build_model(
+    config: ModelConfig, item_features: Tensor | None = None, item_codes: Tensor | None = None
+) -> Recommender:
+    """The model a config asks for: semantic-ID generation, or a family scoring an item table."""
+    if config.item_repr == "semantic":
+        return SemanticDecoder(config, item_codes)
+    return FAMILY_CLASSES[config.family](config, item_features, item_codes)
+
+
+__all__ = [
+    "BLOCKS",
+    "CODE_REPRS",
+    "COLD_CAPABLE",
+    "CONTENT_REPRS",
+    "FAMILIES",
+    "FAMILY_LOSSES",
+    "ITEM_REPRS",
+    "LOSSES",
+    "TEXT_REPRS",
+    "ModelConfig",
+    "Recommender",
+    "SemanticDecoder",
+    "SeqRecModel",
+    "build_model",
+]

@@ -1,0 +1,60 @@
+"""The contract between the Lightning module and a model family: a family is a
+:class:`Recommender`, so training, validation, checkpoints and serving never ask which one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys.modeling.models.config import ModelConfig
+
+
+class Recommender(nn.Module):
+    """A model that learns from item histories and scores the catalogue for the next item.
+
+    ``loss(item_seq, targets, users)`` is the training loss of a left-padded batch;
+    ``score(item_seq, users, exclude)`` gives next-item scores [B, n_catalogue + 1] (column 0
+    -inf). ``generative`` families produce a list rather than score every item.
+    """
+
+    config: ModelConfig
+    generative = False
+
+    def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def score(
+        self, item_seq: Tensor, users: Tensor | None = None, exclude: Tensor | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def set_item_counts(self, counts: Tensor) -> None:
+        """Training-target counts per item, set by the trainer before the first step."""
+        raise NotImplementedError
+
+    def validation_loss(self, item_seq: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
+        """Summed cross-entropy of the next item [B] over the training candidates."""
+        logits = scores.masked_fill(~self.candidate_mask, float("-inf"))
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay the matrices of linear and recurrent layers only, not norms,
+        biases or embeddings."""
+        decay, no_decay = [], []
+        linear_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        for module in self.modules():
+            if isinstance(module, nn.RNNBase):
+                linear_weights |= {id(w) for n, w in module.named_parameters() if "weight" in n}
+        for param in self.parameters():
+            if param.requires_grad:
+                (decay if id(param) in linear_weights else no_decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def n_params(self) -> int:
+        """Trainable parameters (the frozen text vectors are a buffer, not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,298 @@
+"""Generative retrieval over semantic IDs: TIGER (Rajput et al. 2023) on the shared blocks.
+
+An item is the tuple of its semantic-ID codes; the decoder learns to spell the next item code by
+code, and recommends by beam search in a trie of the catalogue's codes. No I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys.modeling.models.blocks import Decoder, KeyValues, causal_mask, item_positions
+from recsys.modeling.models.config import ModelConfig
+from recsys.modeling.models.items import checked_codes, level_offsets, summed_code_rows
+
+
+class ItemTrie(nn.Module):
+    """The items' semantic IDs as a prefix tree, so that decoding can only spell real items.
+
+    Depth d has one dense table [nodes at depth d, vocabulary of level d] of child node ids, -1
+    where no item continues the prefix; at the last depth the children are the item ids. Tables
+    are rebuilt from the codes, so they are buffers that a checkpoint does not store.
+    """
+
+    def __init__(self, item_codes: Tensor, items: Tensor, code_vocab: tuple[int, ...]) -> None:
+        super().__init__()
+        codes = item_codes[items].cpu().numpy()
+        n_rows = len(item_codes)
+        parents = np.zeros(len(items), dtype=np.int64)
+        self.depths = len(code_vocab)
+        for depth, vocab in enumerate(code_vocab):
+            last = depth == self.depths - 1
+            if last:
+                nodes = items.cpu().numpy()
+            else:
+                _, nodes = np.unique(codes[:, : depth + 1], axis=0, return_inverse=True)
+                nodes = nodes.reshape(-1)
+            table = np.full((int(parents.max()) + 1, vocab), -1, dtype=np.int64)
+            table[parents, codes[:, depth]] = nodes
+            ancestor = np.full(n_rows, -1, dtype=np.int64)
+            ancestor[items.cpu().numpy()] = nodes
+            size = np.bincount(nodes, minlength=n_rows if last else 0)
+            self.register_buffer(f"children_{depth}", torch.from_numpy(table), persistent=False)
+            self.register_buffer(f"ancestor_{depth}", torch.from_numpy(ancestor), persistent=False)
+            self.register_buffer(f"size_{depth}", torch.from_numpy(size), persistent=False)
+            parents = nodes
+
+    def child_table(self, depth: int) -> Tensor:
+        return getattr(self, f"children_{depth}")
+
+    def available(self, depth: int, exclude: Tensor | None, batch: int) -> Tensor:
+        """[B or 1, nodes at depth + 1]: whether a child node has an item outside the row's
+        ``exclude`` (left-padded item ids, 0 = none)."""
+        size = getattr(self, f"size_{depth}")
+        if exclude is None:
+            return (size > 0)[None, :]
+        items = exclude.sort(dim=1).values  # count each excluded item once
+        first = torch.ones_like(items, dtype=torch.bool)
+        first[:, 1:] = items[:, 1:] != items[:, :-1]
+        nodes = getattr(self, f"ancestor_{depth}")[items]
+        counted = (first & (items > 0) & (nodes >= 0)).to(size.dtype)
+        excluded = torch.zeros(batch, len(size), dtype=size.dtype, device=size.device)
+        excluded.scatter_add_(1, nodes.clamp(min=0), counted)
+        return size[None, :] - excluded > 0
+
+
+class SemanticDecoder(Decoder):
+    """Generative retrieval over semantic IDs (TIGER, Rajput et al. 2023) on the same blocks.
+
+    An item is the tuple of its L codes (``item_codes`` [n_catalogue + 1, L], row 0 the padding
+    item, all -1). The decoder reads a history as its items' codes in order, one token each,
+    embedded by level (one block of rows of ``token_emb`` per level) plus the item's position and
+    the token's level, and learns to predict every next token. The output table is the input
+    table, tied as in GPT: a level's logits are the hidden state against that level's rows.
+    Recommending is a beam search in an :class:`ItemTrie`, so every beam spells a real item, and
+    items the user has seen are pruned from the trie before decoding starts.
+    """
+
+    generative = True
+
+    def __init__(self, config: ModelConfig, item_codes: Tensor) -> None:
+        super().__init__(config, config.max_len + 1)  # a window: max_len items and the next
+        vocab = config.code_vocab
+        codes = checked_codes(config, item_codes)
+        sizes = torch.tensor(vocab)
+        self.register_buffer("item_codes", codes)
+        self.register_buffer("level_offsets", level_offsets(vocab), persistent=False)
+        levels = torch.repeat_interleave(torch.arange(len(vocab)), sizes)
+        bias = torch.full((len(vocab), int(sizes.sum())), float("-inf"))
+        bias[levels, torch.arange(int(sizes.sum()))] = 0.0
+        self.register_buffer("level_bias", bias, persistent=False)  # 0 on a level's own tokens
+        self.token_emb = nn.Embedding(int(sizes.sum()), config.d_model)
+        self.level_emb = nn.Embedding(len(vocab), config.d_model)
+        self.trie = ItemTrie(codes, torch.arange(1, config.n_items + 1), vocab)
+        # Items with training targets (set by the trainer; saved): see ``cold_share``.
+        trained = torch.zeros(config.n_catalogue + 1, dtype=torch.bool)
+        trained[1 : config.n_items + 1] = True
+        self.register_buffer("item_trained", trained)
+        self._split_tries: tuple[ItemTrie, ItemTrie] | None = None
+        self._init_weights()
+
+    @property
+    def levels(self) -> int:
+        return len(self.config.code_vocab)
+
+    def item_table(self) -> Tensor:
+        """Each item as the sum of its code embeddings [n_catalogue + 1, d] (row 0 zero): its
+        place in the learned space, for pictures of it. Ranking generates instead."""
+        return summed_code_rows(self.token_emb, self.item_codes, self.level_offsets)
+
+    def _tokens(self, item_seq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """An item batch [B, n] as token ids, real flags, item positions and levels [B, n * L]."""
+        real = item_seq > 0
+        codes = self.item_codes[item_seq] + self.level_offsets
+        levels = torch.arange(self.levels, device=item_seq.device).expand_as(codes)
+        positions = item_positions(real)[..., None].expand_as(codes)
+        flat = [t.flatten(1) for t in (codes.clamp(min=0), real[..., None].expand_as(codes))]
+        return flat[0], flat[1], positions.flatten(1), levels.flatten(1)
+
+    def _embed(self, tokens: Tensor, positions: Tensor, levels: Tensor) -> Tensor:
+        x = self.token_emb(tokens)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.d_model)
+        return x + self.position_vectors(positions) + self.level_emb(levels)
+
+    def _log_probs(self, hidden: Tensor, levels: Tensor) -> Tensor:
+        """Log-probabilities over every token, -inf outside each position's target level."""
+        return torch.log_softmax(hidden @ self.token_emb.weight.T + self.level_bias[levels], -1)
+
+    # ------------------------------------------------------------------------------ training
+    def _teacher_forced(self, items: Tensor, last: Tensor) -> tuple[Tensor, ...]:
+        """The windows ``items`` + ``last`` [B] read token by token: the hidden state before
+        each token and that token, its level and whether both it and its input are real."""
+        window = torch.cat([items, last[:, None]], dim=1)
+        tokens, real, positions, levels = self._tokens(window)
+        x = self._embed(tokens[:, :-1], positions[:, :-1], levels[:, :-1])
+        hidden = self.transform(x, real[:, :-1])
+        return hidden, tokens[:, 1:], levels[:, 1:], real[:, 1:] & real[:, :-1]
+
+    def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
+        """Mean cross-entropy of every next token of the windows ``item_seq`` + last target."""
+        hidden, tokens, levels, keep = self._teacher_forced(item_seq, targets[:, -1])
+        logits = hidden[keep] @ self.token_emb.weight.T + self.level_bias[levels[keep]]
+        return F.cross_entropy(logits.float(), tokens[keep])
+
+    @torch.no_grad()
+    def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
+        """log p(item's codes | history) [B], one item per row, token by token (teacher forced)."""
+        hidden, tokens, levels, _ = self._teacher_forced(item_seq, items)
+        tail = slice(-self.levels, None)  # the tokens of the item itself
+        log_probs = self._log_probs(hidden[:, tail], levels[:, tail])
+        return log_probs.gather(2, tokens[:, tail, None]).sum(dim=(1, 2))
+
+    # ---------------------------------------------------------------------------- retrieval
+    def set_item_counts(self, counts: Tensor) -> None:
+        """Training-target counts per item: which items the decoder has learned to spell."""
+        self.item_trained.copy_(counts > 0)
+        self._split_tries = None
+
+    def _tries(self) -> tuple[ItemTrie, ItemTrie]:
+        """Tries of the trained items and of the others (``cold_share``), built on first use."""
+        if self._split_tries is None:
+            items = torch.arange(1, self.config.n_items + 1, device=self.item_codes.device)
+            trained = self.item_trained[items]
+            self._split_tries = tuple(
+                ItemTrie(self.item_codes, part, self.config.code_vocab).to(items.device)
+                for part in (items[trained], items[~trained])
+            )
+        return self._split_tries
+
+    @torch.no_grad()
+    def generate(
+        self, item_seq: Tensor, beam_size: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` next items [B, K] in recommendation order, with their
+        log-probabilities, by beam search in the trie (see :meth:`_beam_search`). Items in
+        ``exclude`` (left-padded ids) are pruned; a row with fewer items left than beams gets
+        item -1 at log-probability -inf in the spare beams.
+
+        With ``cold_share`` > 0, that share of the beams (at least one) is searched among the
+        items never trained on, as TIGER recommends new items, and they take every
+        1 / cold_share-th place of the list (:func:`cold_places`): a decoder never taught to
+        spell an item would otherwise rank it below every item it was.
+        """
+        state = self._encode_history(item_seq)
+        untrained = (~self.item_trained[1 : self.config.n_items + 1]).sum()
+        if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
+            return self._beam_search(self.trie, state, beam_size, exclude)
+        places = cold_places(beam_size, self.config.cold_share).to(item_seq.device)
+        n_cold = int(places.sum())
+        warm_trie, cold_trie = self._tries()
+        warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude)
+        cold = self._beam_search(cold_trie, state, n_cold, exclude)
+        merged = []
+        for ours, theirs in zip(warm, cold):
+            out = torch.empty(len(item_seq), beam_size, dtype=ours.dtype, device=ours.device)
+            out[:, ~places], out[:, places] = ours, theirs
+            merged.append(out)
+        return merged[0], merged[1]
+
+    def _encode_history(self, item_seq: Tensor) -> dict[str, Any]:
+        """The history's keys and values at every block, its last hidden state and the position
+        of the item to generate: what every beam search after it reads."""
+        tokens, real, positions, levels = self._tokens(item_seq)
+        x = self.emb_dropout(self._embed(tokens, positions, levels) * real[..., None])
+        mask, history, last = causal_mask(real), [], len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
+            history.append(block.attn.keys_values(block.key_input(x, block.ln_1(x))))
+            x = block(x, mask, last_only=depth == last)
+        return {
+            "history": history,
+            "real": real,
+            "hidden": self.ln_f(x[:, -1:]),  # [B, 1, d]: one beam, the root
+            "position": (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None],
+        }
+
+    def _beam_search(
+        self, trie: ItemTrie, state: dict[str, Any], beam_size: int, exclude: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` most likely items of ``trie`` [B, K], best first, and their
+        log-probabilities; with the history cached, each level costs one position per beam."""
+        history, real, hidden = state["history"], state["real"], state["hidden"]
+        batch = len(real)
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=real.device)
+        scores = torch.zeros(batch, 1, device=real.device)
+        caches: list[KeyValues | None] = [None] * len(self.blocks)
+        chosen = torch.zeros_like(nodes)  # each beam's code at the level before
+        for level, vocab in enumerate(self.config.code_vocab):
+            if level:
+                token = chosen + self.level_offsets[level - 1]
+                level_ids = torch.full_like(token, level - 1)
+                x = self._embed(token, state["position"].expand_as(token), level_ids)
+                for depth, block in enumerate(self.blocks):
+                    x, caches[depth] = block.step(x, history[depth], real, caches[depth])
+                hidden = self.ln_f(x)
+            offset = int(self.level_offsets[level])
+            log_probs = self._log_probs(hidden, torch.full_like(nodes, level))
+            log_probs = log_probs[..., offset : offset + vocab]  # [B, K, V]
+            children = trie.child_table(level)[nodes.clamp(min=0)]
+            children = children.masked_fill((nodes < 0)[..., None], -1).flatten(1)
+            open_ = trie.available(level, exclude, batch)
+            open_ = open_.expand(batch, -1).gather(1, children.clamp(min=0)) & (children >= 0)
+            total = (scores[..., None] + log_probs).flatten(1).masked_fill(~open_, float("-inf"))
+            scores, picked = total.topk(min(beam_size, total.shape[1]), dim=1)
+            nodes = children.gather(1, picked).masked_fill(scores == float("-inf"), -1)
+            parents, chosen = picked // vocab, picked % vocab
+            caches = [_pick_beams(cache, parents) for cache in caches]
+        if nodes.shape[1] < beam_size:  # a trie with fewer items than beams
+            spare = beam_size - nodes.shape[1]
+            nodes = F.pad(nodes, (0, spare), value=-1)
+            scores = F.pad(scores, (0, spare), value=float("-inf"))
+        return nodes, scores
+
+    @torch.no_grad()
+    def score(
+        self, item_seq: Tensor, users: Tensor | None = None, exclude: Tensor | None = None
+    ) -> Tensor:
+        """[B, n_catalogue + 1]: the generated items scored by their place in the list (0 for the
+        first, then -1, -2, ...: the order :meth:`generate` recommends), -inf for the rest; the
+        history ``exclude`` is pruned while decoding."""
+        items, _ = self.generate(item_seq, self.config.beam_size, exclude)
+        scores = torch.full(
+            (len(item_seq), self.config.n_catalogue + 1), float("-inf"), device=item_seq.device
+        )
+        found = items >= 0
+        rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
+        place = -torch.arange(items.shape[1], device=items.device, dtype=scores.dtype)
+        scores[rows[found], items[found]] = place.expand_as(items)[found]
+        return scores
+
+    def validation_loss(self, item_seq: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
+        """Summed -log p(target's codes | history), token by token: the beam's places are ranks,
+        not probabilities."""
+        return -self.item_log_probs(item_seq, targets).sum()
+
+
+def _pick_beams(cache: KeyValues | None, parents: Tensor) -> KeyValues | None:
+    """Each new beam's cache is its parent beam's."""
+    if cache is None:
+        return None
+    index = parents[:, :, None, None, None].expand(-1, -1, *cache[0].shape[2:])
+    return cache[0].gather(1, index), cache[1].gather(1, index)
+
+
+def cold_places(beam_size: int, cold_share: float) -> Tensor:
+    """[beam_size] bool: the places of a list that go to never-trained items, ``cold_share`` of
+    them (at least one, and at least one place left for the rest), spread evenly: the last
+    place of each of n_cold equal stretches of the list."""
+    n_cold = min(beam_size - 1, max(1, round(beam_size * cold_share)))
+    ends = torch.arange(1, n_cold + 1) * beam_size // n_cold - 1
+    places = torch.zeros(beam_size, dtype=torch.bool)
+    places[ends] = True
+    return places
