@@ -173,7 +173,7 @@ class Run:
         self._user_ids[data.users["user_idx"].to_numpy()] = data.users["user_id"].astype(str)
         self.histories = user_histories(data.events)
         self.max_len = int(model.config.max_len)
-        self.uses_users = bool(getattr(model.config, "use_user", False))
+        self.uses_users = model.reads_users
         self.table = item_vectors(self.model)
         self.rankable = rankable_items(model, data.n_items, data.n_catalogue).numpy()
         vectors = self.table.cpu().numpy()
@@ -262,6 +262,11 @@ class Run:
                 history = np.asarray([self.title_index(t) for t in query.titles], dtype=np.int64)
         if not len(history):
             raise Unsupported(f"{label} has no history; there is nothing to recommend from")
+        if not user_idx and self.model.user_based:
+            raise Unsupported(
+                f"run {self.name} is family {self.model.config.family}: it recommends for the "
+                "users it trained on (give user_id); train a sequence family for ad-hoc histories"
+            )
         exclude = [self.item_index(i) for i in query.exclude_items]
         if query.exclude_seen:
             exclude.extend(int(i) for i in history)

@@ -24,11 +24,19 @@ from recsys.modeling.models.config import (
     TEXT_REPRS,
     ModelConfig,
 )
+from recsys.modeling.models.bert4rec import BERT4Rec
+from recsys.modeling.models.gru4rec import GRU4Rec
+from recsys.modeling.models.mf import MatrixFactorization
 from recsys.modeling.models.sasrec import SeqRecModel
 from recsys.modeling.models.tiger import SemanticDecoder
 
 #: The class of each family that scores an item table.
-FAMILY_CLASSES: dict[str, type[Recommender]] = {"sasrec": SeqRecModel}
+FAMILY_CLASSES: dict[str, type[Recommender]] = {
+    "sasrec": SeqRecModel,
+    "gru4rec": GRU4Rec,
+    "bert4rec": BERT4Rec,
+    "mf": MatrixFactorization,
+}
 
 
 def build_model(
@@ -41,7 +49,11 @@ def build_model(
 
 
 __all__ = [
+    "BERT4Rec",
+    "GRU4Rec",
+    "MatrixFactorization",
     "BLOCKS",
+    "FAMILY_CLASSES",
     "CODE_REPRS",
     "COLD_CAPABLE",
     "CONTENT_REPRS",

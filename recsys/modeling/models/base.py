@@ -21,6 +21,13 @@ class Recommender(nn.Module):
 
     config: ModelConfig
     generative = False
+    #: Scores come from a learned vector per user: a history without a known user has none.
+    user_based = False
+
+    @property
+    def reads_users(self) -> bool:
+        """Whether ``score`` reads the user ids (else it reads the history alone)."""
+        return self.user_based or self.config.use_user
 
     def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
         raise NotImplementedError

@@ -1,0 +1,198 @@
+"""The model families side by side: each learns, each keeps its promises (causality, padding,
+no peeking at the Cloze targets, known users only), each refuses what it cannot do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.modeling.models import (
+    FAMILIES,
+    FAMILY_LOSSES,
+    BERT4Rec,
+    GRU4Rec,
+    MatrixFactorization,
+    ModelConfig,
+    build_model,
+)
+
+N_ITEMS, N_USERS = 20, 6
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    values = dict(
+        n_items=N_ITEMS,
+        n_catalogue=N_ITEMS,
+        n_users=N_USERS,
+        family=family,
+        max_len=10,
+        d_model=16,
+        n_layers=1,
+        dropout=0.0,
+        n_negatives=8,
+    )
+    values.update(overrides)
+    model = build_model(ModelConfig(**values))
+    model.set_item_counts(torch.ones(N_ITEMS + 1))
+    return model
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Six users, each walking the catalogue with their own stride: a learnable next item."""
+    rows = []
+    for user in range(N_USERS):
+        start, stride = 1 + user, 1 + user % 3
+        rows.append([(start + stride * t - 1) % N_ITEMS + 1 for t in range(11)])
+    tokens = torch.tensor(rows)
+    tokens[0, :3] = 0  # some left padding
+    tokens[3, :5] = 0
+    return tokens[:, :-1], tokens[:, 1:], torch.arange(1, N_USERS + 1)
+
+
+def train(model, steps: int = 100, lr: float = 0.01) -> list[float]:
+    items, targets, users = batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        torch.manual_seed(len(losses))
+        loss = model.loss(items, targets, users)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@pytest.mark.parametrize(
+    "family, loss",
+    [(family, loss) for family in FAMILIES for loss in FAMILY_LOSSES[family]],
+)
+def test_every_family_learns_with_every_loss_it_takes(family, loss):
+    losses = train(make(family, loss=loss, mask_ratio=0.4))
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first - 0.1 * abs(first), (first, last)
+
+
+@pytest.mark.parametrize("family", ["gru4rec", "bert4rec"])
+def test_sequence_families_learn_the_next_item(family):
+    model = make(family, mask_ratio=0.4)
+    train(model, steps=200, lr=0.02)
+    items, targets, users = batch()
+    scores = model.score(items, users)
+    hits = (scores.argmax(dim=1) == targets[:, -1]).float().mean().item()
+    assert hits >= 0.5
+
+
+@pytest.mark.parametrize("family", ["sasrec", "gru4rec", "bert4rec"])
+def test_scores_ignore_left_padding(family):
+    model = make(family).eval()
+    history = torch.tensor([[3, 7, 2]])
+    padded = torch.tensor([[0, 0, 0, 3, 7, 2]])
+    assert torch.allclose(model.score(history), model.score(padded), atol=1e-5)
+
+
+def test_gru4rec_is_causal():
+    model = make("gru4rec").eval()
+    items = torch.tensor([[0, 3, 7, 2, 9]])
+    changed = items.clone()
+    changed[0, -1] = 11
+    before, after = model.encode(items), model.encode(changed)
+    assert torch.allclose(before[:, :-1], after[:, :-1], atol=1e-6)
+    assert not torch.allclose(before[:, -1], after[:, -1])
+
+
+def test_bert4rec_never_sees_the_items_it_predicts():
+    model: BERT4Rec = make("bert4rec", mask_ratio=0.5).eval()
+    window = torch.tensor([[0, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6]])
+    torch.manual_seed(3)
+    masked = model.cloze(window)
+    assert masked.any(dim=1).all() and not masked[window == 0].any()
+    table = model.item_table()
+    hidden = model._hidden(window, masked, table, last_only=False)
+    swapped = window.masked_fill(masked, 19)  # other items behind the masks
+    again = model._hidden(swapped, masked, table, last_only=False)
+    assert torch.equal(hidden, again)
+    # and the states do read the items that are shown
+    shown = window.masked_fill(~masked & (window > 0), 19)
+    assert not torch.allclose(hidden, model._hidden(shown, masked, table, last_only=False))
+
+
+def test_bert4rec_masks_about_its_ratio():
+    model: BERT4Rec = make("bert4rec", mask_ratio=0.3)
+    window = torch.randint(1, N_ITEMS + 1, (400, 10))
+    torch.manual_seed(0)
+    assert model.cloze(window).float().mean().item() == pytest.approx(0.3, abs=0.03)
+
+
+def test_bert4rec_scores_the_mask_after_the_history():
+    model: BERT4Rec = make("bert4rec").eval()
+    history = torch.tensor([[3, 7, 2]])
+    table = model.item_table()
+    state = model._hidden(
+        torch.tensor([[3, 7, 2, 0]]), torch.tensor([[False, False, False, True]]), table, False
+    )[:, -1]
+    scores = model.score(history)
+    assert torch.allclose(scores[0, 1:], (state @ table.T)[0, 1:], atol=1e-5)
+
+
+def test_mf_scores_are_the_user_vector_times_the_table():
+    model: MatrixFactorization = make("mf").eval()
+    users = torch.tensor([2, 5])
+    scores = model.score(torch.tensor([[1, 2], [0, 3]]), users)
+    expected = model.user_emb(users) @ model.item_table().T
+    assert torch.allclose(scores[:, 1:], expected[:, 1:])
+    assert torch.equal(scores, model.score(torch.tensor([[9, 9], [9, 9]]), users))  # no order
+
+
+def test_mf_refuses_a_history_without_a_known_user():
+    model = make("mf").eval()
+    with pytest.raises(ValueError, match="family mf scores the users it was trained on only"):
+        model.score(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="no known user"):
+        model.score(torch.tensor([[1, 2]]), torch.tensor([0]))
+
+
+def test_mf_decays_its_embeddings():
+    groups = make("mf").param_groups(0.1)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
+
+
+def test_gru_weights_decay_and_embeddings_do_not():
+    model: GRU4Rec = make("gru4rec")
+    decay, no_decay = model.param_groups(0.1)
+    decayed = {id(p) for p in decay["params"]}
+    assert id(model.gru.weight_hh_l0) in decayed and id(model.out.weight) in decayed
+    assert id(model.item_emb.weight) not in decayed
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"family": "bert4rec", "loss": "bpr"}, "family bert4rec does not take loss=bpr"),
+        ({"family": "bert4rec", "mask_ratio": 0.0}, r"mask_ratio must be in \(0, 1\)"),
+        ({"family": "bert4rec", "mask_ratio": 1.0}, r"mask_ratio must be in \(0, 1\)"),
+        (
+            {"family": "bert4rec", "item_repr": "semantic", "code_vocab": (4, 4)},
+            "item_repr=semantic .* needs family sasrec, got bert4rec",
+        ),
+        ({"family": "mf", "n_users": 0}, "family mf needs n_users >= 1"),
+        ({"family": "transformer"}, "family must be one of"),
+        ({"loss": "hinge"}, "loss must be one of"),
+    ],
+)
+def test_what_a_family_cannot_do_is_one_line(overrides, message):
+    values = dict(n_items=N_ITEMS, n_catalogue=N_ITEMS, n_users=N_USERS)
+    with pytest.raises(ValueError, match=message) as error:
+        ModelConfig(**{**values, **overrides})
+    assert "\n" not in str(error.value)
