@@ -409,3 +409,32 @@ def test_cold_share_places_untrained_items_at_their_share_of_the_list() -> None:
         assert [i for i, item in enumerate(picks) if item in untrained] == [3, 7]  # every 4th
     with pytest.raises(ValueError, match="cold_share"):
         tiny_decoder(cold_share=1.0)
+
+
+@pytest.mark.parametrize("beam_size", [2, 3, 5, 10, 20, 37])
+@pytest.mark.parametrize("cold_share", [0.01, 0.1, 0.28, 0.5, 0.6, 0.99])
+def test_cold_places_are_distinct_and_their_count_is_the_share(beam_size, cold_share) -> None:
+    from recsys.modeling.models.tiger import cold_places
+
+    places = cold_places(beam_size, cold_share)
+    n_cold = int(places.sum())
+    assert places.shape == (beam_size,) and places.dtype == torch.bool
+    # as many distinct places as cold beams (the old placement lost some to collisions)
+    assert n_cold == min(beam_size - 1, max(1, round(beam_size * cold_share)))
+    assert 1 <= n_cold < beam_size  # at least one place each for trained and cold items
+    assert places[-1]  # the list ends on a cold item: each share's stretch ends in one
+    gaps = torch.diff(torch.nonzero(places).flatten())
+    assert len(gaps) == 0 or gaps.max() - gaps.min() <= 1  # spread evenly
+
+
+@pytest.mark.parametrize("beam_size, cold_share", [(20, 0.28), (10, 0.6), (5, 0.9), (3, 0.5)])
+def test_generate_fills_every_place_for_shares_that_crashed(beam_size, cold_share) -> None:
+    model = tiny_decoder(cold_share=cold_share)
+    counts = torch.ones(N_ITEMS + 1)
+    counts[[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]] = 0
+    model.set_item_counts(counts)
+    items, scores = model.generate(HISTORIES, beam_size=beam_size, exclude=HISTORIES)
+    assert items.shape == scores.shape == (len(HISTORIES), beam_size)
+    for row in items:
+        picks = [i for i in row.tolist() if i > 0]
+        assert len(set(picks)) == len(picks) == beam_size
