@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_train import machine_load, split_metrics, train_run
-from recsys.config import PROCESSED_DATA_DIR, REPORTS_DIR
+from recsys.config import BENCH_DIR, PROCESSED_DATA_DIR
 from recsys.io import read_json, write_json, write_text
 from recsys.modeling.models import LOSSES
 from recsys.modeling.runs import load_trained_run
@@ -35,7 +35,7 @@ ARCHITECTURES = {
 }
 #: The epoch budget of every run of a dataset.
 EPOCHS = {"ml-100k": 30, "amazon-beauty": 20}
-OUTPUT = REPORTS_DIR / "bench" / "losses.json"
+OUTPUT = BENCH_DIR / "losses.json"
 #: The runs stay here between invocations, so a resumed study can still score its chosen ones.
 RUNS_DIR = Path(tempfile.gettempdir()) / "bench-losses"
 

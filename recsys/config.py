@@ -30,6 +30,7 @@ REPORTS_DIR = _env_path("RECSYS_REPORTS_DIR", PROJ_ROOT / "reports")
 FIGURES_DIR = _env_path("RECSYS_FIGURES_DIR", REPORTS_DIR / "figures")
 METRICS_DIR = _env_path("RECSYS_METRICS_DIR", REPORTS_DIR / "metrics")
 TUNING_DIR = _env_path("RECSYS_TUNING_DIR", REPORTS_DIR / "tuning")
+BENCH_DIR = _env_path("RECSYS_BENCH_DIR", REPORTS_DIR / "bench")
 CONFIGS_DIR = _env_path("RECSYS_CONFIGS_DIR", PROJ_ROOT / "configs")
 DOCS_DIR = _env_path("RECSYS_DOCS_DIR", PROJ_ROOT / "docs")
 

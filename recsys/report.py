@@ -24,6 +24,7 @@ from loguru import logger
 
 from recsys.cli import RecsysError, fail, run
 from recsys.config import (
+    BENCH_DIR,
     CONFIGS_DIR,
     DEFAULT_DATASET,
     DOCS_DIR,
@@ -262,6 +263,23 @@ def read_studies(folder: Path) -> list[dict[str, Any]]:
     return studies
 
 
+def read_loss_study(bench_dir: Path) -> dict[str, Any] | None:
+    """The loss study's chosen runs (``make bench BENCH=losses``), and whether its figure is
+    there; None before it has run. A study still running has its runs but none chosen yet."""
+    path = bench_dir / "losses.json"
+    if not path.exists():
+        return None
+    study = read_json(path)
+    if not isinstance(study, dict):
+        study = {}
+    chosen, runs = study.get("chosen", []), study.get("runs")
+    if not isinstance(chosen, list) or not isinstance(runs, list):
+        raise fail(f"{path} is not a loss study; re-run 'make bench BENCH=losses' or delete it")
+    figure = all((bench_dir / f"losses.{ext}").exists() for ext in ("png", "svg"))
+    selection = study.get("selection", "")
+    return {"chosen": chosen, "n_runs": len(runs), "selection": selection, "figure": figure}
+
+
 def raw_files(stats: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The raw files the processed data came from (``stats.json["raw_files"]``), name first."""
     files = (stats or {}).get("raw_files") or {}
@@ -335,7 +353,9 @@ def package_versions() -> list[tuple[str, str]]:
 
 
 def render_pages(
-    reports: list[DatasetReport], templates_dir: Path = TEMPLATES_DIR
+    reports: list[DatasetReport],
+    templates_dir: Path = TEMPLATES_DIR,
+    loss_study: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Markdown of every page, keyed by page name (``index`` ... ``reproducibility``)."""
     import jinja2
@@ -358,6 +378,7 @@ def render_pages(
         "platform": platform.platform(),
         "raw_files": raw_files,
         "evaluate_commands": evaluate_commands,
+        "loss_study": loss_study,
     }
     return {page: env.get_template(f"{page}.md.j2").render(**context) for page in PAGES}
 
@@ -367,9 +388,11 @@ def write_docs(
     docs_dir: Path = GENERATED_DIR,
     templates_dir: Path = TEMPLATES_DIR,
     assets_dir: Path = ASSETS_DIR,
+    bench_dir: Path = BENCH_DIR,
 ) -> Path:
     """Swap in a fresh ``docs_dir``: rendered pages, the figures they show, the static assets."""
-    pages = render_pages(reports, templates_dir)
+    loss_study = read_loss_study(bench_dir)
+    pages = render_pages(reports, templates_dir, loss_study)
     with atomic_dir(docs_dir) as tmp:
         for page, text in pages.items():
             (tmp / f"{page}.md").write_text(text)
@@ -379,6 +402,9 @@ def write_docs(
             for png in report.figures.values():
                 for source in (png, png.with_suffix(".svg")):
                     shutil.copy2(source, target / source.name)
+        if loss_study and loss_study["figure"]:
+            for ext in ("png", "svg"):
+                shutil.copy2(bench_dir / f"losses.{ext}", tmp / "figures" / f"losses.{ext}")
         if assets_dir.is_dir():
             shutil.copytree(assets_dir, tmp / "assets")
     logger.info("wrote {} pages to {}", len(pages), docs_dir)
@@ -440,6 +466,7 @@ def make_report(
     config_file: Path = MKDOCS_CONFIG,
     configs_dir: Path = CONFIGS_DIR,
     tuning_dir: Path = TUNING_DIR,
+    bench_dir: Path = BENCH_DIR,
 ) -> list[DatasetReport]:
     """Collect, render and (unless ``site_dir`` is None) build: the whole ``make report``."""
     reports = [
@@ -456,7 +483,7 @@ def make_report(
             len(report.runs),
             ", ".join(missing) or "none",
         )
-    write_docs(reports, docs_dir, templates_dir, assets_dir)
+    write_docs(reports, docs_dir, templates_dir, assets_dir, bench_dir)
     if site_dir is not None:
         build_site(docs_dir, site_dir, config_file)
     return reports

@@ -198,7 +198,11 @@ def test_make_report_builds_a_strict_site_with_the_figures(tmp_path: Path) -> No
 
     make_metrics("toy", dirs["metrics_dir"], dirs["figures_dir"])
     report.make_report(
-        ["toy", "toy"], **dirs, docs_dir=tmp_path / "docs", site_dir=tmp_path / "site"
+        ["toy", "toy"],
+        **dirs,
+        docs_dir=tmp_path / "docs",
+        site_dir=tmp_path / "site",
+        bench_dir=tmp_path / "bench",
     )
     assert (tmp_path / "docs" / "figures" / "toy" / "metrics.svg").exists()
     html = (tmp_path / "site" / "results.html").read_text()
@@ -275,3 +279,36 @@ def test_results_show_the_generative_test_and_blank_cutoffs(tmp_path: Path) -> N
     flat = " ".join(results.split())
     assert "Generative retrieval: tiger against sasrec-ce on the same test users" in flat
     assert "difference -0.0123 [-0.0201, -0.0044], p = 0.0020" in flat
+
+
+def test_training_page_shows_the_loss_study_or_how_to_run_it(tmp_path: Path) -> None:
+    dirs = folders(tmp_path)
+    bench = tmp_path / "bench"
+    assert report.read_loss_study(bench) is None
+    pages = report.render_pages([report.collect("toy", **dirs)])
+    assert "make bench BENCH=losses" in pages["training"]
+    chosen = [
+        {
+            "dataset": "toy",
+            "architecture": "mf",
+            "loss": "ccl",
+            "lr": 0.003,
+            "best_val_ndcg@10": 0.05123,
+            "test_ndcg@10": 0.04321,
+            "test_hr@10": 0.0876,
+            "seconds_per_epoch": 0.35,
+        }
+    ]
+    write_json({"runs": chosen}, bench / "losses.json")  # still running: none chosen yet
+    study = report.read_loss_study(bench)
+    page = report.render_pages([report.collect("toy", **dirs)], loss_study=study)["training"]
+    assert "The loss study has not finished: 1 runs so far." in page
+    study = {"runs": chosen, "chosen": chosen, "selection": "lr chosen on validation"}
+    write_json(study, bench / "losses.json")
+    study = report.read_loss_study(bench)
+    assert study is not None and not study["figure"]
+    page = report.render_pages([report.collect("toy", **dirs)], loss_study=study)["training"]
+    assert "| toy | mf | ccl | 0.003 | 0.0512 | 0.0432 | 0.0876 | 0.35 |" in page
+    write_json({"chosen": 3}, bench / "losses.json")
+    with pytest.raises(RecsysError, match="losses.json is not a loss study"):
+        report.read_loss_study(bench)

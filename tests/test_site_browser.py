@@ -74,7 +74,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     figures = ("metrics", "curves", "tsne", "recs", "semantic_ids")
     assert drawn == {name: "drawn" for name in figures}
-    make_report([DATASET], **dirs, docs_dir=root / "docs", site_dir=root / "site")
+    site = {"docs_dir": root / "docs", "site_dir": root / "site", "bench_dir": root / "bench"}
+    make_report([DATASET], **dirs, **site)
     return {"site": root / "site", "metrics": read_json(metrics_path)}
 
 

@@ -268,6 +268,7 @@ def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tm
         processed_dir=world["processed"],
         configs_dir=world["configs"],
         tuning_dir=dirs["tuning_dir"],
+        bench_dir=tmp_path / "bench",
     )
     empty = report.collect("nothing", tuning_dir=tmp_path / "none")
     page = report.render_pages([collected, empty])["tuning"]
