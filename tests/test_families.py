@@ -8,6 +8,7 @@ import torch
 
 from recsys.modeling.models import (
     FAMILIES,
+    FAMILY_CLASSES,
     FAMILY_LOSSES,
     BERT4Rec,
     GRU4Rec,
@@ -196,3 +197,60 @@ def test_what_a_family_cannot_do_is_one_line(overrides, message):
     with pytest.raises(ValueError, match=message) as error:
         ModelConfig(**{**values, **overrides})
     assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- through the product's path
+@pytest.fixture(scope="module")
+def family_world(tmp_path_factory):
+    """One tiny run per family, trained by the training stage's library on synthetic data."""
+    import yaml
+
+    from recsys.modeling import training
+    from recsys.modeling.synthetic import write_synthetic_processed
+
+    root = tmp_path_factory.mktemp("families")
+    processed, models, configs = root / "processed", root / "models", root / "configs"
+    write_synthetic_processed(processed, "syn", n_users=50, n_items=30, n_events=1000)
+    configs.mkdir()
+    tiny = {"d_model": 16, "n_layers": 1, "max_len": 12, "batch_size": 16, "max_epochs": 2}
+    runs = {}
+    for family in FAMILIES:
+        (configs / f"{family}.yaml").write_text(yaml.safe_dump({**tiny, "family": family}))
+        runs[family] = training.train(
+            "syn",
+            family,
+            processed_root=processed,
+            models_dir=models,
+            configs_dir=configs,
+            progress_bar=False,
+            accelerator="cpu",
+        )
+    return processed, runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_validates_and_serves(family_world, family):
+    from recsys.api.run import load_run
+    from recsys.io import read_json
+    from recsys.modeling.runs import load_trained_run
+
+    processed, runs = family_world
+    metrics = read_json(runs[family] / "metrics.json")
+    assert metrics["epochs_run"] == 2 and 0 <= metrics["best_val_ndcg@10"] <= 1
+    trained = load_trained_run(runs[family])
+    assert isinstance(trained.model, FAMILY_CLASSES[family])
+    served = load_run(runs[family], processed_dir=processed)
+    user = next(iter(served.users))
+    picks = served.recommend(user_id=user, k=5)
+    assert len(picks) == 5 and picks["score"].is_monotonic_decreasing
+
+
+@pytest.mark.slow
+def test_mf_run_refuses_an_ad_hoc_history_in_one_line(family_world):
+    from recsys.api.run import Unsupported, load_run
+
+    processed, runs = family_world
+    served = load_run(runs["mf"], processed_dir=processed)
+    with pytest.raises(Unsupported, match="family mf: it recommends for the users it trained on"):
+        served.recommend(items=[next(iter(served.catalogue.by_id))], k=5)

@@ -319,6 +319,9 @@ def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path)
         (["--set", "colour=red"], "unknown config key 'colour'"),
         (["--set", "lr=fast"], "'lr'"),
         (["--set", "item_repr=bert"], "item_repr must be one of"),
+        (["--set", "family=bert4rec", "--set", "loss=bpr"], "family bert4rec does not take"),
+        (["--set", "family=bert4rec", "--set", "mask_ratio=1.5"], "mask_ratio must be in (0, 1)"),
+        (["--set", "family=bert4rec", "--set", "item_repr=semantic"], "needs family sasrec"),
         (["--set", "dropout"], "key=value"),
         (["--config", "nope"], "config 'nope' not found"),
     ],
@@ -342,6 +345,8 @@ def test_bad_config_is_a_one_line_error(processed, configs, tmp_path, args, mess
         ({"loss_weighting": "user"}, "'loss_weighting' must be one of"),
         ({"block": "post-ln"}, "block must be one of"),
         ({"use_user": "yes"}, "true or false"),
+        ({"family": "gru4rec", "loss": "hinge"}, "loss must be one of"),
+        ({"family": "bert4rec", "mask_ratio": 0.0}, r"mask_ratio must be in \(0, 1\)"),
     ],
 )
 def test_bad_config_values_are_user_errors(configs, overrides, message):
