@@ -20,12 +20,7 @@ from recsys.modeling.models import (
 N_ITEMS, N_USERS = 20, 6
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(family: str, seed: int = 0, **overrides):

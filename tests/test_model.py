@@ -16,13 +16,7 @@ from recsys.processed import left_pad
 N_ITEMS, N_CATALOGUE, FEATURE_DIM = 30, 36, 12
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: on a busy CPU a second, spinning OpenMP thread made these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_model(seed: int = 0, **overrides) -> SeqRecModel:

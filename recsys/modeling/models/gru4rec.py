@@ -40,15 +40,7 @@ class GRU4Rec(ItemScorer):
         between = config.dropout if config.n_layers > 1 else 0.0
         self.gru = nn.GRU(d, d, num_layers=config.n_layers, batch_first=True, dropout=between)
         self.out = nn.Linear(d, d)
-        with torch.no_grad():
-            self._init_embeddings()
-
-    def _init_embeddings(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-                if module.padding_idx is not None:
-                    nn.init.zeros_(module.weight[module.padding_idx])
+        self._init_embeddings(std=0.02)
 
     def encode(
         self,

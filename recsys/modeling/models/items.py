@@ -90,6 +90,15 @@ class ItemScorer(Recommender):
         # alone, since its id row never moved from the random init. Saved with the weights.
         self.register_buffer("id_trained", candidates.clone())
 
+    @torch.no_grad()
+    def _init_embeddings(self, std: float) -> None:
+        """Every embedding table from N(0, std), its padding row zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+
     def set_item_counts(self, counts: Tensor) -> None:
         """Training-target counts per item: popularity for sampling, and which ids are trained."""
         self.item_counts.copy_(counts.float())

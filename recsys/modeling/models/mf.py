@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from recsys.modeling.models.config import ModelConfig
@@ -35,14 +34,7 @@ class MatrixFactorization(ItemScorer):
         self.config = config
         self._build_items(config, item_features, item_codes)
         self.user_emb = nn.Embedding(config.n_users + 1, config.d_model, padding_idx=0)
-        with torch.no_grad():
-            self._init_embeddings()
-
-    def _init_embeddings(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=INIT_STD)
-                nn.init.zeros_(module.weight[0])
+        self._init_embeddings(std=INIT_STD)
 
     def encode(
         self,
