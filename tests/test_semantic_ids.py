@@ -19,10 +19,12 @@ from recsys.cli import RecsysError, run
 from recsys.text_features import feature_paths, texts_sha256, write_item_texts
 from recsys.io import write_json
 from recsys.semantic_ids import (
+    Quantiser,
     SemanticIdOptions,
     build_semantic_ids,
     disambiguate,
     load_semantic_ids,
+    quantiser_path,
     rq_kmeans,
     rq_vae,
 )
@@ -80,7 +82,8 @@ def purity(codes: np.ndarray, label: np.ndarray) -> tuple[int, bool]:
 @pytest.mark.parametrize("quantise", [rq_vae, rq_kmeans], ids=["rqvae", "rqkmeans"])
 def test_separated_clusters_get_distinct_first_codes(quantise) -> None:
     x, label = clusters()
-    codes, decoded = quantise(x, FAST)
+    quantiser, decoded = quantise(x, FAST)
+    codes = quantiser.encode(x)
     assert codes.shape == (len(x), FAST.levels)
     assert purity(codes, label) == (N_CLUSTERS, True)
     # the decoded vectors are much closer to the input than the input is to its mean
@@ -90,8 +93,8 @@ def test_separated_clusters_get_distinct_first_codes(quantise) -> None:
 @pytest.mark.slow
 def test_rqvae_is_seeded() -> None:
     x, _ = clusters()
-    first, _ = rq_vae(x, FAST)
-    assert np.array_equal(first, rq_vae(x, FAST)[0])
+    first = rq_vae(x, FAST)[0].encode(x)
+    assert np.array_equal(first, rq_vae(x, FAST)[0].encode(x))
 
 
 def test_disambiguation_makes_every_id_unique() -> None:
@@ -117,6 +120,10 @@ def test_build_writes_unique_ids_and_a_manifest(root: Path, method: str) -> None
     for key in ("reconstruction_mse", "collision_rate", "largest_collision_group", "seconds"):
         assert key in manifest
     assert manifest["features"]["texts_sha256"] and manifest["seed"] == FAST.seed
+    # the quantiser kept beside them gives every item its codes again, from its vector alone
+    quantiser = Quantiser.load(quantiser_path(DATASET, manifest["slug"], root))
+    assert quantiser.levels == FAST.levels and quantiser.codebook_size == N_CLUSTERS
+    assert np.array_equal(quantiser.encode(clusters()[0]), ids[1:, :-1])
     loaded, _ = load_semantic_ids(DATASET, replace(FAST, method=method), root)
     assert np.array_equal(loaded, ids)
     assert np.array_equal(load_semantic_ids(DATASET, result.manifest["slug"], root)[0], ids)
@@ -130,6 +137,9 @@ def test_rerun_is_a_cache_hit_and_force_or_new_options_recompute(root: Path) -> 
     assert again.cached and again.manifest["created_at"] == first.manifest["created_at"]
     assert not build_semantic_ids(DATASET, options, force=True, processed_root=root).cached
     assert not build_semantic_ids(DATASET, replace(options, seed=1), processed_root=root).cached
+    quantiser_path(DATASET, options.slug, root).unlink()  # IDs built before quantisers were kept
+    assert not build_semantic_ids(DATASET, options, processed_root=root).cached
+    assert quantiser_path(DATASET, options.slug, root).is_file()
 
 
 def test_ids_from_another_feature_file_are_refused(root: Path) -> None:
