@@ -115,6 +115,53 @@ def test_history_items_never_come_back_even_beyond_the_context() -> None:
     assert torch.isinf(scores[0, 1:16]).all() and torch.isfinite(scores[0, 16:]).all()
 
 
+def test_allowed_items_are_pruned_from_the_trie_not_filtered_afterwards() -> None:
+    """A filter keeps every beam on allowed items: as many as the beams come back, best first,
+    each at the log-probability it has without the filter (exactly the allowed order when the
+    beams cover them all)."""
+    model = tiny_decoder()
+    train_briefly(model, HISTORIES)
+    allowed = torch.zeros(N_ITEMS + 1, dtype=torch.bool)
+    allowed[[2, 9, 17, 23, 31, 38]] = True
+    everything, all_log_probs = model.generate(HISTORIES, beam_size=N_ITEMS)
+    exact, _ = model.generate(HISTORIES, beam_size=N_ITEMS, exclude=HISTORIES, allowed=allowed)
+    items, log_probs = model.generate(HISTORIES, beam_size=4, exclude=HISTORIES, allowed=allowed)
+    for row, history in enumerate(HISTORIES):
+        left = [i for i in everything[row].tolist() if allowed[i] and i not in history.tolist()]
+        assert exact[row].tolist() == left + [-1] * (N_ITEMS - len(left))
+        assert len(set(items[row].tolist())) == 4 and set(items[row].tolist()) <= set(left)
+        unfiltered = dict(zip(everything[row].tolist(), all_log_probs[row].tolist()))
+        expected = torch.tensor([unfiltered[i] for i in items[row].tolist()])
+        torch.testing.assert_close(log_probs[row], expected)
+        assert torch.all(log_probs[row][:-1] >= log_probs[row][1:])
+    per_row = torch.zeros(len(HISTORIES), N_ITEMS + 1, dtype=torch.bool)
+    per_row[0, 5], per_row[1, [6, 7]], per_row[2, 8] = True, True, True
+    items, _ = model.generate(HISTORIES, beam_size=2, allowed=per_row)
+    assert items[0].tolist() == [5, -1] and sorted(items[1].tolist()) == [6, 7]
+    assert items[2].tolist() == [8, -1]
+
+
+def test_added_items_enter_the_trie_at_once() -> None:
+    model = tiny_decoder()
+    train_briefly(model, HISTORIES)
+    a, b = model.item_codes[1, :2].tolist()
+    digit = int((model.item_codes[:, :2] == torch.tensor([a, b])).all(1).sum())  # the next one
+    added = model.add_items(torch.tensor([[a, b, digit]]))
+    assert added.tolist() == [N_ITEMS + 1] and model.item_table().shape[0] == N_ITEMS + 2
+    only = torch.zeros(N_ITEMS + 2, dtype=torch.bool)
+    only[N_ITEMS + 1] = True
+    items, log_probs = model.generate(HISTORIES, beam_size=3, allowed=only)
+    assert items[:, 0].tolist() == [N_ITEMS + 1] * 3 and (items[:, 1:] == -1).all()
+    expected = model.item_log_probs(HISTORIES, torch.full((3,), N_ITEMS + 1))
+    torch.testing.assert_close(log_probs[:, 0], expected, atol=1e-5, rtol=1e-5)
+    everything, _ = model.generate(HISTORIES, beam_size=N_ITEMS + 1)
+    assert (everything == N_ITEMS + 1).any(dim=1).all()  # and among all the others too
+    with pytest.raises(ValueError, match="must differ"):
+        model.add_items(model.item_codes[3:4])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.add_items(torch.tensor([[0, 0, VOCAB[2]]]))
+
+
 @pytest.mark.slow
 def test_loss_trains_and_scores_depend_on_history() -> None:
     model = tiny_decoder()

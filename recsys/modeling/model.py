@@ -723,20 +723,32 @@ class ItemTrie(nn.Module):
     def child_table(self, depth: int) -> Tensor:
         return getattr(self, f"children_{depth}")
 
-    def available(self, depth: int, exclude: Tensor | None, batch: int) -> Tensor:
-        """[B or 1, nodes at depth + 1]: whether a child node has an item outside the row's
-        ``exclude`` (left-padded item ids, 0 = none)."""
-        size = getattr(self, f"size_{depth}")
+    def available(
+        self, depth: int, exclude: Tensor | None, batch: int, allowed: Tensor | None = None
+    ) -> Tensor:
+        """[B or 1, nodes at depth + 1]: whether a child node has an item that is ``allowed``
+        (bool [n_rows] or [B, n_rows]; None: every item) and outside the row's ``exclude``
+        (left-padded item ids, 0 = none). Pruning here, not after decoding, keeps every beam
+        on an item the request may get."""
+        size, ancestor = getattr(self, f"size_{depth}"), getattr(self, f"ancestor_{depth}")
+        if allowed is None:
+            size = size[None, :]
+        else:  # count the allowed items under each node instead of all of them
+            allowed = allowed.reshape(-1, len(ancestor)) & (ancestor >= 0)
+            counts = torch.zeros(len(allowed), len(size), dtype=size.dtype, device=size.device)
+            size = counts.scatter_add_(1, ancestor.clamp(min=0).expand_as(allowed), allowed.long())
         if exclude is None:
-            return (size > 0)[None, :]
+            return size > 0
         items = exclude.sort(dim=1).values  # count each excluded item once
         first = torch.ones_like(items, dtype=torch.bool)
         first[:, 1:] = items[:, 1:] != items[:, :-1]
-        nodes = getattr(self, f"ancestor_{depth}")[items]
-        counted = (first & (items > 0) & (nodes >= 0)).to(size.dtype)
-        excluded = torch.zeros(batch, len(size), dtype=size.dtype, device=size.device)
-        excluded.scatter_add_(1, nodes.clamp(min=0), counted)
-        return size[None, :] - excluded > 0
+        nodes = ancestor[items]
+        counted = first & (items > 0) & (nodes >= 0)
+        if allowed is not None:  # an item that is not allowed was never counted
+            counted &= allowed.expand(batch, -1).gather(1, items)
+        excluded = torch.zeros(batch, size.shape[1], dtype=size.dtype, device=size.device)
+        excluded.scatter_add_(1, nodes.clamp(min=0), counted.to(size.dtype))
+        return size - excluded > 0
 
 
 class SemanticDecoder(Decoder):
@@ -764,7 +776,7 @@ class SemanticDecoder(Decoder):
         self.register_buffer("level_bias", bias, persistent=False)  # 0 on a level's own tokens
         self.token_emb = nn.Embedding(int(sizes.sum()), config.d_model)
         self.level_emb = nn.Embedding(len(vocab), config.d_model)
-        self.trie = ItemTrie(codes, torch.arange(1, config.n_items + 1), vocab)
+        self.trie = ItemTrie(codes, self.trie_items(), vocab)
         # Items with training targets (set by the trainer; saved): see ``cold_share``.
         trained = torch.zeros(config.n_catalogue + 1, dtype=torch.bool)
         trained[1 : config.n_items + 1] = True
@@ -830,10 +842,39 @@ class SemanticDecoder(Decoder):
         self.item_trained.copy_(counts > 0)
         self._split_tries = None
 
+    def trie_items(self) -> Tensor:
+        """The items beam search spells: those with interactions (1..n_items) and those added
+        after training (:meth:`add_items`); catalogue items without interactions stay out, as
+        in training and evaluation."""
+        device = self.item_codes.device
+        added = torch.arange(self.config.n_catalogue + 1, len(self.item_codes), device=device)
+        return torch.cat([torch.arange(1, self.config.n_items + 1, device=device), added])
+
+    def add_items(self, codes: Tensor) -> Tensor:
+        """Append items by their semantic IDs [m, levels], after every row so far, and put them
+        in the trie at once (as untrained items, for ``cold_share``); returns their ids. An ID
+        must lie in the vocabulary and be new: the trie names one item per ID."""
+        codes = codes.to(self.item_codes)
+        vocab = torch.tensor(self.config.code_vocab, device=codes.device)
+        if codes.ndim != 2 or codes.shape[1] != self.levels or (codes < 0).any():
+            raise ValueError(f"new items' codes must be [m, {self.levels}] and >= 0")
+        if (codes >= vocab).any():
+            raise ValueError(f"new items' codes fall outside the vocabulary {vocab.tolist()}")
+        rows = torch.cat([self.item_codes, codes])
+        if len(rows.unique(dim=0)) != len(rows):
+            raise ValueError("new items' semantic IDs must differ from each other and all")
+        first = len(self.item_codes)
+        self.item_codes = rows
+        untrained = torch.zeros(len(codes), dtype=torch.bool, device=rows.device)
+        self.item_trained = torch.cat([self.item_trained, untrained])
+        self.trie = ItemTrie(rows, self.trie_items(), self.config.code_vocab).to(rows.device)
+        self._split_tries = None
+        return torch.arange(first, len(rows), device=rows.device)
+
     def _tries(self) -> tuple[ItemTrie, ItemTrie]:
         """Tries of the trained items and of the others (``cold_share``), built on first use."""
         if self._split_tries is None:
-            items = torch.arange(1, self.config.n_items + 1, device=self.item_codes.device)
+            items = self.trie_items()
             trained = self.item_trained[items]
             self._split_tries = tuple(
                 ItemTrie(self.item_codes, part, self.config.code_vocab).to(items.device)
@@ -843,12 +884,17 @@ class SemanticDecoder(Decoder):
 
     @torch.no_grad()
     def generate(
-        self, item_seq: Tensor, beam_size: int, exclude: Tensor | None = None
+        self,
+        item_seq: Tensor,
+        beam_size: int,
+        exclude: Tensor | None = None,
+        allowed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The ``beam_size`` next items [B, K] in recommendation order, with their
         log-probabilities, by beam search in the trie (see :meth:`_beam_search`). Items in
-        ``exclude`` (left-padded ids) are pruned; a row with fewer items left than beams gets
-        item -1 at log-probability -inf in the spare beams.
+        ``exclude`` (left-padded ids) and items outside ``allowed`` (bool over the item rows,
+        [n_rows] or [B, n_rows]) are pruned; a row with fewer items left than beams gets item -1
+        at log-probability -inf in the spare beams.
 
         With ``cold_share`` > 0, that share of the beams (at least one) is searched among the
         items never trained on, as TIGER recommends new items, and they take every
@@ -856,13 +902,13 @@ class SemanticDecoder(Decoder):
         otherwise rank it below every item it was.
         """
         state = self._encode_history(item_seq)
-        untrained = (~self.item_trained[1 : self.config.n_items + 1]).sum()
+        untrained = (~self.item_trained[self.trie_items()]).sum()
         if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
-            return self._beam_search(self.trie, state, beam_size, exclude)
+            return self._beam_search(self.trie, state, beam_size, exclude, allowed)
         n_cold = max(1, round(beam_size * self.config.cold_share))
         warm_trie, cold_trie = self._tries()
-        warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude)
-        cold = self._beam_search(cold_trie, state, n_cold, exclude)
+        warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude, allowed)
+        cold = self._beam_search(cold_trie, state, n_cold, exclude, allowed)
         every = round(1 / self.config.cold_share)
         places = torch.zeros(beam_size, dtype=torch.bool, device=item_seq.device)
         places[torch.arange(1, n_cold + 1).mul(every).sub(1).clamp(max=beam_size - 1)] = True
@@ -890,7 +936,12 @@ class SemanticDecoder(Decoder):
         }
 
     def _beam_search(
-        self, trie: ItemTrie, state: dict[str, Any], beam_size: int, exclude: Tensor | None
+        self,
+        trie: ItemTrie,
+        state: dict[str, Any],
+        beam_size: int,
+        exclude: Tensor | None,
+        allowed: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """The ``beam_size`` most likely items of ``trie`` [B, K], best first, and their
         log-probabilities; with the history cached, each level costs one position per beam."""
@@ -913,7 +964,7 @@ class SemanticDecoder(Decoder):
             log_probs = log_probs[..., offset : offset + vocab]  # [B, K, V]
             children = trie.child_table(level)[nodes.clamp(min=0)]
             children = children.masked_fill((nodes < 0)[..., None], -1).flatten(1)
-            open_ = trie.available(level, exclude, batch)
+            open_ = trie.available(level, exclude, batch, allowed)
             open_ = open_.expand(batch, -1).gather(1, children.clamp(min=0)) & (children >= 0)
             total = (scores[..., None] + log_probs).flatten(1).masked_fill(~open_, float("-inf"))
             scores, picked = total.topk(min(beam_size, total.shape[1]), dim=1)
@@ -928,11 +979,11 @@ class SemanticDecoder(Decoder):
 
     @torch.no_grad()
     def score(self, item_seq: Tensor, exclude: Tensor | None = None) -> Tensor:
-        """[B, n_catalogue + 1]: the generated items scored by their place in the list (0 for the
+        """[B, item rows]: the generated items scored by their place in the list (0 for the
         first, then -1, -2, ...: the order :meth:`generate` recommends), -inf for the rest."""
         items, _ = self.generate(item_seq, self.config.beam_size, exclude)
         scores = torch.full(
-            (len(item_seq), self.config.n_catalogue + 1), float("-inf"), device=item_seq.device
+            (len(item_seq), len(self.item_codes)), float("-inf"), device=item_seq.device
         )
         found = items >= 0
         rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
