@@ -52,15 +52,21 @@ def write_dataset(root: Path, dataset: str = DATASET, seed: int = 0, title: str 
     pd.DataFrame(
         {"item_idx": np.arange(1, n + 1), "item_id": np.arange(n), "title": [title] * n}
     ).to_parquet(folder / "items.parquet", index=False)
+    write_features(root, dataset, x)
+
+
+def write_features(root: Path, dataset: str, x: np.ndarray) -> None:
+    """The dataset's item texts and a default-model feature file of ``x`` ``[n_items, dim]``
+    (the padding row added), with a manifest that matches the texts."""
     texts = write_item_texts(dataset, processed_root=root).table["text"].tolist()
     npy, manifest_path = feature_paths(dataset, text_features.DEFAULT_MODEL_SLUG, root)
     npy.parent.mkdir(exist_ok=True)
-    np.save(npy, np.vstack([np.zeros((1, DIM), np.float32), x]))
+    np.save(npy, np.vstack([np.zeros((1, x.shape[1]), np.float32), x]))
     manifest = {k: None for k in text_features._MANIFEST_KEYS}
     manifest |= {
         "model": "synthetic",
-        "dim": DIM,
-        "n_items": n,
+        "dim": int(x.shape[1]),
+        "n_items": len(x),
         "texts_sha256": texts_sha256(texts),
     }
     write_json(manifest, manifest_path)

@@ -23,9 +23,10 @@ from recsys.semantic_ids import (
     SemanticIdOptions,
     build_semantic_ids,
     disambiguate,
+    load_run_quantiser,
     semantic_id_paths,
 )
-from tests.test_semantic_ids import N_CLUSTERS, PER_CLUSTER, write_dataset
+from tests.test_semantic_ids import N_CLUSTERS, PER_CLUSTER, clusters, write_dataset
 
 N_ITEMS = 40
 VOCAB = (4, 4, 8)  # two code levels and the collision digit
@@ -254,8 +255,12 @@ def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd
     assert metrics["item_repr"] == "semantic" and metrics["best_val_hr@10"] > 0
     trained = load_trained_run(run_dir)
     ids = np.load(semantic_id_paths(DATASET, FAST_IDS.slug, processed)[0])
+    features, _ = clusters()
     assert isinstance(trained.model, SemanticDecoder)
     assert torch.equal(trained.model.item_codes, torch.from_numpy(ids))
+    # with the quantiser that made those IDs, checked against them
+    stored = load_run_quantiser(run_dir, trained.model.config.code_vocab, ids)
+    assert stored is not None and np.array_equal(stored.quantiser.encode(features), ids[1:, :-1])
     # a run stopped before it finished resumes from last.ckpt, codes and all
     summary = read_json(run_dir / "metrics.json")
     write_json({**summary, "finished": False}, run_dir / "metrics.json")
@@ -330,16 +335,17 @@ def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
     assert not (tmp_path / "models" / DATASET).exists()
 
 
-def test_serving_refuses_a_generative_run_and_defaults_skip_it(tiger_world) -> None:
-    from recsys.modeling.runs import best_run
+def test_a_generative_run_serves_when_named_and_defaults_skip_it(tiger_world) -> None:
+    from recsys.api.generative import GenerativeRun
     from recsys.api.run import load_run as load_for_serving
+    from recsys.modeling.runs import best_run
 
     processed, models = tiger_world
     run_dir = models / DATASET / "tiger-tiny"
-    with pytest.raises(RecsysError, match="generates semantic IDs.*make evaluate"):
-        load_for_serving(run_dir, processed_dir=processed)
-    with pytest.raises(RecsysError, match="all generative.*CONFIGS=sasrec-ce"):
-        best_run(DATASET, models)  # the only run here is generative
+    served = load_for_serving(run_dir, processed_dir=processed)
+    assert isinstance(served, GenerativeRun) and served.accepts_new_items
+    with pytest.raises(RecsysError, match="all generative.*pass --run.*CONFIGS=sasrec-ce"):
+        best_run(DATASET, models)  # the only runs here are generative
 
 
 def test_item_table_sums_each_items_code_embeddings() -> None:
