@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -201,7 +202,7 @@ class Quantiser:
                 depth = sum(name.startswith("weight_") for name in arrays.files)
                 layers = tuple((arrays[f"weight_{i}"], arrays[f"bias_{i}"]) for i in range(depth))
                 quantiser = cls(arrays["codebooks"], layers)
-        except (OSError, ValueError, KeyError, EOFError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise fail(f"quantiser {path} is missing or unreadable ({err})")
         if quantiser.codebooks.ndim != 3:
             raise fail(f"quantiser {path} has codebooks of shape {quantiser.codebooks.shape}")
