@@ -10,10 +10,16 @@
   took most of a core of the two the server needs, and the figures measured the client. The
   client's own CPU share is recorded beside each level.
 
+* The same for a generative (TIGER) run, ``models/ml-100k/tiger`` (or
+  ``RECSYS_SERVE_TIGER_RUN``), where one is trained: one request's top-10 in process, by beam
+  search at the run's beam size (20 in ``configs/tiger.yaml``), and the server at concurrency 1
+  and 32, whose requests the batcher folds into shared beam searches.
+
 The approximate item index at 1,000,000 items is its own benchmark, ``make bench BENCH=ann``
 (its builds take many minutes).
 
-Writes ``reports/bench/serve.json``. Uses ``models/ml-100k/sasrec-ce`` (or ``RECSYS_SERVE_RUN``).
+Writes ``reports/bench/serve.json`` (the TIGER run's figures under ``tiger``). Uses
+``models/ml-100k/sasrec-ce`` (or ``RECSYS_SERVE_RUN``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from recsys.io import write_json
 
 DATASET = "ml-100k"
 RUN = "sasrec-ce"
+TIGER_RUN = "tiger"
 CONCURRENCY = (1, 8, 32)
+TIGER_CONCURRENCY = (1, 32)
 API_CALLS = 1000
 WARMUP_S = 3.0
 READY_TIMEOUT_S = 120.0
@@ -135,8 +143,8 @@ def client_main(url: str, users_json: str, concurrency: int, seconds: float) -> 
     print(json.dumps(asyncio.run(_load(url, users, concurrency, seconds))))
 
 
-def start_server(run_dir: Path, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "recsys.serve", "--dataset", DATASET, "--run", str(run_dir)]
+def start_server(run_dir: Path, dataset: str, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "recsys.serve", "--dataset", dataset, "--run", str(run_dir)]
     server = subprocess.Popen(
         [*command, "--port", str(port)], cwd=PROJ_ROOT, stdout=subprocess.DEVNULL
     )
@@ -156,12 +164,14 @@ def start_server(run_dir: Path, port: int) -> subprocess.Popen:
     raise SystemExit(f"error: the server was not ready within {READY_TIMEOUT_S:.0f} s")
 
 
-def load_levels(run_dir: Path, users_file: Path) -> list[dict[str, Any]]:
+def load_levels(
+    run_dir: Path, dataset: str, users_file: Path, concurrency_levels: tuple[int, ...]
+) -> list[dict[str, Any]]:
     port = free_port()
-    server = start_server(run_dir, port)
+    server = start_server(run_dir, dataset, port)
     levels = []
     try:
-        for concurrency in CONCURRENCY:
+        for concurrency in concurrency_levels:
             client = subprocess.run(
                 [
                     sys.executable,
@@ -194,8 +204,31 @@ def load_levels(run_dir: Path, users_file: Path) -> list[dict[str, Any]]:
     return levels
 
 
+def bench_run(run_dir: Path, concurrency_levels: tuple[int, ...]) -> dict[str, Any]:
+    """A trained run in process, then behind a real server at each concurrency level."""
+    from recsys import load_run
+
+    run = load_run(run_dir)
+    out: dict[str, Any] = {"run": str(run_dir), "item_repr": run.item_repr}
+    if hasattr(run, "beam_size"):
+        out["beam_size"] = run.beam_size
+    out["run_api_top10"] = api = api_latency(run)
+    print(f"{run.name} top-10 in process: p50 {api['p50_ms']:.2f} ms, p99 {api['p99_ms']:.2f} ms")
+    users_file = REPORTS_DIR / "bench" / ".serve-users.json"
+    users_file.parent.mkdir(parents=True, exist_ok=True)
+    users_file.write_text(json.dumps(list(run.users)))
+    dataset = run.dataset
+    del run
+    try:
+        out["load"] = load_levels(run_dir, dataset, users_file, concurrency_levels)
+    finally:
+        users_file.unlink(missing_ok=True)
+    return out
+
+
 def main() -> None:
     run_dir = Path(os.environ.get("RECSYS_SERVE_RUN") or MODELS_DIR / DATASET / RUN)
+    tiger_dir = Path(os.environ.get("RECSYS_SERVE_TIGER_RUN") or MODELS_DIR / DATASET / TIGER_RUN)
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "run": str(run_dir),
@@ -204,19 +237,15 @@ def main() -> None:
         print(f"serve load: skipped, no trained run at {run_dir} (make train DATASET={DATASET})")
         out["load"] = {"skipped": f"no run at {run_dir}"}
     else:
-        from recsys import load_run
-
-        run = load_run(run_dir, DATASET)
-        out["run_api_top10"] = api = api_latency(run)
-        print(f"run API top-10 in process: p50 {api['p50_ms']:.2f} ms, p99 {api['p99_ms']:.2f} ms")
-        users_file = REPORTS_DIR / "bench" / ".serve-users.json"
-        users_file.parent.mkdir(parents=True, exist_ok=True)
-        users_file.write_text(json.dumps(list(run.users)))
-        del run
-        try:
-            out["load"] = load_levels(run_dir, users_file)
-        finally:
-            users_file.unlink(missing_ok=True)
-        out["load_average_1m_at_end"] = os.getloadavg()[0]
+        out |= bench_run(run_dir, CONCURRENCY)
+    if not (tiger_dir / "checkpoints" / "best.ckpt").is_file():
+        print(
+            f"serve tiger: skipped, no trained run at {tiger_dir} "
+            f"(make features train DATASET={DATASET} CONFIGS=tiger)"
+        )
+        out["tiger"] = {"skipped": f"no run at {tiger_dir}"}
+    else:
+        out["tiger"] = bench_run(tiger_dir, TIGER_CONCURRENCY)
+    out["load_average_1m_at_end"] = os.getloadavg()[0]
     path = write_json(out, REPORTS_DIR / "bench" / "serve.json")
     print(f"wrote {path}")

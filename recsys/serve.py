@@ -115,6 +115,11 @@ def build_index(dataset: str, run_dir: Path | None, models_dir: Path | None = No
     from recsys.api.run import item_vectors, table_fingerprint, trained_run
 
     trained, checkpoint = trained_run(run_dir, dataset, models_dir=models_dir)
+    if trained.model.config.item_repr == "semantic":
+        raise fail(
+            f"run {trained.run_dir} recommends by beam search over semantic IDs and has no item "
+            "index to build; serve it as it is"
+        )
     vectors = item_vectors(trained.model).numpy()
     return build_run_index(trained.run_dir, vectors, table_fingerprint(checkpoint, vectors))
 

@@ -68,6 +68,14 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiger(world, tmp_path_factory):
+    """The tiny world's data with semantic IDs and a trained TIGER run, built once."""
+    from evaluate_helpers import tiny_tiger
+
+    return tiny_tiger(world, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def data(world):
     from evaluate_helpers import DATASET
 

@@ -1,11 +1,14 @@
-"""A tiny world for evaluation and prediction tests: processed data plus two trained runs.
+"""A tiny world for evaluation and prediction tests: processed data plus two trained runs, and
+the same data with semantic IDs and a trained TIGER run for the generative serving tests.
 
-Built once per test session (training takes a few seconds) and shared by ``test_evaluate.py``
-and ``test_predict.py``; tests only read it and write their own outputs under ``tmp_path``.
+Built once per test session (training takes a few seconds) and shared by ``test_evaluate.py``,
+``test_predict.py`` and the serving tests; tests only read it and write their own outputs under
+``tmp_path``.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import pandas as pd
 import pytest
 
 from recsys.modeling.synthetic import write_synthetic_processed
+from recsys.semantic_ids import SemanticIdOptions, build_semantic_ids
+from tests.test_semantic_ids import write_features
 
 DATASET = "synthetic"
 N_ITEMS, N_COLD_CATALOGUE = 60, 5
@@ -98,3 +103,35 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> World:
         features,
     )
     return World(processed, models, id_run, text_run, features)
+
+
+@dataclass(frozen=True)
+class TigerWorld:
+    processed: Path
+    models: Path
+    run: Path
+    features: np.ndarray
+
+
+#: Fast semantic IDs of the tiny world: 2 levels of 8 codes (then the collision digit).
+TIGER_IDS = SemanticIdOptions(method="rqkmeans", levels=2, codebook_size=8, kmeans_iters=20)
+TIGER_BEAM = 10
+
+
+def tiny_tiger(world: World, tmp_path_factory: pytest.TempPathFactory) -> TigerWorld:
+    """The tiny world's data with its text vectors as a feature file, their semantic IDs, and a
+    TIGER run trained on them (which keeps the quantiser that made the IDs)."""
+    root = tmp_path_factory.mktemp("tiger-world")
+    processed, models = root / "processed", root / "models"
+    shutil.copytree(world.processed / DATASET, processed / DATASET)
+    write_features(processed, DATASET, world.features[1:])
+    build_semantic_ids(DATASET, TIGER_IDS, processed_root=processed)
+    overrides = {
+        "item_repr": "semantic",
+        "semantic_ids": TIGER_IDS.slug,
+        "n_heads": 2,
+        "max_len": 10,
+        "beam_size": TIGER_BEAM,
+    }
+    run = _train(processed, models, "tiny-tiger", overrides, world.features)
+    return TigerWorld(processed, models, run, world.features)

@@ -19,10 +19,12 @@ from recsys.cli import RecsysError, run
 from recsys.text_features import feature_paths, texts_sha256, write_item_texts
 from recsys.io import write_json
 from recsys.semantic_ids import (
+    Quantiser,
     SemanticIdOptions,
     build_semantic_ids,
     disambiguate,
     load_semantic_ids,
+    quantiser_path,
     rq_kmeans,
     rq_vae,
 )
@@ -50,15 +52,21 @@ def write_dataset(root: Path, dataset: str = DATASET, seed: int = 0, title: str 
     pd.DataFrame(
         {"item_idx": np.arange(1, n + 1), "item_id": np.arange(n), "title": [title] * n}
     ).to_parquet(folder / "items.parquet", index=False)
+    write_features(root, dataset, x)
+
+
+def write_features(root: Path, dataset: str, x: np.ndarray) -> None:
+    """The dataset's item texts and a default-model feature file of ``x`` ``[n_items, dim]``
+    (the padding row added), with a manifest that matches the texts."""
     texts = write_item_texts(dataset, processed_root=root).table["text"].tolist()
     npy, manifest_path = feature_paths(dataset, text_features.DEFAULT_MODEL_SLUG, root)
     npy.parent.mkdir(exist_ok=True)
-    np.save(npy, np.vstack([np.zeros((1, DIM), np.float32), x]))
+    np.save(npy, np.vstack([np.zeros((1, x.shape[1]), np.float32), x]))
     manifest = {k: None for k in text_features._MANIFEST_KEYS}
     manifest |= {
         "model": "synthetic",
-        "dim": DIM,
-        "n_items": n,
+        "dim": int(x.shape[1]),
+        "n_items": len(x),
         "texts_sha256": texts_sha256(texts),
     }
     write_json(manifest, manifest_path)
@@ -80,7 +88,8 @@ def purity(codes: np.ndarray, label: np.ndarray) -> tuple[int, bool]:
 @pytest.mark.parametrize("quantise", [rq_vae, rq_kmeans], ids=["rqvae", "rqkmeans"])
 def test_separated_clusters_get_distinct_first_codes(quantise) -> None:
     x, label = clusters()
-    codes, decoded = quantise(x, FAST)
+    quantiser, decoded = quantise(x, FAST)
+    codes = quantiser.encode(x)
     assert codes.shape == (len(x), FAST.levels)
     assert purity(codes, label) == (N_CLUSTERS, True)
     # the decoded vectors are much closer to the input than the input is to its mean
@@ -90,8 +99,8 @@ def test_separated_clusters_get_distinct_first_codes(quantise) -> None:
 @pytest.mark.slow
 def test_rqvae_is_seeded() -> None:
     x, _ = clusters()
-    first, _ = rq_vae(x, FAST)
-    assert np.array_equal(first, rq_vae(x, FAST)[0])
+    first = rq_vae(x, FAST)[0].encode(x)
+    assert np.array_equal(first, rq_vae(x, FAST)[0].encode(x))
 
 
 def test_disambiguation_makes_every_id_unique() -> None:
@@ -117,6 +126,10 @@ def test_build_writes_unique_ids_and_a_manifest(root: Path, method: str) -> None
     for key in ("reconstruction_mse", "collision_rate", "largest_collision_group", "seconds"):
         assert key in manifest
     assert manifest["features"]["texts_sha256"] and manifest["seed"] == FAST.seed
+    # the quantiser kept beside them gives every item its codes again, from its vector alone
+    quantiser = Quantiser.load(quantiser_path(DATASET, manifest["slug"], root))
+    assert quantiser.levels == FAST.levels and quantiser.codebook_size == N_CLUSTERS
+    assert np.array_equal(quantiser.encode(clusters()[0]), ids[1:, :-1])
     loaded, _ = load_semantic_ids(DATASET, replace(FAST, method=method), root)
     assert np.array_equal(loaded, ids)
     assert np.array_equal(load_semantic_ids(DATASET, result.manifest["slug"], root)[0], ids)
@@ -130,6 +143,9 @@ def test_rerun_is_a_cache_hit_and_force_or_new_options_recompute(root: Path) -> 
     assert again.cached and again.manifest["created_at"] == first.manifest["created_at"]
     assert not build_semantic_ids(DATASET, options, force=True, processed_root=root).cached
     assert not build_semantic_ids(DATASET, replace(options, seed=1), processed_root=root).cached
+    quantiser_path(DATASET, options.slug, root).unlink()  # IDs built before quantisers were kept
+    assert not build_semantic_ids(DATASET, options, processed_root=root).cached
+    assert quantiser_path(DATASET, options.slug, root).is_file()
 
 
 def test_ids_from_another_feature_file_are_refused(root: Path) -> None:

@@ -23,9 +23,10 @@ from recsys.semantic_ids import (
     SemanticIdOptions,
     build_semantic_ids,
     disambiguate,
+    load_run_quantiser,
     semantic_id_paths,
 )
-from tests.test_semantic_ids import N_CLUSTERS, PER_CLUSTER, write_dataset
+from tests.test_semantic_ids import N_CLUSTERS, PER_CLUSTER, clusters, write_dataset
 
 N_ITEMS = 40
 VOCAB = (4, 4, 8)  # two code levels and the collision digit
@@ -113,6 +114,53 @@ def test_history_items_never_come_back_even_beyond_the_context() -> None:
     assert (items[0] == -1).sum() == N_ITEMS - len(left)  # spare beams are marked empty
     scores = model.score(long_history[:, -6:], exclude=long_history)
     assert torch.isinf(scores[0, 1:16]).all() and torch.isfinite(scores[0, 16:]).all()
+
+
+def test_allowed_items_are_pruned_from_the_trie_not_filtered_afterwards() -> None:
+    """A filter keeps every beam on allowed items: as many as the beams come back, best first,
+    each at the log-probability it has without the filter (exactly the allowed order when the
+    beams cover them all)."""
+    model = tiny_decoder()
+    train_briefly(model, HISTORIES)
+    allowed = torch.zeros(N_ITEMS + 1, dtype=torch.bool)
+    allowed[[2, 9, 17, 23, 31, 38]] = True
+    everything, all_log_probs = model.generate(HISTORIES, beam_size=N_ITEMS)
+    exact, _ = model.generate(HISTORIES, beam_size=N_ITEMS, exclude=HISTORIES, allowed=allowed)
+    items, log_probs = model.generate(HISTORIES, beam_size=4, exclude=HISTORIES, allowed=allowed)
+    for row, history in enumerate(HISTORIES):
+        left = [i for i in everything[row].tolist() if allowed[i] and i not in history.tolist()]
+        assert exact[row].tolist() == left + [-1] * (N_ITEMS - len(left))
+        assert len(set(items[row].tolist())) == 4 and set(items[row].tolist()) <= set(left)
+        unfiltered = dict(zip(everything[row].tolist(), all_log_probs[row].tolist()))
+        expected = torch.tensor([unfiltered[i] for i in items[row].tolist()])
+        torch.testing.assert_close(log_probs[row], expected)
+        assert torch.all(log_probs[row][:-1] >= log_probs[row][1:])
+    per_row = torch.zeros(len(HISTORIES), N_ITEMS + 1, dtype=torch.bool)
+    per_row[0, 5], per_row[1, [6, 7]], per_row[2, 8] = True, True, True
+    items, _ = model.generate(HISTORIES, beam_size=2, allowed=per_row)
+    assert items[0].tolist() == [5, -1] and sorted(items[1].tolist()) == [6, 7]
+    assert items[2].tolist() == [8, -1]
+
+
+def test_added_items_enter_the_trie_at_once() -> None:
+    model = tiny_decoder()
+    train_briefly(model, HISTORIES)
+    a, b = model.item_codes[1, :2].tolist()
+    digit = int((model.item_codes[:, :2] == torch.tensor([a, b])).all(1).sum())  # the next one
+    added = model.add_items(torch.tensor([[a, b, digit]]))
+    assert added.tolist() == [N_ITEMS + 1] and model.item_table().shape[0] == N_ITEMS + 2
+    only = torch.zeros(N_ITEMS + 2, dtype=torch.bool)
+    only[N_ITEMS + 1] = True
+    items, log_probs = model.generate(HISTORIES, beam_size=3, allowed=only)
+    assert items[:, 0].tolist() == [N_ITEMS + 1] * 3 and (items[:, 1:] == -1).all()
+    expected = model.item_log_probs(HISTORIES, torch.full((3,), N_ITEMS + 1))
+    torch.testing.assert_close(log_probs[:, 0], expected, atol=1e-5, rtol=1e-5)
+    everything, _ = model.generate(HISTORIES, beam_size=N_ITEMS + 1)
+    assert (everything == N_ITEMS + 1).any(dim=1).all()  # and among all the others too
+    with pytest.raises(ValueError, match="must differ"):
+        model.add_items(model.item_codes[3:4])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.add_items(torch.tensor([[0, 0, VOCAB[2]]]))
 
 
 @pytest.mark.slow
@@ -207,8 +255,12 @@ def test_tiger_trains_resumes_and_carries_its_codes(tiger_world, tmp_path, capfd
     assert metrics["item_repr"] == "semantic" and metrics["best_val_hr@10"] > 0
     trained = load_trained_run(run_dir)
     ids = np.load(semantic_id_paths(DATASET, FAST_IDS.slug, processed)[0])
+    features, _ = clusters()
     assert isinstance(trained.model, SemanticDecoder)
     assert torch.equal(trained.model.item_codes, torch.from_numpy(ids))
+    # with the quantiser that made those IDs, checked against them
+    stored = load_run_quantiser(run_dir, trained.model.config.code_vocab, ids)
+    assert stored is not None and np.array_equal(stored.quantiser.encode(features), ids[1:, :-1])
     # a run stopped before it finished resumes from last.ckpt, codes and all
     summary = read_json(run_dir / "metrics.json")
     write_json({**summary, "finished": False}, run_dir / "metrics.json")
@@ -283,16 +335,17 @@ def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
     assert not (tmp_path / "models" / DATASET).exists()
 
 
-def test_serving_refuses_a_generative_run_and_defaults_skip_it(tiger_world) -> None:
-    from recsys.modeling.runs import best_run
+def test_a_generative_run_serves_when_named_and_defaults_skip_it(tiger_world) -> None:
+    from recsys.api.generative import GenerativeRun
     from recsys.api.run import load_run as load_for_serving
+    from recsys.modeling.runs import best_run
 
     processed, models = tiger_world
     run_dir = models / DATASET / "tiger-tiny"
-    with pytest.raises(RecsysError, match="generates semantic IDs.*make evaluate"):
-        load_for_serving(run_dir, processed_dir=processed)
-    with pytest.raises(RecsysError, match="all generative.*CONFIGS=sasrec-ce"):
-        best_run(DATASET, models)  # the only run here is generative
+    served = load_for_serving(run_dir, processed_dir=processed)
+    assert isinstance(served, GenerativeRun) and served.accepts_new_items
+    with pytest.raises(RecsysError, match="all generative.*pass --run.*CONFIGS=sasrec-ce"):
+        best_run(DATASET, models)  # the only runs here are generative
 
 
 def test_item_table_sums_each_items_code_embeddings() -> None:

@@ -10,14 +10,16 @@
 ``predict`` and the HTTP service sit on it, so a recommendation is computed one way: the
 decoder's last hidden state, then a top-K over the run's item table through an
 :class:`~recsys.api.index.ItemIndex` (exact below a size threshold, approximate above it,
-history and filters exact either way). Every answer is a DataFrame with the service's fields.
+history and filters exact either way). A generative (TIGER) run answers the same calls by beam
+search over its items' semantic IDs instead (:class:`~recsys.api.generative.GenerativeRun`).
+Every answer is a DataFrame with the service's fields.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,13 @@ def length_buckets(lengths: np.ndarray) -> list[np.ndarray]:
     return groups
 
 
+def as_sequences(histories: Sequence[np.ndarray]) -> Sequences:
+    """Histories as :class:`~recsys.processed.Sequences` (a list of arrays is copied into one)."""
+    if isinstance(histories, Sequences):
+        return histories
+    return Sequences.of([np.asarray(h, dtype=np.int64) for h in histories])
+
+
 def item_vectors(model: Any) -> torch.Tensor:
     """The model's item table as the index holds it: float32 ``[n_catalogue + 1, d]``."""
     with torch.inference_mode():
@@ -176,10 +185,7 @@ class Run:
         self.uses_users = model.reads_users
         self.table = item_vectors(self.model)
         self.rankable = rankable_items(model, data.n_items, data.n_catalogue).numpy()
-        vectors = self.table.cpu().numpy()
-        self.index: ItemIndex = open_run_index(
-            self.run_dir, vectors, table_fingerprint(checkpoint, vectors)
-        )
+        self.index = self._open_index(checkpoint)
         self._similar: ItemIndex | None = None
         self._lock = threading.RLock()
         self._adding = threading.Lock()
@@ -197,6 +203,31 @@ class Run:
     def accepts_new_items(self) -> bool:
         return self.item_repr in TEXT_REPRS
 
+    @property
+    def _new_items_refusal(self) -> str:
+        """Why :meth:`add_items` is refused, where it is."""
+        return (
+            f"run {self.name} (item_repr {self.item_repr}) has no text encoder in its item "
+            "table: a new item gets an id row, or semantic IDs, only by retraining. Serve a "
+            "text or hybrid run to add items by their text"
+        )
+
+    @property
+    def ranking(self) -> str:
+        """How answers are found: the kind of item index."""
+        assert self.index is not None
+        return self.index.kind
+
+    @property
+    def max_k(self) -> int:
+        """The most items one answer can hold: every rankable item."""
+        return int(self.rankable.sum())
+
+    def check_k(self, k: int, name: str = "k") -> None:
+        """``k`` (an option called ``name``) checked against :attr:`max_k`."""
+        if not 1 <= k <= self.max_k:
+            raise fail(f"{name} must be between 1 and the {self.max_k} rankable items, got {k}")
+
     def info(self) -> dict[str, Any]:
         """What answers: the run, its model and the index (shown by the service)."""
         return {
@@ -206,8 +237,13 @@ class Run:
             "item_repr": self.item_repr,
             "model": str(self.config.get("config_name") or self.name),
             "n_items": self.n_items,
-            "index": self.index.kind,
+            "index": self.ranking,
         }
+
+    def _open_index(self, checkpoint: Path) -> ItemIndex | None:
+        """The top-k index over the item table, in step with ``checkpoint``."""
+        vectors = self.table.cpu().numpy()
+        return open_run_index(self.run_dir, vectors, table_fingerprint(checkpoint, vectors))
 
     # --------------------------------------------------------------------------- lookups
     def item_index(self, item_id: Any) -> int:
@@ -278,14 +314,20 @@ class Run:
             if not allowed.any():
                 known = ", ".join(self.catalogue.categories()[:20])
                 raise NotFound(f"no item has categories {list(query.categories)}; known: {known}")
-        rankable = int(self.rankable.sum())
-        if not 1 <= query.k <= rankable:
-            raise fail(f"k must be between 1 and the {rankable} rankable items, got {query.k}")
+        self.check_k(query.k)
         return Resolved(
             history, user_idx, query.k, np.unique(np.asarray(exclude, np.int64)), allowed
         )
 
     # --------------------------------------------------------------------------- scoring
+    def _batches(self, histories: Sequences) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """The rows of ``histories`` in groups of similar length (:func:`length_buckets`), each
+        with its last ``max_len`` items left-padded to the group's longest, on the run's device."""
+        lengths = np.minimum(histories.lengths(), self.max_len)
+        for rows in length_buckets(lengths):
+            item_seq = histories.padded(max(1, int(lengths[rows].max())), rows)
+            yield rows, torch.from_numpy(item_seq).to(self.device)
+
     @torch.inference_mode()
     def hidden_states(self, histories: Sequence[np.ndarray], users: np.ndarray) -> np.ndarray:
         """The decoder's state after each history's last item, float32 ``[B, d]``.
@@ -293,15 +335,12 @@ class Run:
         A next-item score is this state's inner product with the item's table row, so this is
         the query vector for the item index. Reads each history's last ``max_len`` items.
         """
-        if not isinstance(histories, Sequences):
-            histories = Sequences.of([np.asarray(h, dtype=np.int64) for h in histories])
+        histories = as_sequences(histories)
         out = np.zeros((len(histories), self.table.shape[1]), dtype=np.float32)
-        lengths = np.minimum(histories.lengths(), self.max_len)
-        for rows in length_buckets(lengths):
-            item_seq = torch.from_numpy(histories.padded(max(1, int(lengths[rows].max())), rows))
+        for rows, item_seq in self._batches(histories):
             user_ids = torch.from_numpy(np.asarray(users, dtype=np.int64)[rows])
             hidden = self.model.encode(
-                item_seq.to(self.device),
+                item_seq,
                 user_ids.to(self.device) if self.uses_users else None,
                 self.table,
                 last_only=True,
@@ -327,8 +366,21 @@ class Run:
             mask = self.rankable
             if allowed is not None:
                 mask = mask & np.pad(allowed[: len(mask)], (0, max(0, len(mask) - len(allowed))))
-            queries = self.hidden_states(histories, users)
-            return self.index.search(queries, k, exclude=exclude, allowed=mask)
+            return self._rank(histories, users, k, exclude, mask)
+
+    def _rank(
+        self,
+        histories: Sequence[np.ndarray],
+        users: np.ndarray,
+        k: int,
+        exclude: Sequence[np.ndarray] | None,
+        allowed: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_k` over the ``allowed`` items (lock held): the item index's top-k of the
+        decoder's states."""
+        assert self.index is not None
+        queries = self.hidden_states(histories, users)
+        return self.index.search(queries, k, exclude=exclude, allowed=allowed)
 
     def recommend_many(self, queries: Sequence[Query]) -> list[pd.DataFrame]:
         """Answer many queries in as few forward passes as their filters allow."""
@@ -371,7 +423,8 @@ class Run:
     ) -> pd.DataFrame:
         """Top-``k`` items for a user (``user_id``) or an ad-hoc history (``items``/``titles``).
 
-        Columns: rank, item_id, title, the dataset's text fields, score (the model's logit).
+        Columns: rank, item_id, title, the dataset's text fields, score (the model's logit; for
+        a generative run, the log-probability of the item's semantic ID).
         """
         query = Query(
             None if user_id is None else str(user_id),
@@ -445,11 +498,7 @@ class Run:
         and saved beside the checkpoint so that they survive a restart or a reload.
         """
         if not self.accepts_new_items:
-            raise Unsupported(
-                f"run {self.name} (item_repr {self.item_repr}) has no text encoder in its item "
-                "table: a new item gets an id row, or semantic IDs, only by retraining. Serve a "
-                "text or hybrid run to add items by their text"
-            )
+            raise Unsupported(self._new_items_refusal)
         from recsys.text_features import item_sentences, item_text_fields
 
         fields = item_text_fields(self.dataset, self.processed_root)
@@ -462,7 +511,7 @@ class Run:
             )
             texts = item_sentences(new, self.dataset, fields).table["text"].tolist()
             vectors = np.asarray(self._encoder()(texts), dtype=np.float32)
-            expected = int(self.model.item_features.shape[1])
+            expected = self.text_dim
             if vectors.shape != (len(new), expected):
                 raise fail(
                     f"the text encoder gave vectors of shape {vectors.shape}, but run "
@@ -487,6 +536,12 @@ class Run:
                 f"missing: {', '.join(missing)}"
             )
         new = new.assign(item_id=new["item_id"].astype(str))
+        blank = new["title"].isna() | new["title"].astype(str).str.strip().eq("")
+        if blank.any():
+            raise fail(
+                f"new item {new['item_id'][blank].iloc[0]!r} has an empty title; an item is "
+                "ranked by its text, so give it one"
+            )
         taken = [i for i in new["item_id"] if i in self.catalogue.by_id]
         if taken:
             raise Unsupported(f"item id {taken[0]!r} already exists; choose a new id")
@@ -505,24 +560,35 @@ class Run:
             item_idx=np.arange(start, start + len(new), dtype=np.int32)
         )
 
+    @property
+    def text_dim(self) -> int:
+        """The width of the text vectors a new item needs."""
+        return int(self.model.item_features.shape[1])
+
     def _encoder(self) -> Callable[[list[str]], np.ndarray]:
         if self.text_encoder is None:
-            from recsys.text_features import features_encoder
-
-            encoder = features_encoder(
-                self.dataset, self.config.get("feature_model"), self.processed_root
-            )
-            self.text_encoder = encoder.encode
+            self.text_encoder = self._load_text_encoder()
         return self.text_encoder
 
+    def _load_text_encoder(self) -> Callable[[list[str]], np.ndarray]:
+        """The encoder of the feature file the run was trained on."""
+        from recsys.text_features import features_encoder
+
+        model = self.config.get("feature_model")
+        return features_encoder(self.dataset, model, self.processed_root).encode
+
     @torch.inference_mode()
+    def _new_rows(self, new: pd.DataFrame, vectors: np.ndarray) -> torch.Tensor:
+        """The item table rows of ``new`` items from their text ``vectors`` (lock held)."""
+        return self.model.text_proj(torch.from_numpy(vectors).to(self.device)).float()
+
     def _append(self, new: pd.DataFrame, vectors: np.ndarray) -> pd.DataFrame:
         """Grow the item table, index, rankable mask and catalogue by ``new`` (lock held), whose
         ``item_idx`` continue the table."""
-        features = torch.from_numpy(vectors).to(self.device)
-        rows = self.model.text_proj(features).float()
+        rows = self._new_rows(new, vectors)
         self.table = torch.cat([self.table, rows]).contiguous()
-        self.index.add(rows.cpu().numpy())
+        if self.index is not None:
+            self.index.add(rows.cpu().numpy())
         if self._similar is not None:
             self._similar.add(normalized(rows.cpu().numpy()))
         self.rankable = np.concatenate([self.rankable, np.ones(len(new), dtype=bool)])
@@ -561,8 +627,7 @@ def trained_run(
     """The run folder (default: ``dataset``'s best run by validation NDCG@10) loaded as a
     :class:`~recsys.modeling.runs.TrainedRun`, checked to be of ``dataset`` when one is given,
     and the checkpoint file it came from."""
-    from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run, is_generative
-    from recsys.modeling.runs import load_trained_run
+    from recsys.modeling.runs import BEST_CKPT, LAST_CKPT, best_run, load_trained_run
 
     if run is None:
         if dataset is None:
@@ -572,11 +637,6 @@ def trained_run(
     if not run_dir.is_dir():
         raise fail(
             f"run {run_dir} is not a folder; pass a run folder like models/ml-100k/sasrec-ce"
-        )
-    if is_generative(run_dir):
-        raise fail(
-            f"run {run_dir} generates semantic IDs (item_repr semantic) and has no item table "
-            "to rank or index; evaluate it with 'make evaluate', and pass a scoring run here"
         )
     trained = load_trained_run(run_dir, checkpoint=checkpoint, device="cpu")
     if dataset is not None and trained.dataset != dataset:
@@ -600,8 +660,11 @@ def load_run(
 
     The processed data of the run's dataset supplies the titles, users and histories. Without
     ``run``, ``dataset`` is checked to have it before its best run is looked for; with one, a run
-    of another dataset is named as such first.
+    of another dataset is named as such first. A generative (TIGER) run loads as a
+    :class:`~recsys.api.generative.GenerativeRun`.
     """
+    from recsys.api.generative import GenerativeRun
+
     if run is None and dataset is not None:
         require_processed(dataset, processed_dir)
     trained, path = trained_run(run, dataset, checkpoint, models_dir)
@@ -613,7 +676,8 @@ def load_run(
             f"data/processed/{data.name} has {data.n_catalogue}; the data changed since "
             "training: retrain the run"
         )
-    return Run(
+    kind = GenerativeRun if trained.model.generative else Run
+    return kind(
         trained.model,
         trained.config,
         data,

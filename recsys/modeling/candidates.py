@@ -28,7 +28,8 @@ from recsys.modeling.baseline_tuning import (
 )
 from recsys.modeling.baselines import MAX_DENSE_ITEMS, fit_baselines, too_large
 from recsys.modeling.evaluation_data import split_examples
-from recsys.modeling.models import COLD_CAPABLE, SemanticDecoder
+from recsys.modeling.models import COLD_CAPABLE
+from recsys.modeling.models.tiger import TrieGenerator
 from recsys.modeling.scoring import BATCH_SIZE
 from recsys.processed import ProcessedData, train_pieces
 
@@ -70,7 +71,7 @@ def load_trained(
             f"pick a run under models/{dataset}/ or pass --dataset {trained.dataset}"
         )
     model = trained.model
-    generative = isinstance(model, SemanticDecoder)
+    generative = model.generative
     if generative:
         check_trie(run_dir, trained.config, model, processed_root)
     return Candidate(
@@ -86,7 +87,7 @@ def load_trained(
 
 
 def check_trie(
-    run_dir: Path, config: dict[str, Any], model: SemanticDecoder, processed_root: Path | None
+    run_dir: Path, config: dict[str, Any], model: TrieGenerator, processed_root: Path | None
 ) -> None:
     """A generative run may only rank the data whose semantic IDs it was trained on: the same
     code for the same item, else its trie names other items."""

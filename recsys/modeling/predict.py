@@ -10,7 +10,9 @@
 
 Items already in the history are not recommended (``--keep-history`` allows them). Text and
 hybrid runs also rank item-table-only items (no interactions yet), because their item vectors
-come from text; id runs rank only the items they were trained on.
+come from text; id runs rank only the items they were trained on. A generative (TIGER) run
+recommends by beam search, at most its beam size of items, scored by log-probability; it has no
+item-table scores for ``--generate`` to sample from.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import typer
 from loguru import logger
 
+from recsys.api.generative import GenerativeRun
 from recsys.api.run import Run, load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import fail, run
@@ -45,15 +48,6 @@ class Strategy(str, enum.Enum):
     greedy = "greedy"
     sample = "sample"
     beam = "beam"
-
-
-# ------------------------------------------------------------------------------ candidates
-
-
-def check_k(k: int, candidates: torch.Tensor) -> None:
-    n_rankable = int(candidates.sum())
-    if not 1 <= k <= n_rankable:
-        raise fail(f"--k must be between 1 and the {n_rankable} rankable items, got {k}")
 
 
 # ------------------------------------------------------------------------------ generation
@@ -328,7 +322,12 @@ def predict(
     run = open_run(dataset, run_dir, processed_dir, models_dir, torch_device)
     catalogue = run.catalogue
     candidates = torch.from_numpy(run.rankable)
-    check_k(k, candidates)
+    run.check_k(k, "--k")
+    if n_generate and isinstance(run, GenerativeRun):
+        raise fail(
+            f"--generate samples from an item table's scores, which generative run {run.name} "
+            "does not have (it recommends by beam search); leave out --generate"
+        )
     requests = build_requests(run, users, all_users, history, items)
     if output is None:
         console.print(f"run: {run.run_dir}")

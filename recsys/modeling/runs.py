@@ -128,7 +128,8 @@ def best_run(dataset: str, models_dir: Path | None = None) -> Path:
 
     Runs trained on the whole catalogue come first: a cold-start run's validation skips the
     held-out items, so its number is not comparable and it should not serve by default.
-    Generative runs are left out: predict and the service rank an item table, which they lack.
+    Generative runs are left out: they answer at most their beam size of items, so predict and
+    the service serve one only when it is named (``--run``).
     """
     root = Path(models_dir or MODELS_DIR) / dataset
     found = list_runs(dataset, models_dir)
@@ -137,8 +138,9 @@ def best_run(dataset: str, models_dir: Path | None = None) -> Path:
     runs = [run for run in found if not is_generative(run)]
     if not runs:
         raise fail(
-            f"the runs in {root} are all generative (item_repr semantic) and rank no item table; "
-            f"train a scoring config, e.g. 'make train DATASET={dataset} CONFIGS=sasrec-ce'"
+            f"the runs in {root} are all generative (item_repr semantic), which serve only when "
+            f"named: pass --run with one, or train a scoring config, e.g. 'make train "
+            f"DATASET={dataset} CONFIGS=sasrec-ce'"
         )
     whole_catalogue = [run for run in runs if cold_fraction(run) == 0.0]
     return max(whole_catalogue or runs, key=best_val_ndcg)

@@ -2,10 +2,11 @@
 (:mod:`recsys.modeling.train`) and the tuner (:mod:`recsys.modeling.tuning`) both call.
 
 A run folder holds ``config.yaml`` (the resolved config), ``checkpoints/{best,last}.ckpt``,
-``metrics.json`` and ``logs/metrics.csv``. Running the same resolved config again resumes from
-``last.ckpt`` (an interrupted run loses at most one epoch) or, if it finished, does nothing;
-a different config starts the run afresh. ``--logger`` adds TensorBoard or MLflow tracking to the
-CSV log (:mod:`recsys.modeling.tracking`).
+``metrics.json`` and ``logs/metrics.csv``; a TIGER run also the quantiser of its semantic IDs
+(``quantiser.npz`` and ``quantiser.json``, :func:`recsys.semantic_ids.store_run_quantiser`).
+Running the same resolved config again resumes from ``last.ckpt`` (an interrupted run loses at
+most one epoch) or, if it finished, does nothing; a different config starts the run afresh.
+``--logger`` adds TensorBoard or MLflow tracking to the CSV log (:mod:`recsys.modeling.tracking`).
 """
 
 from __future__ import annotations
@@ -245,6 +246,10 @@ def train(
         if plan == "fresh":
             _start_fresh(run_dir)
         write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
+        if cfg["item_repr"] == "semantic":  # so that the service can give new items codes
+            from recsys.semantic_ids import store_run_quantiser
+
+            store_run_quantiser(run_dir, dataset, semantic_ids_slug(cfg), processed_root)
     hardware = {
         "accelerator": accelerator,
         "devices": _parse_devices(devices),

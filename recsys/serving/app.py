@@ -3,9 +3,10 @@
 ``create_app(run, api_key=...)`` builds the app; ``python -m recsys.serve`` runs it under
 uvicorn. Every request is resolved on its own first (a bad one fails alone, with its own
 message), then scored through a :class:`~recsys.serving.batching.MicroBatcher`, so concurrent
-requests share one forward pass. A reload loads the next run in a worker thread and swaps the
-whole (run, batcher) pair in one assignment; the old batcher drains, so no request in flight
-fails. Errors are ``{"detail": "<one line>", ...}``, never a traceback.
+requests share one forward pass (one beam search, for a generative run). A reload loads the
+next run in a worker thread and swaps the whole (run, batcher) pair in one assignment; the old
+batcher drains, so no request in flight fails. Errors are ``{"detail": "<one line>", ...}``,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ class Item(BaseModel):
 
 class ScoredItem(Item):
     rank: int
-    score: float = Field(description="The model's score (a logit, or a cosine for similar).")
+    score: float = Field(
+        description="The model's score: a logit, a generative run's log-probability, or a "
+        "cosine for similar."
+    )
 
 
 class Answer(BaseModel):
@@ -508,7 +512,8 @@ def create_app(
         tags=["items"],
     )
     async def add_items(body: NewItems) -> dict[str, Any]:
-        """Add items by their text; text and hybrid runs rank them at once (id runs: 409)."""
+        """Add items by their text; text, hybrid and generative runs rank them at once (a
+        generative one gives them semantic IDs through its quantiser); id runs: 409."""
         items = [item.model_dump() for item in body.items]
         serving, added = await service.add_items(items)
         return {"run": serving.run.name, "added": added, "n_items": serving.run.n_items}

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.modeling.models.base import Recommender
 from recsys.modeling.models.blocks import Decoder, KeyValues, causal_mask, item_positions
 from recsys.modeling.models.config import ModelConfig
 from recsys.modeling.models.items import checked_codes, level_offsets, summed_code_rows
@@ -53,23 +54,207 @@ class ItemTrie(nn.Module):
     def child_table(self, depth: int) -> Tensor:
         return getattr(self, f"children_{depth}")
 
-    def available(self, depth: int, exclude: Tensor | None, batch: int) -> Tensor:
-        """[B or 1, nodes at depth + 1]: whether a child node has an item outside the row's
-        ``exclude`` (left-padded item ids, 0 = none)."""
-        size = getattr(self, f"size_{depth}")
+    def available(
+        self, depth: int, exclude: Tensor | None, batch: int, allowed: Tensor | None = None
+    ) -> Tensor:
+        """[B or 1, nodes at depth + 1]: whether a child node has an item that is ``allowed``
+        (bool [n_rows] or [B, n_rows]; None: every item) and outside the row's ``exclude``
+        (left-padded item ids, 0 = none). Pruning here, not after decoding, keeps every beam
+        on an item the request may get."""
+        size, ancestor = getattr(self, f"size_{depth}"), getattr(self, f"ancestor_{depth}")
+        if allowed is None:
+            size = size[None, :]
+        else:  # count the allowed items under each node instead of all of them
+            allowed = allowed.reshape(-1, len(ancestor)) & (ancestor >= 0)
+            counts = torch.zeros(len(allowed), len(size), dtype=size.dtype, device=size.device)
+            size = counts.scatter_add_(1, ancestor.clamp(min=0).expand_as(allowed), allowed.long())
         if exclude is None:
-            return (size > 0)[None, :]
+            return size > 0
         items = exclude.sort(dim=1).values  # count each excluded item once
         first = torch.ones_like(items, dtype=torch.bool)
         first[:, 1:] = items[:, 1:] != items[:, :-1]
-        nodes = getattr(self, f"ancestor_{depth}")[items]
-        counted = (first & (items > 0) & (nodes >= 0)).to(size.dtype)
-        excluded = torch.zeros(batch, len(size), dtype=size.dtype, device=size.device)
-        excluded.scatter_add_(1, nodes.clamp(min=0), counted)
-        return size[None, :] - excluded > 0
+        nodes = ancestor[items]
+        counted = first & (items > 0) & (nodes >= 0)
+        if allowed is not None:  # an item that is not allowed was never counted
+            counted &= allowed.expand(batch, -1).gather(1, items)
+        excluded = torch.zeros(batch, size.shape[1], dtype=size.dtype, device=size.device)
+        excluded.scatter_add_(1, nodes.clamp(min=0), counted.to(size.dtype))
+        return size - excluded > 0
 
 
-class SemanticDecoder(Decoder):
+class TrieGenerator(Recommender):
+    """What every generative family shares: the items' semantic IDs and their trie, items added
+    after training, the beam search through the trie, ``cold_share``, and the list as scores.
+
+    A subclass encodes a history once (:meth:`_start`) and gives the log-probabilities of each
+    beam's next code (:meth:`_step`); it calls :meth:`_build_trie` in its constructor.
+    """
+
+    generative = True
+
+    def _build_trie(self, codes: Tensor) -> None:
+        self.register_buffer("item_codes", codes)
+        self.trie = ItemTrie(codes, self.trie_items(), self.config.code_vocab)
+        # Items with training targets (set by the trainer; saved): see ``cold_share``.
+        trained = torch.zeros(self.config.n_catalogue + 1, dtype=torch.bool)
+        trained[1 : self.config.n_items + 1] = True
+        self.register_buffer("item_trained", trained)
+        self._split_tries: tuple[ItemTrie, ItemTrie] | None = None
+
+    @property
+    def levels(self) -> int:
+        return len(self.config.code_vocab)
+
+    def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
+        """log p(item's codes | history) [B], one item per row."""
+        raise NotImplementedError
+
+    def _start(self, item_seq: Tensor) -> dict[str, Any]:
+        """What every beam search after the history ``item_seq`` reads (its encoding)."""
+        raise NotImplementedError
+
+    def _step(
+        self, state: dict[str, Any], level: int, parents: Tensor | None, chosen: Tensor | None
+    ) -> Tensor:
+        """Log-probabilities [B, K, vocab of ``level``] of each beam's next code; ``parents``
+        [B, K] are the beams these extend and ``chosen`` their codes at the level before (both
+        None at level 0, with one beam)."""
+        raise NotImplementedError
+
+    def set_item_counts(self, counts: Tensor) -> None:
+        """Training-target counts per item: which items the model has learned to spell."""
+        self.item_trained.copy_(counts > 0)
+        self._split_tries = None
+
+    def trie_items(self) -> Tensor:
+        """The items beam search spells: those with interactions (1..n_items) and those added
+        after training (:meth:`add_items`); catalogue items without interactions stay out, as
+        in training and evaluation."""
+        device = self.item_codes.device
+        added = torch.arange(self.config.n_catalogue + 1, len(self.item_codes), device=device)
+        return torch.cat([torch.arange(1, self.config.n_items + 1, device=device), added])
+
+    def add_items(self, codes: Tensor) -> Tensor:
+        """Append items by their semantic IDs [m, levels], after every row so far, and put them
+        in the trie at once (as untrained items, for ``cold_share``); returns their ids. An ID
+        must lie in the vocabulary and be new: the trie names one item per ID."""
+        codes = codes.to(self.item_codes)
+        vocab = torch.tensor(self.config.code_vocab, device=codes.device)
+        if codes.ndim != 2 or codes.shape[1] != self.levels or (codes < 0).any():
+            raise ValueError(f"new items' codes must be [m, {self.levels}] and >= 0")
+        if (codes >= vocab).any():
+            raise ValueError(f"new items' codes fall outside the vocabulary {vocab.tolist()}")
+        rows = torch.cat([self.item_codes, codes])
+        if len(rows.unique(dim=0)) != len(rows):
+            raise ValueError("new items' semantic IDs must differ from each other and all")
+        first = len(self.item_codes)
+        self.item_codes = rows
+        untrained = torch.zeros(len(codes), dtype=torch.bool, device=rows.device)
+        self.item_trained = torch.cat([self.item_trained, untrained])
+        self.trie = ItemTrie(rows, self.trie_items(), self.config.code_vocab).to(rows.device)
+        self._split_tries = None
+        return torch.arange(first, len(rows), device=rows.device)
+
+    def _tries(self) -> tuple[ItemTrie, ItemTrie]:
+        """Tries of the trained items and of the others (``cold_share``), built on first use."""
+        if self._split_tries is None:
+            items = self.trie_items()
+            trained = self.item_trained[items]
+            self._split_tries = tuple(
+                ItemTrie(self.item_codes, part, self.config.code_vocab).to(items.device)
+                for part in (items[trained], items[~trained])
+            )
+        return self._split_tries
+
+    @torch.no_grad()
+    def generate(
+        self,
+        item_seq: Tensor,
+        beam_size: int,
+        exclude: Tensor | None = None,
+        allowed: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` next items [B, K] in recommendation order, with their
+        log-probabilities, by beam search in the trie (see :meth:`_beam_search`). Items in
+        ``exclude`` (left-padded ids) and items outside ``allowed`` (bool over the item rows,
+        [n_rows] or [B, n_rows]) are pruned; a row with fewer items left than beams gets item -1
+        at log-probability -inf in the spare beams.
+
+        With ``cold_share`` > 0, that share of the beams (at least one) is searched among the
+        items never trained on, as TIGER recommends new items, and they take every
+        1 / cold_share-th place of the list (:func:`cold_places`): a model never taught to
+        spell an item would otherwise rank it below every item it was.
+        """
+        untrained = (~self.item_trained[self.trie_items()]).sum()
+        if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
+            return self._beam_search(self.trie, item_seq, beam_size, exclude, allowed)
+        places = cold_places(beam_size, self.config.cold_share).to(item_seq.device)
+        n_cold = int(places.sum())
+        warm_trie, cold_trie = self._tries()
+        warm = self._beam_search(warm_trie, item_seq, beam_size - n_cold, exclude, allowed)
+        cold = self._beam_search(cold_trie, item_seq, n_cold, exclude, allowed)
+        merged = []
+        for ours, theirs in zip(warm, cold):
+            out = torch.empty(len(item_seq), beam_size, dtype=ours.dtype, device=ours.device)
+            out[:, ~places], out[:, places] = ours, theirs
+            merged.append(out)
+        return merged[0], merged[1]
+
+    def _beam_search(
+        self,
+        trie: ItemTrie,
+        item_seq: Tensor,
+        beam_size: int,
+        exclude: Tensor | None,
+        allowed: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` most likely items of ``trie`` [B, K], best first, and their
+        log-probabilities: level by level, every open child of every beam, the best kept."""
+        state = self._start(item_seq)
+        batch = len(item_seq)
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=item_seq.device)
+        scores = torch.zeros(batch, 1, device=item_seq.device)
+        parents = chosen = None
+        for level, vocab in enumerate(self.config.code_vocab):
+            log_probs = self._step(state, level, parents, chosen)  # [B, K, V]
+            children = trie.child_table(level)[nodes.clamp(min=0)]
+            children = children.masked_fill((nodes < 0)[..., None], -1).flatten(1)
+            open_ = trie.available(level, exclude, batch, allowed)
+            open_ = open_.expand(batch, -1).gather(1, children.clamp(min=0)) & (children >= 0)
+            total = (scores[..., None] + log_probs).flatten(1).masked_fill(~open_, float("-inf"))
+            scores, picked = total.topk(min(beam_size, total.shape[1]), dim=1)
+            nodes = children.gather(1, picked).masked_fill(scores == float("-inf"), -1)
+            parents, chosen = picked // vocab, picked % vocab
+        if nodes.shape[1] < beam_size:  # a trie with fewer items than beams
+            spare = beam_size - nodes.shape[1]
+            nodes = F.pad(nodes, (0, spare), value=-1)
+            scores = F.pad(scores, (0, spare), value=float("-inf"))
+        return nodes, scores
+
+    @torch.no_grad()
+    def score(
+        self, item_seq: Tensor, users: Tensor | None = None, exclude: Tensor | None = None
+    ) -> Tensor:
+        """[B, item rows]: the generated items scored by their place in the list (0 for the
+        first, then -1, -2, ...: the order :meth:`generate` recommends), -inf for the rest; the
+        history ``exclude`` is pruned while decoding."""
+        items, _ = self.generate(item_seq, self.config.beam_size, exclude)
+        scores = torch.full(
+            (len(item_seq), len(self.item_codes)), float("-inf"), device=item_seq.device
+        )
+        found = items >= 0
+        rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
+        place = -torch.arange(items.shape[1], device=items.device, dtype=scores.dtype)
+        scores[rows[found], items[found]] = place.expand_as(items)[found]
+        return scores
+
+    def validation_loss(self, item_seq: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
+        """Summed -log p(target's codes | history), token by token: the beam's places are ranks,
+        not probabilities."""
+        return -self.item_log_probs(item_seq, targets).sum()
+
+
+class SemanticDecoder(TrieGenerator, Decoder):
     """Generative retrieval over semantic IDs (TIGER, Rajput et al. 2023) on the same blocks.
 
     An item is the tuple of its L codes (``item_codes`` [n_catalogue + 1, L], row 0 the padding
@@ -81,14 +266,11 @@ class SemanticDecoder(Decoder):
     items the user has seen are pruned from the trie before decoding starts.
     """
 
-    generative = True
-
     def __init__(self, config: ModelConfig, item_codes: Tensor) -> None:
         super().__init__(config, config.max_len + 1)  # a window: max_len items and the next
         vocab = config.code_vocab
-        codes = checked_codes(config, item_codes)
         sizes = torch.tensor(vocab)
-        self.register_buffer("item_codes", codes)
+        self._build_trie(checked_codes(config, item_codes))
         self.register_buffer("level_offsets", level_offsets(vocab), persistent=False)
         levels = torch.repeat_interleave(torch.arange(len(vocab)), sizes)
         bias = torch.full((len(vocab), int(sizes.sum())), float("-inf"))
@@ -96,17 +278,7 @@ class SemanticDecoder(Decoder):
         self.register_buffer("level_bias", bias, persistent=False)  # 0 on a level's own tokens
         self.token_emb = nn.Embedding(int(sizes.sum()), config.d_model)
         self.level_emb = nn.Embedding(len(vocab), config.d_model)
-        self.trie = ItemTrie(codes, torch.arange(1, config.n_items + 1), vocab)
-        # Items with training targets (set by the trainer; saved): see ``cold_share``.
-        trained = torch.zeros(config.n_catalogue + 1, dtype=torch.bool)
-        trained[1 : config.n_items + 1] = True
-        self.register_buffer("item_trained", trained)
-        self._split_tries: tuple[ItemTrie, ItemTrie] | None = None
         self._init_weights()
-
-    @property
-    def levels(self) -> int:
-        return len(self.config.code_vocab)
 
     def item_table(self) -> Tensor:
         """Each item as the sum of its code embeddings [n_catalogue + 1, d] (row 0 zero): its
@@ -157,52 +329,6 @@ class SemanticDecoder(Decoder):
         return log_probs.gather(2, tokens[:, tail, None]).sum(dim=(1, 2))
 
     # ---------------------------------------------------------------------------- retrieval
-    def set_item_counts(self, counts: Tensor) -> None:
-        """Training-target counts per item: which items the decoder has learned to spell."""
-        self.item_trained.copy_(counts > 0)
-        self._split_tries = None
-
-    def _tries(self) -> tuple[ItemTrie, ItemTrie]:
-        """Tries of the trained items and of the others (``cold_share``), built on first use."""
-        if self._split_tries is None:
-            items = torch.arange(1, self.config.n_items + 1, device=self.item_codes.device)
-            trained = self.item_trained[items]
-            self._split_tries = tuple(
-                ItemTrie(self.item_codes, part, self.config.code_vocab).to(items.device)
-                for part in (items[trained], items[~trained])
-            )
-        return self._split_tries
-
-    @torch.no_grad()
-    def generate(
-        self, item_seq: Tensor, beam_size: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The ``beam_size`` next items [B, K] in recommendation order, with their
-        log-probabilities, by beam search in the trie (see :meth:`_beam_search`). Items in
-        ``exclude`` (left-padded ids) are pruned; a row with fewer items left than beams gets
-        item -1 at log-probability -inf in the spare beams.
-
-        With ``cold_share`` > 0, that share of the beams (at least one) is searched among the
-        items never trained on, as TIGER recommends new items, and they take every
-        1 / cold_share-th place of the list (:func:`cold_places`): a decoder never taught to
-        spell an item would otherwise rank it below every item it was.
-        """
-        state = self._encode_history(item_seq)
-        untrained = (~self.item_trained[1 : self.config.n_items + 1]).sum()
-        if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
-            return self._beam_search(self.trie, state, beam_size, exclude)
-        places = cold_places(beam_size, self.config.cold_share).to(item_seq.device)
-        n_cold = int(places.sum())
-        warm_trie, cold_trie = self._tries()
-        warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude)
-        cold = self._beam_search(cold_trie, state, n_cold, exclude)
-        merged = []
-        for ours, theirs in zip(warm, cold):
-            out = torch.empty(len(item_seq), beam_size, dtype=ours.dtype, device=ours.device)
-            out[:, ~places], out[:, places] = ours, theirs
-            merged.append(out)
-        return merged[0], merged[1]
-
     def _encode_history(self, item_seq: Tensor) -> dict[str, Any]:
         """The history's keys and values at every block, its last hidden state and the position
         of the item to generate: what every beam search after it reads."""
@@ -219,64 +345,29 @@ class SemanticDecoder(Decoder):
             "position": (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None],
         }
 
-    def _beam_search(
-        self, trie: ItemTrie, state: dict[str, Any], beam_size: int, exclude: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """The ``beam_size`` most likely items of ``trie`` [B, K], best first, and their
-        log-probabilities; with the history cached, each level costs one position per beam."""
-        history, real, hidden = state["history"], state["real"], state["hidden"]
-        batch = len(real)
-        nodes = torch.zeros(batch, 1, dtype=torch.long, device=real.device)
-        scores = torch.zeros(batch, 1, device=real.device)
-        caches: list[KeyValues | None] = [None] * len(self.blocks)
-        chosen = torch.zeros_like(nodes)  # each beam's code at the level before
-        for level, vocab in enumerate(self.config.code_vocab):
-            if level:
-                token = chosen + self.level_offsets[level - 1]
-                level_ids = torch.full_like(token, level - 1)
-                x = self._embed(token, state["position"].expand_as(token), level_ids)
-                for depth, block in enumerate(self.blocks):
-                    x, caches[depth] = block.step(x, history[depth], real, caches[depth])
-                hidden = self.ln_f(x)
-            offset = int(self.level_offsets[level])
-            log_probs = self._log_probs(hidden, torch.full_like(nodes, level))
-            log_probs = log_probs[..., offset : offset + vocab]  # [B, K, V]
-            children = trie.child_table(level)[nodes.clamp(min=0)]
-            children = children.masked_fill((nodes < 0)[..., None], -1).flatten(1)
-            open_ = trie.available(level, exclude, batch)
-            open_ = open_.expand(batch, -1).gather(1, children.clamp(min=0)) & (children >= 0)
-            total = (scores[..., None] + log_probs).flatten(1).masked_fill(~open_, float("-inf"))
-            scores, picked = total.topk(min(beam_size, total.shape[1]), dim=1)
-            nodes = children.gather(1, picked).masked_fill(scores == float("-inf"), -1)
-            parents, chosen = picked // vocab, picked % vocab
-            caches = [_pick_beams(cache, parents) for cache in caches]
-        if nodes.shape[1] < beam_size:  # a trie with fewer items than beams
-            spare = beam_size - nodes.shape[1]
-            nodes = F.pad(nodes, (0, spare), value=-1)
-            scores = F.pad(scores, (0, spare), value=float("-inf"))
-        return nodes, scores
+    def _start(self, item_seq: Tensor) -> dict[str, Any]:
+        state = self._encode_history(item_seq)
+        state["caches"] = [None] * len(self.blocks)
+        return state
 
-    @torch.no_grad()
-    def score(
-        self, item_seq: Tensor, users: Tensor | None = None, exclude: Tensor | None = None
+    def _step(
+        self, state: dict[str, Any], level: int, parents: Tensor | None, chosen: Tensor | None
     ) -> Tensor:
-        """[B, n_catalogue + 1]: the generated items scored by their place in the list (0 for the
-        first, then -1, -2, ...: the order :meth:`generate` recommends), -inf for the rest; the
-        history ``exclude`` is pruned while decoding."""
-        items, _ = self.generate(item_seq, self.config.beam_size, exclude)
-        scores = torch.full(
-            (len(item_seq), self.config.n_catalogue + 1), float("-inf"), device=item_seq.device
+        """With the history cached, each level costs one position per beam."""
+        hidden, real = state["hidden"], state["real"]
+        if chosen is not None:
+            caches = [_pick_beams(cache, parents) for cache in state["caches"]]
+            token = chosen + self.level_offsets[level - 1]
+            level_ids = torch.full_like(token, level - 1)
+            x = self._embed(token, state["position"].expand_as(token), level_ids)
+            for depth, block in enumerate(self.blocks):
+                x, caches[depth] = block.step(x, state["history"][depth], real, caches[depth])
+            state["caches"], hidden = caches, self.ln_f(x)
+        offset, vocab = int(self.level_offsets[level]), self.config.code_vocab[level]
+        log_probs = self._log_probs(
+            hidden, torch.full(hidden.shape[:2], level, device=hidden.device)
         )
-        found = items >= 0
-        rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
-        place = -torch.arange(items.shape[1], device=items.device, dtype=scores.dtype)
-        scores[rows[found], items[found]] = place.expand_as(items)[found]
-        return scores
-
-    def validation_loss(self, item_seq: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
-        """Summed -log p(target's codes | history), token by token: the beam's places are ranks,
-        not probabilities."""
-        return -self.item_log_probs(item_seq, targets).sum()
+        return log_probs[..., offset : offset + vocab]
 
 
 def _pick_beams(cache: KeyValues | None, parents: Tensor) -> KeyValues | None:

@@ -131,7 +131,8 @@ function renderResults(answer) {
     ...columns.map((name) => {
       const th = document.createElement("th");
       th.className = name;
-      th.textContent = name;
+      // a generative run scores an item by the log-probability of its semantic ID
+      th.textContent = name === "score" && answer.item_repr === "semantic" ? "log-prob" : name;
       return th;
     })
   );
