@@ -15,7 +15,7 @@ from recsys.modeling import evaluate as E
 from recsys.modeling import configs as config_module
 from recsys.modeling import training
 from recsys.modeling.candidates import load_trained
-from recsys.modeling.models import BLOCKS, ModelConfig, SemanticDecoder, build_model
+from recsys.modeling.models import BLOCKS, ModelConfig, SemanticDecoder, T5Generator, build_model
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import cold_item_set
@@ -491,3 +491,68 @@ def test_generate_fills_every_place_for_shares_that_crashed(beam_size, cold_shar
     for row in items:
         picks = [i for i in row.tolist() if i > 0]
         assert len(set(picks)) == len(picks) == beam_size
+
+
+# --------------------------------------------------------------------- the T5 generator
+def tiny_t5(n_items: int = N_ITEMS, seed: int = 0, **overrides) -> T5Generator:
+    torch.manual_seed(seed)
+    config = tiny_config(n_items, generator="t5", **overrides)
+    return T5Generator(config, unique_codes(n_items, seed)).eval()
+
+
+@pytest.mark.slow
+def test_t5_learns_and_its_beam_finds_every_item_at_its_exact_log_probability() -> None:
+    model = tiny_t5()
+    targets = torch.roll(HISTORIES, -1, dims=1)[:, :-1].masked_fill(HISTORIES[:, :-1] == 0, 0)
+    first = model.loss(HISTORIES[:, :-1], targets).item()
+    train_briefly(model, HISTORIES, steps=40)
+    assert model.loss(HISTORIES[:, :-1], targets).item() < first / 2
+    items, log_probs = model.generate(HISTORIES, beam_size=N_ITEMS)
+    every = torch.arange(1, N_ITEMS + 1)
+    for row, history in enumerate(HISTORIES):
+        exhaustive = model.item_log_probs(history.expand(N_ITEMS, -1), every)
+        assert sorted(items[row].tolist()) == every.tolist()
+        found = dict(zip(items[row].tolist(), log_probs[row].tolist()))
+        torch.testing.assert_close(
+            torch.tensor([found[i] for i in every.tolist()]), exhaustive, atol=1e-4, rtol=1e-4
+        )
+    scores = model.score(HISTORIES, exclude=HISTORIES)
+    assert torch.isinf(scores[0, [3, 5, 7]]).all()  # the history is pruned
+
+
+def test_t5_trains_on_every_position_with_the_history_before_it() -> None:
+    """A training example's encoder input is the history up to its position, so changing an
+    item after a position cannot change that position's loss term."""
+    model = tiny_t5()
+    inputs = torch.tensor([[0, 1, 2, 3]])
+    early = torch.tensor([[0, 2, 0, 0]])  # only position 1 trains: history (1), target 2
+    changed = torch.tensor([[0, 1, 9, 9]])
+    assert model.loss(inputs, early).item() == pytest.approx(model.loss(changed, early).item())
+
+
+def test_t5_is_semantic_only() -> None:
+    with pytest.raises(ValueError, match="generator=t5 generates semantic IDs"):
+        ModelConfig(n_items=5, n_catalogue=5, generator="t5")
+    assert isinstance(
+        build_model(tiny_config(generator="t5"), item_codes=unique_codes()), T5Generator
+    )
+
+
+def test_a_t5_run_trains_and_recommends_through_the_run_api(tiger_world, tmp_path) -> None:
+    from recsys.api.run import load_run as load_for_serving
+
+    processed, _ = tiger_world
+    config = {**TINY_TIGER, "semantic_ids": FAST_IDS.slug, "generator": "t5", "max_epochs": 1}
+    run_dir = training.train(
+        DATASET,
+        write_config(tmp_path, config),
+        run_name="tiger-t5-tiny",
+        processed_root=processed,
+        models_dir=tmp_path / "models",
+        progress_bar=False,
+    )
+    assert isinstance(load_trained_run(run_dir).model, T5Generator)
+    served = load_for_serving(run_dir, processed_dir=processed)
+    picks = served.recommend(items=["1", "2", "3"], k=5)
+    assert len(picks) == 5 and not {"1", "2", "3"} & set(picks["item_id"])
+    assert picks["score"].is_monotonic_decreasing  # log-probabilities, best first

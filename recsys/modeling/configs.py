@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     # semantic: the share of the beams kept for items never trained on (TIGER's epsilon for
     # cold start); they take every 1 / cold_share-th place of the list. 0: none.
     "cold_share": 0.0,
+    # semantic: decoder (the decoder-only model on the shared blocks) | t5 (a T5
+    # encoder-decoder from transformers, n_layers each side)
+    "generator": "decoder",
     # ce | sampled (softmax with logQ) | bce | bpr | gbce | ccl | directau (bert4rec: ce, sampled)
     "loss": "ce",
     "sampler": "uniform",  # uniform | popularity | in-batch (the losses that sample negatives)
@@ -91,7 +94,7 @@ LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share family "
-    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio"
+    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio generator"
 ).split()
 
 

@@ -29,6 +29,7 @@ from recsys.modeling.models.gru4rec import GRU4Rec
 from recsys.modeling.models.mf import MatrixFactorization
 from recsys.modeling.models.sasrec import SeqRecModel
 from recsys.modeling.models.tiger import SemanticDecoder
+from recsys.modeling.models.tiger_t5 import T5Generator
 
 #: The class of each family that scores an item table.
 FAMILY_CLASSES: dict[str, type[Recommender]] = {
@@ -44,7 +45,8 @@ def build_model(
 ) -> Recommender:
     """The model a config asks for: semantic-ID generation, or a family scoring an item table."""
     if config.item_repr == "semantic":
-        return SemanticDecoder(config, item_codes)
+        generator = T5Generator if config.generator == "t5" else SemanticDecoder
+        return generator(config, item_codes)
     return FAMILY_CLASSES[config.family](config, item_features, item_codes)
 
 
@@ -65,6 +67,7 @@ __all__ = [
     "ModelConfig",
     "Recommender",
     "SemanticDecoder",
+    "T5Generator",
     "SeqRecModel",
     "build_model",
 ]

@@ -31,6 +31,9 @@ FAMILY_LOSSES = {
     "bert4rec": ("ce", "sampled"),
 }
 SAMPLERS = ("uniform", "popularity", "in-batch")
+#: How ``item_repr=semantic`` generates: the decoder-only model on the shared blocks, or a
+#: T5 encoder-decoder from ``transformers``.
+GENERATORS = ("decoder", "t5")
 POSITIONS = ("learned", "sinusoidal")
 POSITION_ORIGINS = ("start", "end")
 BLOCKS = ("pre-ln", "sasrec", "gated")
@@ -76,11 +79,13 @@ class ModelConfig:
     code_vocab: tuple[int, ...] = ()
     beam_size: int = 20
     cold_share: float = 0.0  # semantic: the share of beams kept for items never trained on
+    generator: str = "decoder"  # semantic: decoder (decoder-only) or t5 (encoder-decoder)
 
     def __post_init__(self) -> None:
         choices = {
             "item_repr": ITEM_REPRS,
             "family": FAMILIES,
+            "generator": GENERATORS,
             "loss": LOSSES,
             "sampler": SAMPLERS,
             "positions": POSITIONS,
@@ -133,6 +138,11 @@ class ModelConfig:
                 f"item_repr=semantic (TIGER's beam search over semantic IDs) needs family "
                 f"sasrec, got {self.family}: {self.family} scores an item table; give it "
                 "item_repr codes to read the semantic IDs"
+            )
+        if self.generator != "decoder" and self.item_repr != "semantic":
+            raise ValueError(
+                f"generator={self.generator} generates semantic IDs: it needs item_repr "
+                f"semantic, got {self.item_repr}"
             )
         if self.family == "bert4rec" and not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
