@@ -556,3 +556,61 @@ def test_a_t5_run_trains_and_recommends_through_the_run_api(tiger_world, tmp_pat
     picks = served.recommend(items=["1", "2", "3"], k=5)
     assert len(picks) == 5 and not {"1", "2", "3"} & set(picks["item_id"])
     assert picks["score"].is_monotonic_decreasing  # log-probabilities, best first
+
+
+# ------------------------------------------------------------------- the dense head
+@pytest.mark.parametrize("ranking", ["rescored", "dense"])
+def test_dense_head_trains_and_ranks_open_items_only(ranking) -> None:
+    model = tiny_decoder(dense_weight=1.0, ranking=ranking)
+    counts = torch.ones(N_ITEMS + 1)
+    counts[[5, 6]] = 0  # never trained: the beam does not spell them, the dense side can
+    model.set_item_counts(counts)
+    targets = torch.roll(HISTORIES, -1, dims=1)[:, :-1].masked_fill(HISTORIES[:, :-1] == 0, 0)
+    first = model.loss(HISTORIES[:, :-1], targets).item()
+    plain = tiny_decoder().loss(HISTORIES[:, :-1], targets).item()
+    assert first > plain  # the dense loss is added to the codes' loss
+    train_briefly(model, HISTORIES)
+    allowed = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    allowed[[10, 11]] = False
+    items, scores = model.generate(HISTORIES, beam_size=8, exclude=HISTORIES, allowed=allowed)
+    assert items.shape == scores.shape == (len(HISTORIES), 8)
+    for row, history in zip(items, HISTORIES):
+        picks = row.tolist()
+        assert len(set(picks)) == 8 and min(picks) >= 1
+        assert not set(picks) & (set(history.tolist()) | {10, 11})
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+    state = model._start(HISTORIES)
+    dense = model.dense_log_probs(state, HISTORIES, allowed)
+    torch.testing.assert_close(dense.exp().sum(dim=1), torch.ones(len(HISTORIES)))
+    assert torch.isfinite(dense[:, 6]).all()  # an untrained item is rankable by the dense side
+    assert torch.isinf(dense[:, [0, 10, 11]]).all() and torch.isinf(dense[0, [3, 5, 7]]).all()
+    if ranking == "dense":  # the list is the dense head's best open items
+        torch.testing.assert_close(scores, dense.topk(8, dim=1).values)
+
+
+def test_rescoring_adds_the_beam_log_probability_to_the_dense_one() -> None:
+    model = tiny_decoder(dense_weight=1.0, ranking="rescored", beam_size=N_ITEMS)
+    train_briefly(model, HISTORIES)
+    items, scores = model.generate(HISTORIES, beam_size=N_ITEMS)
+    dense = model.dense_log_probs(model._start(HISTORIES), None, None)
+    every = torch.arange(1, N_ITEMS + 1)
+    for row, history in enumerate(HISTORIES):  # the beam holds every item: nothing is bounded
+        exact = model.item_log_probs(history.expand(N_ITEMS, -1), every) + dense[row, 1:]
+        found = dict(zip(items[row].tolist(), scores[row].tolist()))
+        torch.testing.assert_close(
+            torch.tensor([found[i] for i in every.tolist()]), exact, atol=1e-4, rtol=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"ranking": "rescored"}, "ranking=rescored reads the dense head"),
+        ({"dense_weight": 1.0, "generator": "t5"}, "generator=t5 has none"),
+        ({"dense_weight": -1.0}, "dense_weight must be >= 0"),
+        ({"ranking": "best"}, "ranking must be one of"),
+    ],
+)
+def test_bad_dense_settings_are_one_line(overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)

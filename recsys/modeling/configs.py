@@ -33,6 +33,11 @@ DEFAULTS: dict[str, Any] = {
     # semantic: decoder (the decoder-only model on the shared blocks) | t5 (a T5
     # encoder-decoder from transformers, n_layers each side)
     "generator": "decoder",
+    # semantic decoder: > 0 trains a dense head beside the codes (its full-softmax loss, this
+    # much of it); ranking beam | rescored (beam and dense log-probabilities summed, LIGER's
+    # way, over the beam and the dense side's best) | dense (the head alone; needs the head)
+    "dense_weight": 0.0,
+    "ranking": "beam",
     # ce | sampled (softmax with logQ) | bce | bpr | gbce | ccl | directau (bert4rec: ce, sampled)
     "loss": "ce",
     "sampler": "uniform",  # uniform | popularity | in-batch (the losses that sample negatives)
@@ -94,7 +99,8 @@ LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share family "
-    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio generator"
+    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio generator dense_weight "
+    "ranking"
 ).split()
 
 

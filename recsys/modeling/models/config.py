@@ -34,6 +34,9 @@ SAMPLERS = ("uniform", "popularity", "in-batch")
 #: How ``item_repr=semantic`` generates: the decoder-only model on the shared blocks, or a
 #: T5 encoder-decoder from ``transformers``.
 GENERATORS = ("decoder", "t5")
+#: How a semantic run orders its list: by the beam's log-probabilities, by those plus the dense
+#: head's (over the beam and the dense side's own best items), or by the dense head alone.
+RANKINGS = ("beam", "rescored", "dense")
 POSITIONS = ("learned", "sinusoidal")
 POSITION_ORIGINS = ("start", "end")
 BLOCKS = ("pre-ln", "sasrec", "gated")
@@ -80,12 +83,15 @@ class ModelConfig:
     beam_size: int = 20
     cold_share: float = 0.0  # semantic: the share of beams kept for items never trained on
     generator: str = "decoder"  # semantic: decoder (decoder-only) or t5 (encoder-decoder)
+    dense_weight: float = 0.0  # semantic decoder: weight of the dense head's loss (0: no head)
+    ranking: str = "beam"  # semantic: beam | rescored | dense (the last two need the head)
 
     def __post_init__(self) -> None:
         choices = {
             "item_repr": ITEM_REPRS,
             "family": FAMILIES,
             "generator": GENERATORS,
+            "ranking": RANKINGS,
             "loss": LOSSES,
             "sampler": SAMPLERS,
             "positions": POSITIONS,
@@ -150,6 +156,16 @@ class ModelConfig:
             raise ValueError("family mf needs n_users >= 1: it learns a vector per user")
 
     def _check_semantic(self) -> None:
+        if self.dense_weight < 0:
+            raise ValueError(f"dense_weight must be >= 0, got {self.dense_weight!r}")
+        if self.dense_weight > 0 and self.generator != "decoder":
+            raise ValueError(
+                f"the dense head is the decoder's; generator={self.generator} has none"
+            )
+        if self.ranking != "beam" and self.dense_weight == 0:
+            raise ValueError(
+                f"ranking={self.ranking} reads the dense head: set dense_weight > 0 (e.g. 1.0)"
+            )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size!r}")
         if not 0.0 <= self.cold_share < 1.0:

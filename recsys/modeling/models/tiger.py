@@ -18,6 +18,7 @@ from recsys.modeling.models.base import Recommender
 from recsys.modeling.models.blocks import Decoder, KeyValues, causal_mask, item_positions
 from recsys.modeling.models.config import ModelConfig
 from recsys.modeling.models.items import checked_codes, level_offsets, summed_code_rows
+from recsys.modeling.models.losses import full_softmax_loss
 
 
 class ItemTrie(nn.Module):
@@ -166,6 +167,10 @@ class TrieGenerator(Recommender):
             )
         return self._split_tries
 
+    def _query(self, state: dict[str, Any]) -> Tensor:
+        """The state [B, d] that the dense head scores the items with (``dense_weight`` > 0)."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def generate(
         self,
@@ -174,46 +179,103 @@ class TrieGenerator(Recommender):
         exclude: Tensor | None = None,
         allowed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The ``beam_size`` next items [B, K] in recommendation order, with their
-        log-probabilities, by beam search in the trie (see :meth:`_beam_search`). Items in
+        """The ``beam_size`` next items [B, K] in recommendation order, with their scores: the
+        log-probabilities of a beam search in the trie (see :meth:`_beam_search`), or with
+        ``ranking`` rescored or dense, the dense head's (:meth:`_rank_with_dense`). Items in
         ``exclude`` (left-padded ids) and items outside ``allowed`` (bool over the item rows,
         [n_rows] or [B, n_rows]) are pruned; a row with fewer items left than beams gets item -1
-        at log-probability -inf in the spare beams.
+        at -inf in the spare places.
 
         With ``cold_share`` > 0, that share of the beams (at least one) is searched among the
         items never trained on, as TIGER recommends new items, and they take every
         1 / cold_share-th place of the list (:func:`cold_places`): a model never taught to
         spell an item would otherwise rank it below every item it was.
         """
+        state = self._start(item_seq)
+        items, log_probs = self._search(state, beam_size, exclude, allowed)
+        if self.config.ranking == "beam":
+            return items, log_probs
+        return self._rank_with_dense(state, items, log_probs, exclude, allowed)
+
+    def _search(
+        self,
+        state: dict[str, Any],
+        beam_size: int,
+        exclude: Tensor | None,
+        allowed: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The beam search of :meth:`generate`, split by ``cold_share``."""
         untrained = (~self.item_trained[self.trie_items()]).sum()
         if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
-            return self._beam_search(self.trie, item_seq, beam_size, exclude, allowed)
-        places = cold_places(beam_size, self.config.cold_share).to(item_seq.device)
+            return self._beam_search(self.trie, state, beam_size, exclude, allowed)
+        device = self.item_codes.device
+        places = cold_places(beam_size, self.config.cold_share).to(device)
         n_cold = int(places.sum())
         warm_trie, cold_trie = self._tries()
-        warm = self._beam_search(warm_trie, item_seq, beam_size - n_cold, exclude, allowed)
-        cold = self._beam_search(cold_trie, item_seq, n_cold, exclude, allowed)
+        warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude, allowed)
+        cold = self._beam_search(cold_trie, state, n_cold, exclude, allowed)
         merged = []
         for ours, theirs in zip(warm, cold):
-            out = torch.empty(len(item_seq), beam_size, dtype=ours.dtype, device=ours.device)
+            out = torch.empty(len(ours), beam_size, dtype=ours.dtype, device=device)
             out[:, ~places], out[:, places] = ours, theirs
             merged.append(out)
         return merged[0], merged[1]
 
+    def dense_log_probs(
+        self, state: dict[str, Any], exclude: Tensor | None, allowed: Tensor | None
+    ) -> Tensor:
+        """[B, item rows]: the dense head's log-softmax over the items open to each row (in the
+        trie, allowed, not excluded): the query state against the items' code-embedding rows,
+        which every item has, trained or not."""
+        query = self._query(state)
+        logits = query.float() @ self.item_table().float().T
+        open_ = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        open_[self.trie_items()] = True
+        open_ = open_[None, :] if allowed is None else open_ & allowed.reshape(-1, len(open_))
+        open_ = open_.expand_as(logits).clone()
+        if exclude is not None:
+            open_.scatter_(1, exclude, False)
+        open_[:, 0] = False
+        return logits.masked_fill(~open_, float("-inf")).log_softmax(dim=-1)
+
+    def _rank_with_dense(
+        self,
+        state: dict[str, Any],
+        items: Tensor,
+        log_probs: Tensor,
+        exclude: Tensor | None,
+        allowed: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The list by the dense head (``ranking: dense``), or by the dense log-probability plus
+        the beam's (``rescored``, after LIGER): an item the beam missed counts the beam's lowest
+        log-probability, a bound on what it left out, so the dense side can bring back items the
+        beam never spells, cold ones among them."""
+        combined = self.dense_log_probs(state, exclude, allowed)
+        if self.config.ranking == "rescored":
+            found = items >= 0
+            floor = log_probs.masked_fill(~found, float("inf")).min(dim=1, keepdim=True).values
+            dense = combined.clone()
+            combined = combined + torch.where(torch.isfinite(floor), floor, 0.0)
+            rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
+            picked = rows[found], items[found]
+            combined[picked] = dense[picked] + log_probs[found]
+        scores, top = combined.topk(min(items.shape[1], combined.shape[1]), dim=1)
+        return top.masked_fill(torch.isinf(scores), -1), scores
+
     def _beam_search(
         self,
         trie: ItemTrie,
-        item_seq: Tensor,
+        state: dict[str, Any],
         beam_size: int,
         exclude: Tensor | None,
         allowed: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """The ``beam_size`` most likely items of ``trie`` [B, K], best first, and their
         log-probabilities: level by level, every open child of every beam, the best kept."""
-        state = self._start(item_seq)
-        batch = len(item_seq)
-        nodes = torch.zeros(batch, 1, dtype=torch.long, device=item_seq.device)
-        scores = torch.zeros(batch, 1, device=item_seq.device)
+        state = dict(state)  # the steps replace their own entries; the encoding is shared
+        batch, device = state["batch"], self.item_codes.device
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        scores = torch.zeros(batch, 1, device=device)
         parents = chosen = None
         for level, vocab in enumerate(self.config.code_vocab):
             log_probs = self._step(state, level, parents, chosen)  # [B, K, V]
@@ -315,10 +377,21 @@ class SemanticDecoder(TrieGenerator, Decoder):
         return hidden, tokens[:, 1:], levels[:, 1:], real[:, 1:] & real[:, :-1]
 
     def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
-        """Mean cross-entropy of every next token of the windows ``item_seq`` + last target."""
+        """Mean cross-entropy of every next token of the windows ``item_seq`` + last target;
+        with ``dense_weight``, plus that weight times the dense head's: the full softmax over
+        the trained items of each state that comes before an item's first code."""
         hidden, tokens, levels, keep = self._teacher_forced(item_seq, targets[:, -1])
         logits = hidden[keep] @ self.token_emb.weight.T + self.level_bias[levels[keep]]
-        return F.cross_entropy(logits.float(), tokens[keep])
+        loss = F.cross_entropy(logits.float(), tokens[keep])
+        if self.config.dense_weight == 0:
+            return loss
+        before_item = keep & (levels == 0)
+        window = torch.cat([item_seq, targets[:, -1:]], dim=1)
+        next_items = window.repeat_interleave(self.levels, dim=1)[:, 1:]
+        dense = full_softmax_loss(
+            hidden[before_item], next_items[before_item], self.item_table(), self.item_trained
+        )
+        return loss + self.config.dense_weight * dense
 
     @torch.no_grad()
     def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
@@ -339,6 +412,7 @@ class SemanticDecoder(TrieGenerator, Decoder):
             history.append(block.attn.keys_values(block.key_input(x, block.ln_1(x))))
             x = block(x, mask, last_only=depth == last)
         return {
+            "batch": len(item_seq),
             "history": history,
             "real": real,
             "hidden": self.ln_f(x[:, -1:]),  # [B, 1, d]: one beam, the root
@@ -349,6 +423,10 @@ class SemanticDecoder(TrieGenerator, Decoder):
         state = self._encode_history(item_seq)
         state["caches"] = [None] * len(self.blocks)
         return state
+
+    def _query(self, state: dict[str, Any]) -> Tensor:
+        """The state before the next item's first code: what the dense head reads."""
+        return state["hidden"][:, 0]
 
     def _step(
         self, state: dict[str, Any], level: int, parents: Tensor | None, chosen: Tensor | None

@@ -112,7 +112,8 @@ class T5Generator(TrieGenerator):
     def _start(self, item_seq: Tensor) -> dict[str, Any]:
         tokens, mask = self._history_tokens(item_seq)
         encoded = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask)
-        return {"encoded": encoded.last_hidden_state, "mask": mask, "prefix": None}
+        hidden = encoded.last_hidden_state
+        return {"batch": len(item_seq), "encoded": hidden, "mask": mask, "prefix": None}
 
     def _step(
         self, state: dict[str, Any], level: int, parents: Tensor | None, chosen: Tensor | None
