@@ -644,3 +644,18 @@ def test_val_every_validates_every_other_epoch_and_counts_every_epochs_time(
     assert metrics["total_time_s"] > sum(float(r["epoch_s"]) for r in rows)
     with pytest.raises(RecsysError, match="val_every"):
         run_train(processed, configs, tmp_path / "models", overrides={"val_every": 0})
+
+
+def test_val_users_validates_on_the_same_fixed_sample_for_every_seed(processed):
+    base = config_module.resolve_config("sasrec-ce", "syn", {"max_len": 20})
+    every = training.build_inputs({**base, "val_users": 0}, processed)["valid"]
+    samples = [
+        training.build_inputs({**base, "val_users": 10, "seed": seed}, processed)["valid"]
+        for seed in (1, 2)
+    ]
+    assert len(samples[0].targets) == 10 < len(every.targets)
+    assert np.array_equal(samples[0].users, samples[1].users)  # fixed, whatever the seed
+    assert set(samples[0].users) <= set(every.users)
+    assert np.all(np.diff(samples[0].users) > 0)  # kept in the data's order
+    with pytest.raises(RecsysError, match="'val_users' must be >= 0"):
+        config_module.resolve_config("sasrec-ce", "syn", {"val_users": -1})

@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     # Validate every val_every epochs: validation ranks the whole catalogue for every user, a
     # visible share of a short epoch. Patience still counts epochs.
     "val_every": 1,
+    # Validate on this many users, a fixed sample (the same for every seed and config), or all
+    # of them (0): a generative run's beam search per user is most of its epoch.
+    "val_users": 0,
     "seed": 42,
     "cold_items": 0.0,
     # Draws the cold items; apart from ``seed`` so that every seed of a config (and every
@@ -219,7 +222,7 @@ def resolve_config(
         if resolved[key] <= 0:
             raise fail(f"config key {key!r} must be > 0, got {resolved[key]!r}")
     nonnegative = ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers")
-    for key in (*nonnegative, "max_minutes"):
+    for key in (*nonnegative, "max_minutes", "val_users"):
         if resolved[key] < 0:
             raise fail(f"config key {key!r} must be >= 0, got {resolved[key]!r}")
     for key in ("cold_items", "ema_decay", "cold_share"):

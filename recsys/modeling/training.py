@@ -41,6 +41,8 @@ from recsys.modeling.runs import LAST_CKPT, saved_config
 # every training step. It must be set before torch loads its OpenMP runtime; nothing above
 # imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: Draws the users of ``val_users``; fixed, so every seed and config validates on the same ones.
+VAL_SAMPLE_SEED = 0
 
 
 # -------------------------------------------------------------------------------------- data
@@ -82,6 +84,11 @@ def build_inputs(config: dict[str, Any], processed_root: Path | None = None) -> 
     sequences = train_pieces(events, cold)
     valid = eval_examples(events, "valid")
     valid = valid.take(~np.isin(valid.targets, cold))
+    if 0 < config["val_users"] < len(valid.targets):
+        rows = np.random.default_rng(VAL_SAMPLE_SEED).choice(
+            len(valid.targets), config["val_users"], replace=False
+        )
+        valid = valid.take(np.sort(rows))
     counts = np.bincount(sequences.flat(skip_first=True), minlength=n_catalogue + 1)
     features = codes = None
     code_vocab: list[int] = []
