@@ -1,13 +1,18 @@
-"""Generative retrieval benchmark (``make bench BENCH=tiger``): TIGER against sasrec-ce.
+"""Generative retrieval benchmark (``make bench BENCH=tiger``): TIGER's variants against sasrec-ce.
 
-For each dataset, ``tiger`` and ``sasrec-ce`` train one fresh run per seed into a scratch folder;
-then ``evaluate`` ranks them with the baselines on the same split, as ``make evaluate`` does: the
-3-seed mean and spread of each config, and the paired test of TIGER against sasrec-ce on the same
-test users. Nothing is chosen by test. Beam sizes are compared on VALIDATION only (NDCG@10 and
-the time to generate for every validation user); the test figures are those of the config's own
-beam. Targets: amazon-beauty test NDCG@10 >= 0.0384 (TIGER's published figure) and >= sasrec-ce;
-generating for every test user with beam 20 in <= 120 s (amazon-beauty) and <= 10 s (ml-100k).
-The semantic IDs themselves are timed by ``make bench BENCH=features``.
+For each dataset, every variant trains one fresh run per seed into a scratch folder; then
+``evaluate`` ranks them with the baselines on the same split, as ``make evaluate`` does: the
+seeds' mean and spread of each variant, and the paired test of the best generative run against
+sasrec-ce on the same test users. The variants: plain ``tiger`` (decoder-only, rqvae IDs), the
+same with the dense head (``tiger-dense``, ranked ``rescored``), the T5 encoder-decoder
+(``tiger-t5``) on the same IDs, ``tiger`` on residual k-means IDs (``tiger-rqkmeans``), and
+cold-start runs of ``tiger-dense`` and ``gpt-text`` (a tenth of the items held out). Every TIGER
+variant has the same time budget. The dense run's best seed is also ranked by its beam alone
+and by its dense head alone (``rankings``). Beam sizes are compared on VALIDATION only (NDCG@10
+and the time to generate for every validation user). Nothing is chosen by test. Targets:
+amazon-beauty test NDCG@10 >= 0.0384 plain (TIGER's published figure) and >= 0.0464 rescored
+(RPG's); generating for every test user with beam 20 in <= 120 s (amazon-beauty) and <= 10 s
+(ml-100k). The semantic IDs themselves are timed by ``make bench BENCH=features``.
 
 ``python -m benchmarks.bench_tiger retrieve RUN --split test`` generates for every user of a split
 in a fresh process, for whole-process timings.
@@ -20,9 +25,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from benchmarks.bench_train import machine_load, seed_runs
+from benchmarks.bench_train import machine_load, peak_rates, seed_runs
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import evaluate
@@ -31,9 +36,26 @@ from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.scoring import rank_examples
 from recsys.processed import load_processed
+from recsys.semantic_ids import SemanticIdOptions, build_semantic_ids
 
 DATASETS = ("ml-100k", "amazon-beauty")
-CONFIGS = ("sasrec-ce", "tiger")
+#: The same time budget for every TIGER variant's training.
+TIGER_MINUTES = 12
+RQKMEANS = SemanticIdOptions(method="rqkmeans")
+DENSE = ["dense_weight=1.0", "ranking=rescored"]
+BUDGET = [f"max_minutes={TIGER_MINUTES}"]
+COLD = ["cold_items=0.1"]
+#: name: (config, overrides)
+VARIANTS = {
+    "sasrec-ce": ("sasrec-ce", []),
+    "tiger": ("tiger", BUDGET),
+    "tiger-dense": ("tiger", [*BUDGET, *DENSE]),
+    "tiger-t5": ("tiger-t5", BUDGET),
+    "tiger-rqkmeans": ("tiger", [*BUDGET, f"semantic_ids={RQKMEANS.slug}"]),
+    "tiger-dense-cold": ("tiger", [*BUDGET, *DENSE, *COLD, "cold_share=0.1"]),
+    "gpt-text-cold": ("gpt-text", COLD),
+}
+RANKINGS = ("beam", "rescored", "dense")
 SEEDS = (42, 1, 2)
 BEAMS = (10, 20, 50)
 TARGETS = {
@@ -42,12 +64,17 @@ TARGETS = {
 }
 
 
-def retrieve(run_dir: Path, split: str, beam_size: int | None = None) -> dict[str, Any]:
-    """Generate for every user of ``split`` as evaluation does; NDCG@10, HR@10 and seconds."""
+def retrieve(
+    run_dir: Path, split: str, beam_size: int | None = None, ranking: str | None = None
+) -> dict[str, Any]:
+    """Generate for every user of ``split`` as evaluation does; NDCG@10, HR@10 and seconds,
+    with the run's beam size and ranking unless given."""
     trained = load_trained_run(run_dir)
     model = trained.model
     if beam_size is not None:
         model.config.beam_size = beam_size
+    if ranking is not None:
+        model.config.ranking = ranking
     examples = split_examples(load_processed(trained.dataset), split)
     start = time.perf_counter()
     ranked = rank_examples(model, examples, model.config.n_items, k_max=10, n_negatives=0)
@@ -55,6 +82,7 @@ def retrieve(run_dir: Path, split: str, beam_size: int | None = None) -> dict[st
     return {
         "split": split,
         "beam_size": model.config.beam_size,
+        "ranking": model.config.ranking,
         "n_users": len(examples.targets),
         "seconds": round(seconds, 3),
         f"{split}_ndcg@10": ndcg_at_k(ranked.ranks, 10).mean().item(),
@@ -67,34 +95,29 @@ def beam_sweep(run_dir: Path) -> list[dict[str, Any]]:
     return [retrieve(run_dir, "valid", beam) for beam in BEAMS]
 
 
-def compare(dataset: str, seeds: list[int], scratch: Path) -> dict[str, Any]:
-    models = scratch / "models"
-    runs = [
-        run for config in CONFIGS for run in seed_runs(dataset, config, [], seeds, models, 1.0)
-    ]
+def compare(
+    dataset: str,
+    seeds: list[int],
+    scratch: Path,
+    variants: list[str],
+    runs: list[dict[str, Any]],
+    save: Callable[[], None],
+) -> dict[str, Any]:
+    """Train the variants (appending to ``runs`` and saving after each), evaluate, summarise."""
+    if "tiger-rqkmeans" in variants:
+        build_semantic_ids(dataset, RQKMEANS)
+    models, peaks = scratch / "models", peak_rates()
+    for name in variants:
+        config, sets = VARIANTS[name]
+        seed_runs(dataset, config, sets, seeds, models, peaks, runs, save, name=name)
     metrics_dir = scratch / "metrics"
     report = read_json(evaluate(dataset, models_dir=models, metrics_dir=metrics_dir))
-    tiger_runs = [r for r in runs if r["name"] == "tiger"]
-    best = max(tiger_runs, key=lambda r: r["best_val_ndcg@10"])
     rows = {row["name"]: row for row in report["models"]}
-    result = {
+    keys = ("best_val_ndcg@10", "best_epoch", "seconds_per_epoch", "time_to_best_s")
+    result: dict[str, Any] = {
         "seeds": seeds,
         "training": [
-            {
-                k: run.get(k)
-                for k in (
-                    "name",
-                    "seed",
-                    "best_val_ndcg@10",
-                    "best_epoch",
-                    "seconds_per_epoch",
-                    "time_to_best_s",
-                    "tokens_per_s",
-                    "peak_rss_mb",
-                    "n_params",
-                    "wall_s",
-                )
-            }
+            {k: run.get(k) for k in ("name", "seed", *keys, "peak_rss_mb", "n_params", "wall_s")}
             for run in runs
         ],
         "test": {
@@ -106,16 +129,26 @@ def compare(dataset: str, seeds: list[int], scratch: Path) -> dict[str, Any]:
             for name in rows
         },
         "valid": {name: rows[name]["valid"]["ndcg@10"] for name in rows},
+        "cold_start": report.get("cold_start"),
         "generative_vs_sasrec": report.get("generative"),
         "best_vs_baseline": report.get("significance"),
-        "beam_sweep_on_valid": {
-            "run": Path(best["run_dir"]).name,
-            "beams": beam_sweep(Path(best["run_dir"])),
-        },
-        "retrieval_test": retrieve(Path(best["run_dir"]), "test"),
         "targets": TARGETS.get(dataset, {}),
-        "load_after": machine_load(),
     }
+    for name in ("tiger", "tiger-dense"):
+        mine = [r for r in runs if r["name"] == name]
+        if not mine:
+            continue
+        best = Path(max(mine, key=lambda r: r["best_val_ndcg@10"])["run_dir"])
+        if name == "tiger":
+            result["beam_sweep_on_valid"] = {"run": best.name, "beams": beam_sweep(best)}
+            result["retrieval_test"] = retrieve(best, "test")
+        else:
+            result["rankings"] = {
+                "run": best.name,
+                "valid": [retrieve(best, "valid", ranking=r) for r in RANKINGS],
+                "test": [retrieve(best, "test", ranking=r) for r in RANKINGS],
+            }
+    result["load_after"] = machine_load()
     shutil.copy(metrics_dir / f"{dataset}.md", scratch / f"{dataset}-evaluation.md")
     return result
 
@@ -124,17 +157,33 @@ def main(
     datasets: list[str] | None = None,
     seeds: list[int] | None = None,
     output: Path = REPORTS_DIR / "bench" / "tiger.json",
+    variants: list[str] | None = None,
 ) -> None:
-    """``make bench BENCH=tiger``: both configs, 3 seeds, on each processed dataset."""
+    """``make bench BENCH=tiger``: every variant, 3 seeds, on each processed dataset; the JSON is
+    written after every run."""
     out: dict[str, Any] = {"load_before": machine_load(), "datasets": {}}
+
+    def save() -> None:
+        write_json(out, output)
+
     scratch = Path(tempfile.mkdtemp(prefix="bench-tiger-", dir=MODELS_DIR.parent))
     try:
         for dataset in datasets or DATASETS:
             if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
                 print(f"skip {dataset}: run 'make data features DATASET={dataset}' first")
                 continue
-            out["datasets"][dataset] = compare(dataset, list(seeds or SEEDS), scratch / dataset)
-            write_json(out, output)
+            runs: list[dict[str, Any]] = []
+            out["runs_so_far"] = runs
+            out["datasets"][dataset] = compare(
+                dataset,
+                list(seeds or SEEDS),
+                scratch / dataset,
+                variants or list(VARIANTS),
+                runs,
+                save,
+            )
+            del out["runs_so_far"]
+            save()
             print(f"{dataset}: {out['datasets'][dataset]['test']}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -147,10 +196,11 @@ if __name__ == "__main__":
     one.add_argument("run", type=Path)
     one.add_argument("--split", default="test", choices=("valid", "test"))
     one.add_argument("--beam-size", type=int, default=None)
-    both = sub.add_parser("compare", help="train and evaluate TIGER and sasrec-ce")
+    both = sub.add_parser("compare", help="train and evaluate TIGER's variants and sasrec-ce")
     both.add_argument("--datasets", default=",".join(DATASETS))
     both.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     both.add_argument("--output", type=Path, default=REPORTS_DIR / "bench" / "tiger.json")
+    both.add_argument("--variants", default=",".join(VARIANTS), help="a subset, by name")
     args = parser.parse_args()
     if args.command == "retrieve":
         print(retrieve(args.run, args.split, args.beam_size))
@@ -161,4 +211,5 @@ if __name__ == "__main__":
             [d for d in args.datasets.split(",") if d],
             [int(s) for s in args.seeds.split(",")],
             args.output,
+            [v for v in args.variants.split(",") if v],
         )

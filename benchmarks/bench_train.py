@@ -177,21 +177,20 @@ def seed_runs(
     peaks: dict[str, float],
     results: list[dict[str, Any]],
     save: Callable[[], None],
+    name: str | None = None,
 ) -> None:
     """One training run per seed, appended to ``results`` with validation and speed figures (no
-    test), and saved after each, so a killed benchmark keeps the seeds it finished."""
+    test), and saved after each, so a killed benchmark keeps the seeds it finished. ``name``
+    (default: the config's) names the runs ``<name>-seed<N>``."""
+    name = name or Path(config).stem
     for seed in seeds:
         start = time.perf_counter()
         run_dir = train_run(
-            dataset,
-            config,
-            [*sets, f"seed={seed}"],
-            models_dir,
-            run_name=f"{Path(config).stem}-seed{seed}",
+            dataset, config, [*sets, f"seed={seed}"], models_dir, run_name=f"{name}-seed{seed}"
         )
         result = {
             "dataset": dataset,
-            "name": Path(config).stem,
+            "name": name,
             "seed": seed,
             "run_dir": str(run_dir),
             "wall_s": time.perf_counter() - start,
