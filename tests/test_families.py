@@ -249,3 +249,23 @@ def test_mf_run_refuses_an_ad_hoc_history_in_one_line(family_world):
     served = load_run(runs["mf"], processed_dir=processed)
     with pytest.raises(Unsupported, match="family mf: it recommends for the users it trained on"):
         served.recommend(items=[next(iter(served.catalogue.by_id))], k=5)
+
+
+@pytest.mark.slow
+def test_predict_on_an_mf_run_refuses_ad_hoc_items_in_one_line(family_world):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    processed, runs = family_world
+    env = dict(os.environ, RECSYS_PROCESSED_DATA_DIR=str(processed))
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "recsys.modeling.predict", "--dataset", "syn"]
+    command += ["--run", str(runs["mf"]), "--items", "1,2"]
+    result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and "is family mf: it recommends for the users it trained on" in lines[0]
+    )

@@ -264,6 +264,14 @@ class Run:
             raise NotFound(f"unknown title {title!r}; nearest: {shown}", nearest)
         return found
 
+    def check_ad_hoc_history(self) -> None:
+        """A history without a known user is refused by a run that scores users, not histories."""
+        if self.model.user_based:
+            raise Unsupported(
+                f"run {self.name} is family {self.model.config.family}: it recommends for the "
+                "users it trained on (give a user); train a sequence family for ad-hoc histories"
+            )
+
     def user_ids_of(self, user_idx: np.ndarray) -> list[str]:
         """The original ids of internal user indices (vectorised)."""
         return self._user_ids[np.asarray(user_idx, dtype=np.int64)].tolist()
@@ -298,11 +306,8 @@ class Run:
                 history = np.asarray([self.title_index(t) for t in query.titles], dtype=np.int64)
         if not len(history):
             raise Unsupported(f"{label} has no history; there is nothing to recommend from")
-        if not user_idx and self.model.user_based:
-            raise Unsupported(
-                f"run {self.name} is family {self.model.config.family}: it recommends for the "
-                "users it trained on (give user_id); train a sequence family for ad-hoc histories"
-            )
+        if not user_idx:
+            self.check_ad_hoc_history()
         exclude = [self.item_index(i) for i in query.exclude_items]
         if query.exclude_seen:
             exclude.extend(int(i) for i in history)

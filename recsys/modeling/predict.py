@@ -276,6 +276,7 @@ def build_requests(
     All users take the run's histories as they are (one array for all), with no per-user step.
     """
     if history is not None or items is not None:
+        run.check_ad_hoc_history()
         sequence = Sequences.of([adhoc_history(run.catalogue, history, items)], np.zeros(1))
         return Requests(["your sequence"], [None], sequence.users, sequence)
     if all_users:
