@@ -268,7 +268,6 @@ def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tm
         processed_dir=world["processed"],
         configs_dir=world["configs"],
         tuning_dir=dirs["tuning_dir"],
-        bench_dir=tmp_path / "bench",
     )
     empty = report.collect("nothing", tuning_dir=tmp_path / "none")
     page = report.render_pages([collected, empty])["tuning"]
@@ -288,6 +287,7 @@ def test_the_tuning_page_shows_the_study_or_says_there_is_none(world, pruned, tm
         site_dir=tmp_path / "site",
         configs_dir=world["configs"],
         tuning_dir=dirs["tuning_dir"],
+        bench_dir=tmp_path / "bench",
     )
     html = (tmp_path / "site" / "tuning.html").read_text()
     assert 'src="figures/syn/tuning-tiny-history.png"' in html
