@@ -112,7 +112,8 @@ def serve(
 def build_index(dataset: str, run_dir: Path | None, models_dir: Path | None = None) -> Path:
     """Build ``run_dir``'s item index (default: the dataset's best run) from its checkpoint."""
     from recsys.api.index import build_run_index
-    from recsys.api.run import item_vectors, table_fingerprint, trained_run
+    from recsys.api.run import item_vectors, table_fingerprint
+    from recsys.api.loading import trained_run
 
     trained, checkpoint = trained_run(run_dir, dataset, models_dir=models_dir)
     if trained.model.config.item_repr == "semantic":

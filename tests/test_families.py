@@ -226,7 +226,7 @@ def family_world(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_trains_validates_and_serves(family_world, family):
-    from recsys.api.run import load_run
+    from recsys.api.loading import load_run
     from recsys.io import read_json
     from recsys.modeling.runs import load_trained_run
 
@@ -243,7 +243,8 @@ def test_each_family_trains_validates_and_serves(family_world, family):
 
 @pytest.mark.slow
 def test_mf_run_refuses_an_ad_hoc_history_in_one_line(family_world):
-    from recsys.api.run import Unsupported, load_run
+    from recsys.api.run import Unsupported
+    from recsys.api.loading import load_run
 
     processed, runs = family_world
     served = load_run(runs["mf"], processed_dir=processed)

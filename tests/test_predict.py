@@ -14,7 +14,8 @@ import torch
 from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from rich.console import Console
 
-from recsys.api.run import Run, load_run
+from recsys.api.run import Run
+from recsys.api.loading import load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError
 from recsys.modeling import predict as P

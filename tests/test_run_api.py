@@ -11,7 +11,8 @@ import torch
 from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 
 import recsys
-from recsys.api.run import ADDED_ITEMS_FILE, NotFound, Unsupported, load_run
+from recsys.api.run import ADDED_ITEMS_FILE, NotFound, Unsupported
+from recsys.api.loading import load_run
 from recsys.cli import RecsysError
 from recsys.processed import user_sequences
 

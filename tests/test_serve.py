@@ -27,7 +27,8 @@ from evaluate_helpers import DATASET, N_COLD_CATALOGUE, N_ITEMS, TITLES
 from fastapi.testclient import TestClient
 
 from recsys import serve
-from recsys.api.run import ADDED_ITEMS_FILE, load_run
+from recsys.api.run import ADDED_ITEMS_FILE
+from recsys.api.loading import load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import run as run_cli
 from recsys.serving.app import MAX_BODY_BYTES, MAX_K, create_app, run_loader

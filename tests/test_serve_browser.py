@@ -17,7 +17,7 @@ import pytest
 from evaluate_helpers import DATASET, TITLES
 from conftest import SCREENSHOTS
 
-from recsys.api.run import load_run
+from recsys.api.loading import load_run
 from recsys.serving.app import create_app
 
 pytestmark = pytest.mark.browser

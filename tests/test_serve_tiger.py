@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 from rich.console import Console
 
 from recsys.api.generative import GenerativeRun
-from recsys.api.run import ADDED_ITEMS_FILE, NotFound, Query, Unsupported, load_run
+from recsys.api.run import ADDED_ITEMS_FILE, NotFound, Query, Unsupported
+from recsys.api.loading import load_run
 from recsys.cli import RecsysError
 from recsys.cli import run as run_cli
 from recsys.io import read_json, write_json

@@ -337,7 +337,7 @@ def test_semantic_config_errors_are_one_line(tiger_world, tmp_path) -> None:
 
 def test_a_generative_run_serves_when_named_and_defaults_skip_it(tiger_world) -> None:
     from recsys.api.generative import GenerativeRun
-    from recsys.api.run import load_run as load_for_serving
+    from recsys.api.loading import load_run as load_for_serving
     from recsys.modeling.runs import best_run
 
     processed, models = tiger_world
@@ -413,7 +413,7 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
     import shutil
 
     from recsys.api.run import Unsupported
-    from recsys.api.run import load_run as load_for_serving
+    from recsys.api.loading import load_run as load_for_serving
 
     processed, models = tiger_world
     local = tmp_path / "models"
@@ -467,7 +467,7 @@ def test_cold_share_places_untrained_items_at_their_share_of_the_list() -> None:
 @pytest.mark.parametrize("beam_size", [2, 3, 5, 10, 20, 37])
 @pytest.mark.parametrize("cold_share", [0.01, 0.1, 0.28, 0.5, 0.6, 0.99])
 def test_cold_places_are_distinct_and_their_count_is_the_share(beam_size, cold_share) -> None:
-    from recsys.modeling.models.tiger import cold_places
+    from recsys.modeling.models.trie import cold_places
 
     places = cold_places(beam_size, cold_share)
     n_cold = int(places.sum())
@@ -539,7 +539,7 @@ def test_t5_is_semantic_only() -> None:
 
 
 def test_a_t5_run_trains_and_recommends_through_the_run_api(tiger_world, tmp_path) -> None:
-    from recsys.api.run import load_run as load_for_serving
+    from recsys.api.loading import load_run as load_for_serving
 
     processed, _ = tiger_world
     config = {**TINY_TIGER, "semantic_ids": FAST_IDS.slug, "generator": "t5", "max_epochs": 1}

@@ -29,7 +29,7 @@ from recsys.modeling.baseline_tuning import (
 from recsys.modeling.baselines import MAX_DENSE_ITEMS, fit_baselines, too_large
 from recsys.modeling.evaluation_data import split_examples
 from recsys.modeling.models import COLD_CAPABLE
-from recsys.modeling.models.tiger import TrieGenerator
+from recsys.modeling.models.trie import TrieGenerator
 from recsys.modeling.scoring import BATCH_SIZE
 from recsys.processed import ProcessedData, train_pieces
 

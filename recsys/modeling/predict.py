@@ -29,7 +29,8 @@ import typer
 from loguru import logger
 
 from recsys.api.generative import GenerativeRun
-from recsys.api.run import Run, load_run
+from recsys.api.run import Run
+from recsys.api.loading import load_run
 from recsys.catalogue import Catalogue
 from recsys.cli import fail, run
 from recsys.config import DEFAULT_DATASET, MODELS_DIR, PROCESSED_DATA_DIR

@@ -33,7 +33,8 @@ from loguru import logger
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.api.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported, load_run
+from recsys.api.run import NotFound, Query as RunQuery, Resolved, Run, Unsupported
+from recsys.api.loading import load_run
 from recsys.cli import RecsysError
 from recsys.serving.batching import MAX_BATCH, MicroBatcher
 from recsys.serving.telemetry import Metrics

@@ -260,3 +260,10 @@ def causal_mask(real: Tensor) -> Tensor:
 def item_positions(real: Tensor) -> Tensor:
     """0, 1, 2, ... over the real items of each left-padded row (padding gets 0)."""
     return (real.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def shift_rows(x: Tensor, shifts: Tensor) -> Tensor:
+    """Rotate each row of ``x`` [B, L, d] left by ``shifts`` [B] places."""
+    length = x.shape[1]
+    index = (shifts[:, None] + torch.arange(length, device=x.device)[None, :]) % length
+    return x.gather(1, index[..., None].expand_as(x))

@@ -8,19 +8,11 @@ reaches their states. No I/O here.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from recsys.modeling.models.blocks import Dropout
+from recsys.modeling.models.blocks import Dropout, shift_rows
 from recsys.modeling.models.config import ModelConfig
 from recsys.modeling.models.items import ItemScorer
-
-
-def shift_rows(x: Tensor, shifts: Tensor) -> Tensor:
-    """Rotate each row of ``x`` [B, L, d] left by ``shifts`` [B] places."""
-    length = x.shape[1]
-    index = (shifts[:, None] + torch.arange(length, device=x.device)[None, :]) % length
-    return x.gather(1, index[..., None].expand_as(x))
 
 
 class GRU4Rec(ItemScorer):

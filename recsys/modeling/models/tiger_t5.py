@@ -6,7 +6,7 @@ Tokens: 0 is padding and the decoder's start; a code ``c`` of level ``l`` is
 ``1 + level_offsets[l] + c``. Each training position of a window is one example: the history up
 to it (re-aligned to the right) is encoded, and the next item's codes are decoded with teacher
 forcing. Decoding restricts each step to its level's tokens, and beam search walks the items'
-trie (:class:`~.tiger.TrieGenerator`). No I/O here.
+trie (:class:`~.trie.TrieGenerator`). No I/O here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recsys.modeling.models.config import ModelConfig
-from recsys.modeling.models.gru4rec import shift_rows
+from recsys.modeling.models.blocks import shift_rows
 from recsys.modeling.models.items import checked_codes, level_offsets, summed_code_rows
-from recsys.modeling.models.tiger import TrieGenerator
+from recsys.modeling.models.trie import TrieGenerator
 
 
 class T5Generator(TrieGenerator):
