@@ -12,7 +12,7 @@ from pathlib import Path
 #: Benchmarks that take an hour or more on 2 cores; they run only when named (or with ``all``).
 HOUR_LONG = {
     "ann": "faiss builds over 1,000,000 items",
-    "losses": "two architectures trained with every loss and three learning rates per dataset",
+    "losses": "two architectures trained with every loss and a few learning rates per dataset",
     "scale": "every stage on H&M at full size",
     "tiger": "TIGER and sasrec-ce trained with three seeds per dataset",
     "train": "every shipped config trained with three seeds",

@@ -31,7 +31,7 @@ DATASETS = ("ml-100k", "amazon-beauty")
 #: Each architecture's config, and the learning rates its losses choose from.
 ARCHITECTURES = {
     "sasrec": ("sasrec-ce", (3e-4, 1e-3, 3e-3)),
-    "mf": ("mf-bpr", (1e-3, 3e-3, 1e-2)),
+    "mf": ("mf-bpr", (1e-3, 3e-3, 1e-2, 3e-2)),
 }
 #: The epoch budget of every run of a dataset.
 EPOCHS = {"ml-100k": 30, "amazon-beauty": 20}
