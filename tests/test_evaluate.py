@@ -383,3 +383,36 @@ def test_runs_group_by_everything_but_the_seed_and_keep_unique_names():
     assert group_names(clash) == ["x-seed1+x-seed2", "x"]
     mixed = [[run("p-seed1"), run("q-seed2", seed=2)]]
     assert group_names(mixed) == ["p-seed1+q-seed2"]
+
+
+def test_every_other_trained_config_is_tested_against_sasrec_ce():
+    import torch
+
+    from recsys.modeling.significance import against_reference
+
+    def row(name, kind, config_name, valid):
+        return {
+            "name": name,
+            "kind": kind,
+            "config_name": config_name,
+            "n_seeds": 3 if kind == "trained" else None,
+            "valid": {"ndcg@10": {"value": valid}},
+        }
+
+    rows = [
+        row("sasrec-ce", "trained", "sasrec-ce", 0.11),
+        row("gru4rec", "trained", "gru4rec", 0.12),
+        row("mf-bpr", "trained", "mf-bpr", 0.05),
+        row("ease", "baseline", None, 0.08),
+    ]
+    generator = torch.Generator().manual_seed(0)
+    values = {r["name"]: torch.rand(200, generator=generator, dtype=torch.float64) for r in rows}
+    tests = against_reference(rows, values, n_bootstrap=200, seed=0)
+    assert [(t["model"], t["baseline"]) for t in tests] == [
+        ("gru4rec", "sasrec-ce"),
+        ("mf-bpr", "sasrec-ce"),
+    ]
+    for test in tests:
+        delta = (values[test["model"]] - values["sasrec-ce"]).mean().item()
+        assert test["delta"] == pytest.approx(delta) and test["low"] <= delta <= test["high"]
+    assert against_reference(rows[1:], values, n_bootstrap=200, seed=0) == []

@@ -42,7 +42,7 @@ from recsys.modeling.metric_summary import CONFIDENCE, MAIN_METRIC, per_user, su
 from recsys.modeling.report_markdown import render_markdown
 from recsys.modeling.scoring import BATCH_SIZE, Ranked, rank_examples
 from recsys.modeling.seed_groups import config_groups, group_names, per_user_mean, seed_row
-from recsys.modeling.significance import generative_test, significance
+from recsys.modeling.significance import against_reference, generative_test, significance
 from recsys.processed import EvalExamples, ProcessedData
 
 
@@ -174,6 +174,7 @@ def evaluate_main(
     report["per_seed"] = per_seed
     report["significance"] = significance(rows, test_values, n_bootstrap, seed)
     report["generative"] = generative_test(rows, test_values, n_bootstrap, seed)
+    report["against_reference"] = against_reference(rows, test_values, n_bootstrap, seed)
     report["cold_start"] = None
     return report
 

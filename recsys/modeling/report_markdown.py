@@ -148,6 +148,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     for key, title in (("significance", "Significance"), ("generative", "Generative")):
         if report.get(key):
             lines += ["", _paired_line(title, report[key])]
+    if report.get("against_reference"):
+        reference = report["against_reference"][0]["baseline"]
+        lines += [
+            "",
+            f"## Against {reference} (paired bootstrap over users, test ndcg@10)",
+            "",
+            f"| model | seeds | - {reference} | 95% interval | p |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for test in report["against_reference"]:
+            interval = "-" if test["low"] is None else f"[{test['low']:+.4f}, {test['high']:+.4f}]"
+            p_value = "n/a" if test["p_value"] is None else f"{test['p_value']:.4f}"
+            lines.append(
+                f"| {test['model']} | {test.get('n_seeds') or 1} | {test['delta']:+.4f} "
+                f"| {interval} | {p_value} |"
+            )
     cold = report.get("cold_start")
     if cold:
         lines += [

@@ -1,5 +1,6 @@
-"""Paired tests on the same test users: the best trained config against the best baseline, and
-the best generative config against ``sasrec-ce``, each chosen on validation."""
+"""Paired tests on the same test users: the best trained config against the best baseline, the
+best generative config against ``sasrec-ce``, each chosen on validation, and every other trained
+config against ``sasrec-ce``."""
 
 from __future__ import annotations
 
@@ -74,3 +75,20 @@ def generative_test(
     return paired_test(
         best_on_valid(generative), best_on_valid(reference), test_values, n_bootstrap, seed
     )
+
+
+def against_reference(
+    rows: list[dict[str, Any]], test_values: dict[str, torch.Tensor], n_bootstrap: int, seed: int
+) -> list[dict[str, Any]]:
+    """Every other trained config (each model family, each variant) against ``sasrec-ce``,
+    paired on the same test users: how far each lands from the reference, not a choice."""
+    trained = [r for r in rows if r["kind"] == "trained"]
+    reference = [r for r in trained if r.get("config_name") == REFERENCE_CONFIG]
+    if not reference:
+        return []
+    chosen = best_on_valid(reference)
+    return [
+        paired_test(row, chosen, test_values, n_bootstrap, seed)
+        for row in trained
+        if row is not chosen
+    ]
