@@ -212,10 +212,13 @@ def item_loss(
         config.sampler, config.n_negatives, targets, candidates, item_counts
     )
     valid = pool[None, :] != targets[:, None]  # a negative that is the target is no negative
-    if config.loss == "ccl":
-        hidden, table = F.normalize(hidden.float(), dim=-1), F.normalize(table.float(), dim=-1)
-    positive = (hidden * table[targets]).sum(-1).float()
-    negative = (hidden @ table[pool].T).float()
+    target_rows, pool_rows = table[targets], table[pool]
+    if config.loss == "ccl":  # cosines: only the rows it reads are normalised
+        hidden, target_rows, pool_rows = (
+            F.normalize(t.float(), dim=-1) for t in (hidden, target_rows, pool_rows)
+        )
+    positive = (hidden * target_rows).sum(-1).float()
+    negative = (hidden @ pool_rows.T).float()
     if config.loss == "sampled":
         negative = (negative - log_q[pool]).masked_fill(~valid, float("-inf"))
         return sampled_softmax(positive - log_q[targets], negative)

@@ -107,9 +107,10 @@ class SemanticDecoder(TrieGenerator, Decoder):
         return log_probs.gather(2, tokens[:, tail, None]).sum(dim=(1, 2))
 
     # ---------------------------------------------------------------------------- retrieval
-    def _encode_history(self, item_seq: Tensor) -> dict[str, Any]:
+    def _start(self, item_seq: Tensor) -> dict[str, Any]:
         """The history's keys and values at every block, its last hidden state and the position
-        of the item to generate: what every beam search after it reads."""
+        of the item to generate: what every beam search after it reads (with no beam's own
+        cache yet)."""
         tokens, real, positions, levels = self._tokens(item_seq)
         x = self.emb_dropout(self._embed(tokens, positions, levels) * real[..., None])
         mask, history, last = causal_mask(real), [], len(self.blocks) - 1
@@ -122,12 +123,8 @@ class SemanticDecoder(TrieGenerator, Decoder):
             "real": real,
             "hidden": self.ln_f(x[:, -1:]),  # [B, 1, d]: one beam, the root
             "position": (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None],
+            "caches": [None] * len(self.blocks),
         }
-
-    def _start(self, item_seq: Tensor) -> dict[str, Any]:
-        state = self._encode_history(item_seq)
-        state["caches"] = [None] * len(self.blocks)
-        return state
 
     def _query(self, state: dict[str, Any]) -> Tensor:
         """The state before the next item's first code: what the dense head reads."""

@@ -61,11 +61,14 @@ class T5Generator(TrieGenerator):
         return summed_code_rows(self.t5.shared, self.item_codes, self.level_offsets)
 
     # ------------------------------------------------------------------------------ tokens
-    def _history_tokens(self, item_seq: Tensor) -> tuple[Tensor, Tensor]:
-        """The encoder's input [B, n * L] and attention mask for left-padded items [B, n]."""
+    def _encode(self, item_seq: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder's states [B, n * L, d] of left-padded items [B, n], one per token, and
+        their attention mask."""
         real = item_seq > 0
         tokens = (self.item_codes[item_seq] + self.level_offsets) * real[..., None]
-        return tokens.flatten(1), real[..., None].expand_as(tokens).flatten(1).long()
+        mask = real[..., None].expand_as(tokens).flatten(1).long()
+        encoded = self.t5.get_encoder()(input_ids=tokens.flatten(1), attention_mask=mask)
+        return encoded.last_hidden_state, mask
 
     def _item_tokens(self, items: Tensor) -> Tensor:
         """The tokens [N, L] that spell ``items`` [N]."""
@@ -76,12 +79,12 @@ class T5Generator(TrieGenerator):
         levels = logits.shape[-2]
         return torch.log_softmax(logits.float() + self.level_bias[:levels], dim=-1)
 
-    def _decode(self, encoded: Any, mask: Tensor, items: Tensor) -> Tensor:
-        """Teacher-forced log-probabilities [N, L, V] of spelling ``items`` [N]."""
+    def _decode(self, encoded: Tensor, mask: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced log-probabilities [N, L, V] of spelling ``items`` [N], and its tokens."""
         labels = self._item_tokens(items)
         start = torch.zeros_like(labels[:, :1])
         out = self.t5(
-            encoder_outputs=encoded,
+            encoder_outputs=(encoded,),
             attention_mask=mask,
             decoder_input_ids=torch.cat([start, labels[:, :-1]], dim=1),
         )
@@ -95,25 +98,21 @@ class T5Generator(TrieGenerator):
         length = item_seq.shape[1]
         prefix = item_seq[rows] * (torch.arange(length, device=item_seq.device) <= ends[:, None])
         prefix = shift_rows(prefix[..., None], ends - length + 1)[..., 0]  # end on the right
-        tokens, mask = self._history_tokens(prefix)
-        encoded = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask)
+        encoded, mask = self._encode(prefix)
         log_probs, labels = self._decode(encoded, mask, targets[rows, ends])
         return F.nll_loss(log_probs.flatten(0, 1), labels.flatten())
 
     @torch.no_grad()
     def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
         """log p(item's codes | history) [B], one item per row, token by token."""
-        tokens, mask = self._history_tokens(item_seq)
-        encoded = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask)
+        encoded, mask = self._encode(item_seq)
         log_probs, labels = self._decode(encoded, mask, items)
         return log_probs.gather(2, labels[..., None]).sum(dim=(1, 2))
 
     # ---------------------------------------------------------------------------- retrieval
     def _start(self, item_seq: Tensor) -> dict[str, Any]:
-        tokens, mask = self._history_tokens(item_seq)
-        encoded = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask)
-        hidden = encoded.last_hidden_state
-        return {"batch": len(item_seq), "encoded": hidden, "mask": mask, "prefix": None}
+        encoded, mask = self._encode(item_seq)
+        return {"batch": len(item_seq), "encoded": encoded, "mask": mask, "prefix": None}
 
     def _step(
         self, state: dict[str, Any], level: int, parents: Tensor | None, chosen: Tensor | None
@@ -135,7 +134,7 @@ class T5Generator(TrieGenerator):
             attention_mask=state["mask"].repeat_interleave(beams, dim=0),
             decoder_input_ids=prefix.flatten(0, 1),
         )
-        logits = out.logits[:, -1:].float() + self.level_bias[level]
+        logits = out.logits[:, -1].float() + self.level_bias[level]
         offset, vocab = int(self.level_offsets[level]), self.config.code_vocab[level]
-        log_probs = torch.log_softmax(logits[:, 0], dim=-1)[:, offset : offset + vocab]
+        log_probs = torch.log_softmax(logits, dim=-1)[:, offset : offset + vocab]
         return log_probs.view(batch, beams, vocab)

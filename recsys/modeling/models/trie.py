@@ -244,12 +244,11 @@ class TrieGenerator(Recommender):
         the beam's (``rescored``, after LIGER): an item the beam missed counts the beam's lowest
         log-probability, a bound on what it left out, so the dense side can bring back items the
         beam never spells, cold ones among them."""
-        combined = self.dense_log_probs(state, exclude, allowed)
+        dense = combined = self.dense_log_probs(state, exclude, allowed)
         if self.config.ranking == "rescored":
             found = items >= 0
             floor = log_probs.masked_fill(~found, float("inf")).min(dim=1, keepdim=True).values
-            dense = combined.clone()
-            combined = combined + torch.where(torch.isfinite(floor), floor, 0.0)
+            combined = dense + torch.where(torch.isfinite(floor), floor, 0.0)
             rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
             picked = rows[found], items[found]
             combined[picked] = dense[picked] + log_probs[found]
