@@ -131,6 +131,22 @@ def test_bert4rec_masks_about_its_ratio():
     assert model.cloze(window).float().mean().item() == pytest.approx(0.3, abs=0.03)
 
 
+def test_bert4rec_hides_the_last_item_alone_in_its_share_of_windows():
+    model: BERT4Rec = make("bert4rec", mask_ratio=0.3, mask_last_share=0.25)
+    window = torch.randint(1, N_ITEMS + 1, (2000, 10))
+    window[:5, :4] = 0  # left padding does not change which item is the most recent
+    torch.manual_seed(0)
+    masked = model.cloze(window)
+    last_alone = (masked[:, -1] & (masked.sum(dim=1) == 1)).float().mean().item()
+    # a quarter by the share, plus the Cloze rows that happen to hide the last item alone
+    by_chance = 0.3 * 0.7**9 + 0.7**10
+    assert last_alone == pytest.approx(0.25 + 0.75 * by_chance, abs=0.03)
+    # the other three quarters hide the Cloze ratio of the earlier items
+    assert masked[:, :-1].float().mean().item() == pytest.approx(0.75 * 0.3, abs=0.02)
+    everyone = make("bert4rec", mask_ratio=0.3, mask_last_share=1.0).cloze(window)
+    assert everyone[:, -1].all() and (everyone.sum(dim=1) == 1).all()
+
+
 def test_bert4rec_scores_the_mask_after_the_history():
     model: BERT4Rec = make("bert4rec").eval()
     history = torch.tensor([[3, 7, 2]])
@@ -178,6 +194,7 @@ def test_gru_weights_decay_and_embeddings_do_not():
         ({"family": "bert4rec", "loss": "bpr"}, "family bert4rec does not take loss=bpr"),
         ({"family": "bert4rec", "mask_ratio": 0.0}, r"mask_ratio must be in \(0, 1\)"),
         ({"family": "bert4rec", "mask_ratio": 1.0}, r"mask_ratio must be in \(0, 1\)"),
+        ({"family": "bert4rec", "mask_last_share": 1.5}, r"mask_last_share must be in \[0, 1\]"),
         (
             {"family": "bert4rec", "item_repr": "semantic", "code_vocab": (4, 4)},
             "item_repr=semantic .* needs family sasrec, got bert4rec",

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "ccl_negative_weight": 150.0,  # ccl: the negatives' mean excess weighs this much
     "directau_gamma": 1.0,  # directau: uniformity's weight against alignment
     "mask_ratio": 0.2,  # bert4rec: the share of each training sequence's items masked
+    # bert4rec: the share of training windows that hide only their most recent item
+    "mask_last_share": 0.0,
     "d_model": 64,
     "n_layers": 2,
     "n_heads": 1,
@@ -102,8 +104,8 @@ LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share family "
-    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio generator dense_weight "
-    "ranking"
+    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio mask_last_share generator "
+    "dense_weight ranking"
 ).split()
 
 

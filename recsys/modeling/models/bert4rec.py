@@ -2,7 +2,8 @@
 (family ``bert4rec``).
 
 Training hides ``mask_ratio`` of a window's items behind a learned mask vector (each window
-hides at least one) and predicts them from both sides, against the tied item table. The next
+hides at least one) and predicts them from both sides, against the tied item table; a
+``mask_last_share`` of the windows hide their most recent item alone, the inference task. The next
 item is scored by appending a mask after the history and reading its state. Positions count
 back from the most recent item, so the appended mask is always position 0. No I/O here.
 """
@@ -68,10 +69,14 @@ class BERT4Rec(ItemScorer, Decoder):
 
     def cloze(self, window: Tensor) -> Tensor:
         """[B, T] bool: the items of ``window`` to hide, ``mask_ratio`` of them at random and at
-        least the most recent one of a row that would hide none."""
+        least the most recent one of a row that would hide none; or, in ``mask_last_share`` of
+        the rows, the most recent one alone."""
         real = window > 0
         masked = (torch.rand(window.shape, device=window.device) < self.config.mask_ratio) & real
         masked[:, -1] |= ~masked.any(dim=1) & real[:, -1]
+        last_only = torch.rand(len(window), device=window.device) < self.config.mask_last_share
+        masked[last_only] = False
+        masked[last_only, -1] = real[last_only, -1]
         return masked
 
     def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:

@@ -77,6 +77,9 @@ class ModelConfig:
     ccl_negative_weight: float = 150.0  # ccl: the negatives' weight against the positive
     directau_gamma: float = 1.0  # directau: weight of uniformity against alignment
     mask_ratio: float = 0.2  # bert4rec: the share of a training sequence's items masked
+    # bert4rec: the share of training windows that hide their most recent item alone, as the
+    # next-item task does at inference (Sun et al.'s own addition to the Cloze task)
+    mask_last_share: float = 0.0
     # item_repr=semantic: the vocabulary of each semantic-ID level (the last one tells apart
     # items whose codes collide), and the beams kept while generating the next item.
     code_vocab: tuple[int, ...] = ()
@@ -152,6 +155,8 @@ class ModelConfig:
             )
         if self.family == "bert4rec" and not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
+        if not 0.0 <= self.mask_last_share <= 1.0:
+            raise ValueError(f"mask_last_share must be in [0, 1], got {self.mask_last_share!r}")
         if self.family == "mf" and self.n_users < 1:
             raise ValueError("family mf needs n_users >= 1: it learns a vector per user")
 
