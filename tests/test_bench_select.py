@@ -37,3 +37,22 @@ class _NoBench:
     @staticmethod
     def main() -> None:
         """Stands in for a benchmark module: the test checks the selection, not the run."""
+
+
+def test_the_loss_study_chooses_each_losss_rate_on_validation_within_its_grid():
+    from benchmarks.bench_losses import ARCHITECTURES, choose_rates
+
+    low, high = ARCHITECTURES["mf"][1][0], ARCHITECTURES["mf"][1][-1]
+
+    def run(loss: str, lr: float, val: float, test: float) -> dict:
+        return {"dataset": "d", "architecture": "mf", "loss": loss, "lr": lr,
+                "best_val_ndcg@10": val, "test_ndcg@10": test}  # fmt: skip
+
+    runs = [
+        run("bpr", low, 0.02, 0.09),  # the better test never decides
+        run("bpr", high, 0.03, 0.01),
+        run("ce", low, 0.05, 0.05),
+        run("ce", low / 10, 0.09, 0.09),  # a rate outside the grid (an earlier study's) is not
+    ]
+    chosen = {r["loss"]: r["lr"] for r in choose_rates(runs)}
+    assert chosen == {"bpr": high, "ce": low}
