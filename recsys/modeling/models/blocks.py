@@ -6,17 +6,28 @@ decoder, BERT4Rec and TIGER build on. No I/O here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from recsys.modeling.models.base import Recommender
 from recsys.modeling.models.config import ModelConfig
 
 #: Cached keys and values of the positions decoded so far, [B, K, S, H, d / H] each.
 KeyValues = tuple[Tensor, Tensor]
+
+
+def attention_backend(query: Tensor) -> contextlib.AbstractContextManager:
+    """SDPA's math path for bf16 on the CPU: there, at these models' head widths, the flash
+    kernel's backward is slower than the plain matmuls (``benchmarks/bench_epoch.py`` shows an
+    epoch's parts); elsewhere SDPA picks its own kernel."""
+    if query.device.type == "cpu" and query.dtype == torch.bfloat16:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 class Dropout(nn.Module):
@@ -56,9 +67,10 @@ class SelfAttention(nn.Module):
             q = F.linear(query, weight[:width], bias[:width])
             k, v = F.linear(x, weight[width:], bias[width:]).split(width, dim=2)
         q, k, v = (t.view(batch, t.shape[1], self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        with attention_backend(q):
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(batch, q.shape[2], width)
         return self.resid_dropout(self.proj(y))
 

@@ -39,10 +39,6 @@ class SemanticDecoder(TrieGenerator, Decoder):
         sizes = torch.tensor(vocab)
         self._build_trie(checked_codes(config, item_codes))
         self.register_buffer("level_offsets", level_offsets(vocab), persistent=False)
-        levels = torch.repeat_interleave(torch.arange(len(vocab)), sizes)
-        bias = torch.full((len(vocab), int(sizes.sum())), float("-inf"))
-        bias[levels, torch.arange(int(sizes.sum()))] = 0.0
-        self.register_buffer("level_bias", bias, persistent=False)  # 0 on a level's own tokens
         self.token_emb = nn.Embedding(int(sizes.sum()), config.d_model)
         self.level_emb = nn.Embedding(len(vocab), config.d_model)
         self._init_weights()
@@ -67,9 +63,11 @@ class SemanticDecoder(TrieGenerator, Decoder):
             x = x * math.sqrt(self.config.d_model)
         return x + self.position_vectors(positions) + self.level_emb(levels)
 
-    def _log_probs(self, hidden: Tensor, levels: Tensor) -> Tensor:
-        """Log-probabilities over every token, -inf outside each position's target level."""
-        return torch.log_softmax(hidden @ self.token_emb.weight.T + self.level_bias[levels], -1)
+    def _level_logits(self, hidden: Tensor, level: int) -> Tensor:
+        """Logits over ``level``'s own codes alone: no other level's token can come next, so
+        the softmax over the whole vocabulary would only add zeros, at several times the cost."""
+        offset, vocab = int(self.level_offsets[level]), self.config.code_vocab[level]
+        return hidden @ self.token_emb.weight[offset : offset + vocab].T
 
     # ------------------------------------------------------------------------------ training
     def _teacher_forced(self, items: Tensor, last: Tensor) -> tuple[Tensor, ...]:
@@ -86,8 +84,13 @@ class SemanticDecoder(TrieGenerator, Decoder):
         with ``dense_weight``, plus that weight times the dense head's: the full softmax over
         the trained items of each state that comes before an item's first code."""
         hidden, tokens, levels, keep = self._teacher_forced(item_seq, targets[:, -1])
-        logits = hidden[keep] @ self.token_emb.weight.T + self.level_bias[levels[keep]]
-        loss = F.cross_entropy(logits.float(), tokens[keep])
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        for level in range(self.levels):
+            rows = keep & (levels == level)
+            logits = self._level_logits(hidden[rows], level).float()
+            target = tokens[rows] - self.level_offsets[level]
+            loss = loss + F.cross_entropy(logits, target, reduction="sum")
+        loss = loss / keep.sum().clamp(min=1)
         if self.config.dense_weight == 0:
             return loss
         before_item = keep & (levels == 0)
@@ -101,10 +104,14 @@ class SemanticDecoder(TrieGenerator, Decoder):
     @torch.no_grad()
     def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
         """log p(item's codes | history) [B], one item per row, token by token (teacher forced)."""
-        hidden, tokens, levels, _ = self._teacher_forced(item_seq, items)
-        tail = slice(-self.levels, None)  # the tokens of the item itself
-        log_probs = self._log_probs(hidden[:, tail], levels[:, tail])
-        return log_probs.gather(2, tokens[:, tail, None]).sum(dim=(1, 2))
+        hidden, tokens, _, _ = self._teacher_forced(item_seq, items)
+        total = hidden.new_zeros(len(items))
+        for level in range(self.levels):  # the item's own tokens close the window
+            place = level - self.levels
+            log_probs = torch.log_softmax(self._level_logits(hidden[:, place], level), -1)
+            code = tokens[:, place] - self.level_offsets[level]
+            total += log_probs.gather(1, code[:, None])[:, 0]
+        return total
 
     # ---------------------------------------------------------------------------- retrieval
     def _start(self, item_seq: Tensor) -> dict[str, Any]:
@@ -143,11 +150,7 @@ class SemanticDecoder(TrieGenerator, Decoder):
             for depth, block in enumerate(self.blocks):
                 x, caches[depth] = block.step(x, state["history"][depth], real, caches[depth])
             state["caches"], hidden = caches, self.ln_f(x)
-        offset, vocab = int(self.level_offsets[level]), self.config.code_vocab[level]
-        log_probs = self._log_probs(
-            hidden, torch.full(hidden.shape[:2], level, device=hidden.device)
-        )
-        return log_probs[..., offset : offset + vocab]
+        return torch.log_softmax(self._level_logits(hidden, level), -1)
 
 
 def _pick_beams(cache: KeyValues | None, parents: Tensor) -> KeyValues | None:
