@@ -412,3 +412,25 @@ def test_dropout_drops_a_share_p_and_rescales_the_rest_in_training_only():
     dropout.eval()
     assert dropout(x) is x
     assert Dropout(0.0)(x) is x
+
+
+def test_bf16_attention_on_the_cpu_matches_float32_within_bf16_rounding():
+    """Under CPU autocast attention takes SDPA's math path (faster there); its output and the
+    gradients it sends back stay within bf16 rounding of the float32 pass."""
+    config = ModelConfig(
+        n_items=30, n_catalogue=30, max_len=12, d_model=32, n_heads=2, dropout=0.0
+    )
+    model = SeqRecModel(config)
+    items = torch.randint(1, 31, (8, 12))
+
+    def run(autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            hidden = model.encode(items)
+        hidden.float().pow(2).sum().backward()
+        grad = model.blocks[0].attn.qkv.weight.grad.clone()
+        return hidden.detach().float(), grad
+
+    (exact, exact_grad), (low, low_grad) = run(False), run(True)
+    assert (low - exact).norm() / exact.norm() < 2e-2
+    assert (low_grad - exact_grad).norm() / exact_grad.norm() < 5e-2
