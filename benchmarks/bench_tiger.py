@@ -1,6 +1,7 @@
 """Generative retrieval benchmark (``make bench BENCH=tiger``): TIGER's variants against sasrec-ce.
 
-For each dataset, every variant trains one fresh run per seed into a scratch folder; then
+For each dataset, every variant trains one fresh run per seed into a scratch folder (kept, so
+that a killed benchmark resumes with the runs it finished); then
 ``evaluate`` ranks them with the baselines on the same split, as ``make evaluate`` does: the
 seeds' mean and spread of each variant, and the paired test of the best generative run against
 sasrec-ce on the same test users. The variants: plain ``tiger`` (decoder-only, rqvae IDs), the
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.bench_train import machine_load, peak_rates, seed_runs
-from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
+from recsys.config import PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import read_json, write_json
 from recsys.modeling.evaluate import evaluate
 from recsys.modeling.evaluation_data import split_examples
@@ -56,6 +57,8 @@ VARIANTS = {
     "gpt-text-cold": ("gpt-text", COLD),
 }
 RANKINGS = ("beam", "rescored", "dense")
+#: The runs stay here between invocations, so a resumed benchmark still evaluates them.
+SCRATCH = Path(tempfile.gettempdir()) / "bench-tiger"
 SEEDS = (42, 1, 2)
 BEAMS = (10, 20, 50)
 TARGETS = {
@@ -90,6 +93,15 @@ def retrieve(
     }
 
 
+def drop_unfinished(folder: Path, runs: list[dict[str, Any]]) -> None:
+    """Remove the run folders under ``folder`` that no finished run owns (a killed run's), so
+    that evaluation ranks finished runs only."""
+    owned = {Path(run["run_dir"]).resolve() for run in runs}
+    for run_dir in folder.iterdir() if folder.is_dir() else ():
+        if run_dir.is_dir() and run_dir.resolve() not in owned:
+            shutil.rmtree(run_dir)
+
+
 def beam_sweep(run_dir: Path) -> list[dict[str, Any]]:
     """Beam size against validation NDCG@10 and time (the test split is left alone)."""
     return [retrieve(run_dir, "valid", beam) for beam in BEAMS]
@@ -109,7 +121,10 @@ def compare(
     models, peaks = scratch / "models", peak_rates()
     for name in variants:
         config, sets = VARIANTS[name]
-        seed_runs(dataset, config, sets, seeds, models, peaks, runs, save, name=name)
+        done = {run["seed"] for run in runs if run["name"] == name}
+        todo = [seed for seed in seeds if seed not in done]
+        seed_runs(dataset, config, sets, todo, models, peaks, runs, save, name=name)
+    drop_unfinished(models / dataset, runs)
     metrics_dir = scratch / "metrics"
     report = read_json(evaluate(dataset, models_dir=models, metrics_dir=metrics_dir))
     rows = {row["name"]: row for row in report["models"]}
@@ -158,35 +173,34 @@ def main(
     seeds: list[int] | None = None,
     output: Path = REPORTS_DIR / "bench" / "tiger.json",
     variants: list[str] | None = None,
+    scratch: Path = SCRATCH,
 ) -> None:
-    """``make bench BENCH=tiger``: every variant, 3 seeds, on each processed dataset; the JSON is
-    written after every run."""
-    out: dict[str, Any] = {"load_before": machine_load(), "datasets": {}}
+    """``make bench BENCH=tiger``: every variant, 3 seeds, on each processed dataset. The JSON is
+    written after every run, and a run it holds whose folder is still in ``scratch`` is not
+    trained again, so a killed benchmark resumes where it stopped."""
+    out: dict[str, Any] = read_json(output) if output.exists() else {}
+    out.setdefault("datasets", {})
+    out["load_before"] = machine_load()
 
     def save() -> None:
         write_json(out, output)
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-tiger-", dir=MODELS_DIR.parent))
-    try:
-        for dataset in datasets or DATASETS:
-            if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
-                print(f"skip {dataset}: run 'make data features DATASET={dataset}' first")
-                continue
-            runs: list[dict[str, Any]] = []
-            out["runs_so_far"] = runs
-            out["datasets"][dataset] = compare(
-                dataset,
-                list(seeds or SEEDS),
-                scratch / dataset,
-                variants or list(VARIANTS),
-                runs,
-                save,
-            )
-            del out["runs_so_far"]
-            save()
-            print(f"{dataset}: {out['datasets'][dataset]['test']}", flush=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    for dataset in datasets or DATASETS:
+        if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
+            print(f"skip {dataset}: run 'make data features DATASET={dataset}' first")
+            continue
+        finished = out.setdefault("runs", {}).setdefault(dataset, [])
+        finished[:] = [run for run in finished if Path(run["run_dir"]).is_dir()]
+        out["datasets"][dataset] = compare(
+            dataset,
+            list(seeds or SEEDS),
+            scratch / dataset,
+            variants or list(VARIANTS),
+            finished,
+            save,
+        )
+        save()
+        print(f"{dataset}: {out['datasets'][dataset]['test']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,14 @@ def test_the_loss_study_chooses_each_losss_rate_on_validation_within_its_grid():
     ]
     chosen = {r["loss"]: r["lr"] for r in choose_rates(runs)}
     assert chosen == {"bpr": high, "ce": low}
+
+
+def test_a_resumed_tiger_benchmark_evaluates_only_the_runs_it_finished(tmp_path):
+    from benchmarks.bench_tiger import drop_unfinished
+
+    for name in ("tiger-seed42", "tiger-seed1", "tiger-t5-seed42"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+    finished = [{"name": "tiger", "seed": 42, "run_dir": str(tmp_path / "tiger-seed42")}]
+    drop_unfinished(tmp_path, finished)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiger-seed42"]
+    drop_unfinished(tmp_path / "not-there-yet", finished)  # nothing trained yet: nothing to do
