@@ -117,3 +117,43 @@ def test_samplers_draw_candidates_with_their_log_q(sampler):
         assert log_q[1].exp().item() == pytest.approx(expected)
     else:  # item 1 is in the batch: expected once, plus its uniform draws
         assert log_q[1].exp().item() == pytest.approx(1 - 0.4**2 + 500 / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr", "sampled"])
+def test_per_position_negatives_give_each_row_its_own_draws(loss):
+    """negatives=position: each row is scored against its own n_negatives draws, by the same
+    loss as its row would get from a pool of just those draws."""
+    n_items, k = 6, 3
+    table = torch.randn(n_items + 1, 4)
+    hidden = torch.randn(5, 4)
+    targets = torch.tensor([1, 2, 3, 4, 5])
+    candidates = torch.ones(n_items + 1, dtype=torch.bool)
+    candidates[0] = False
+    counts = torch.ones(n_items + 1)
+    config = ModelConfig(
+        n_items=n_items, n_catalogue=n_items, loss=loss, negatives="position", n_negatives=k
+    )
+    torch.manual_seed(7)
+    loss_value = item_loss(config, hidden, targets, table, candidates, counts)
+    torch.manual_seed(7)
+    pool, log_q = draw_negatives("uniform", len(targets) * k, targets, candidates, counts)
+    rows = pool.view(len(targets), k)
+    assert len({tuple(r) for r in rows.tolist()}) > 1  # the rows do not share one pool
+    by_row = []
+    for row in range(len(targets)):
+        positive = (hidden[row] * table[targets[row]]).sum()[None]
+        negative = (table[rows[row]] @ hidden[row])[None]
+        valid = rows[row][None] != targets[row]
+        if loss == "bce":
+            by_row.append(binary_cross_entropy(positive, negative, valid))
+        elif loss == "bpr":
+            by_row.append(bpr(positive, negative, valid))
+        else:
+            shifted = (negative - log_q[rows[row]]).masked_fill(~valid, float("-inf"))
+            by_row.append(sampled_softmax(positive - log_q[targets[row]], shifted))
+    assert loss_value.item() == pytest.approx(torch.stack(by_row).mean().item(), rel=1e-5)
+
+
+def test_in_batch_negatives_need_a_shared_pool():
+    with pytest.raises(ValueError, match="sampler=in-batch .* needs negatives=batch"):
+        ModelConfig(n_items=3, n_catalogue=3, loss="bpr", sampler="in-batch", negatives="position")

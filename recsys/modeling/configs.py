@@ -41,7 +41,10 @@ DEFAULTS: dict[str, Any] = {
     # ce | sampled (softmax with logQ) | bce | bpr | gbce | ccl | directau (bert4rec: ce, sampled)
     "loss": "ce",
     "sampler": "uniform",  # uniform | popularity | in-batch (the losses that sample negatives)
-    "n_negatives": 256,  # negatives per batch, shared by all its positions
+    # batch: n_negatives per batch, shared by all its positions (what logQ and in-batch mixing
+    # assume); position: n_negatives drawn for each position, as SASRec and gSASRec draw them
+    "negatives": "batch",
+    "n_negatives": 256,
     "gbce_t": 0.75,  # gbce calibration: 0 is plain bce, 1 calibrated to the full softmax
     "ccl_margin": 0.8,  # ccl: a negative counts only where its cosine is above the margin
     "ccl_negative_weight": 150.0,  # ccl: the negatives' mean excess weighs this much
@@ -103,9 +106,9 @@ CHOICES = {
 LARGE_CATALOGUE = 50_000
 MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
-    "item_repr scale_embeddings use_user loss sampler n_negatives beam_size cold_share family "
-    "gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio mask_last_share generator "
-    "dense_weight ranking"
+    "item_repr scale_embeddings use_user loss sampler negatives n_negatives beam_size cold_share "
+    "family gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio mask_last_share "
+    "generator dense_weight ranking"
 ).split()
 
 

@@ -31,6 +31,9 @@ FAMILY_LOSSES = {
     "bert4rec": ("ce", "sampled"),
 }
 SAMPLERS = ("uniform", "popularity", "in-batch")
+#: batch: one pool of negatives shared by every position of a batch; position: each position
+#: draws its own (as SASRec and gSASRec do), so every step reaches much more of the catalogue.
+NEGATIVES = ("batch", "position")
 #: How ``item_repr=semantic`` generates: the decoder-only model on the shared blocks, or a
 #: T5 encoder-decoder from ``transformers``.
 GENERATORS = ("decoder", "t5")
@@ -71,6 +74,7 @@ class ModelConfig:
     use_user: bool = False
     loss: str = "ce"
     sampler: str = "uniform"  # where the sampled losses draw their negatives from
+    negatives: str = "batch"  # one pool per batch, or n_negatives for each position
     n_negatives: int = 256  # negatives per batch, shared by its positions (sampled losses)
     gbce_t: float = 0.75  # gbce: calibration; 0 is plain BCE, 1 fully calibrated to the softmax
     ccl_margin: float = 0.8  # ccl: negatives count only above this cosine
@@ -97,6 +101,7 @@ class ModelConfig:
             "ranking": RANKINGS,
             "loss": LOSSES,
             "sampler": SAMPLERS,
+            "negatives": NEGATIVES,
             "positions": POSITIONS,
             "position_origin": POSITION_ORIGINS,
             "block": BLOCKS,
@@ -130,6 +135,11 @@ class ModelConfig:
             )
         if self.item_repr == "semantic":
             self._check_semantic()
+        if self.negatives == "position" and self.sampler == "in-batch":
+            raise ValueError(
+                "sampler=in-batch mixes the batch's targets into one shared pool: it needs "
+                "negatives=batch"
+            )
         if self.use_user and self.n_users < 1:
             raise ValueError("use_user needs n_users >= 1")
         if self.n_negatives < 1:

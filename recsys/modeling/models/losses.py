@@ -208,17 +208,22 @@ def item_loss(
         return full_softmax_loss(hidden, targets, table, candidates)
     if config.loss == "directau":
         return directau(hidden.float(), table[targets].float(), config.directau_gamma)
-    pool, log_q = draw_negatives(
-        config.sampler, config.n_negatives, targets, candidates, item_counts
-    )
-    valid = pool[None, :] != targets[:, None]  # a negative that is the target is no negative
+    per_position = config.negatives == "position"
+    count = config.n_negatives * (len(targets) if per_position else 1)
+    pool, log_q = draw_negatives(config.sampler, count, targets, candidates, item_counts)
+    # [N, K] or [K]: each position's own negatives, or one pool that every position shares
+    pool = pool.view(len(targets), -1) if per_position else pool
+    valid = (pool if per_position else pool[None, :]) != targets[:, None]  # a hit is no negative
     target_rows, pool_rows = table[targets], table[pool]
     if config.loss == "ccl":  # cosines: only the rows it reads are normalised
         hidden, target_rows, pool_rows = (
             F.normalize(t.float(), dim=-1) for t in (hidden, target_rows, pool_rows)
         )
     positive = (hidden * target_rows).sum(-1).float()
-    negative = (hidden @ pool_rows.T).float()
+    if per_position:
+        negative = torch.einsum("nd,nkd->nk", hidden, pool_rows).float()
+    else:
+        negative = (hidden @ pool_rows.T).float()
     if config.loss == "sampled":
         negative = (negative - log_q[pool]).masked_fill(~valid, float("-inf"))
         return sampled_softmax(positive - log_q[targets], negative)
