@@ -4,7 +4,8 @@ For each dataset, architecture and loss it trains one run per learning rate of a
 all with the same epoch budget and no early stopping (``patience`` = the budget), chooses the
 learning rate on the best validation NDCG@10, and only then scores that run's best checkpoint
 on the TEST split, once. The sasrec architecture is the dataset's ``sasrec-ce`` config (its tuned
-one where ``configs/tuned/`` has it) and mf is ``mf-bpr``, with only ``loss`` and ``lr`` changed.
+one where ``configs/tuned/`` has it) and mf is ``mf-bpr``, with only ``loss``, ``lr`` and the
+negatives changed: each loss draws them as its paper does (:data:`LOSS_NEGATIVES`).
 
 ``make bench BENCH=losses`` writes ``reports/bench/losses.json`` after every run, and a table
 (``losses.md``) and a figure (``losses.png``/``.svg``) beside it, which the report site shows. A
@@ -34,6 +35,11 @@ ARCHITECTURES = {
     "sasrec": ("sasrec-ce", (3e-4, 1e-3, 3e-3)),
     "mf": ("mf-bpr", (3e-3, 1e-2, 3e-2)),
 }
+#: Each loss's negatives as its own paper draws them, (negatives, n_negatives): SASRec's BCE and
+#: BPR one per position, gSASRec's gBCE 256 per position; the others share one pool of 256 per
+#: batch (sampled softmax's logQ and in-batch mixing assume a shared pool).
+LOSS_NEGATIVES = {"bce": ("position", 1), "bpr": ("position", 1), "gbce": ("position", 256)}
+SHARED_POOL = ("batch", 256)
 #: The epoch budget of every run of a dataset.
 EPOCHS = {"ml-100k": 30, "amazon-beauty": 20}
 OUTPUT = BENCH_DIR / "losses.json"
@@ -51,7 +57,9 @@ def train_one(
     """One run's validation figures; its folder stays until the test is scored."""
     config, _ = ARCHITECTURES[architecture]
     name = f"{architecture}-{loss}-lr{lr:g}"
+    negatives, n_negatives = LOSS_NEGATIVES.get(loss, SHARED_POOL)
     sets = [f"loss={loss}", f"lr={lr}", f"max_epochs={epochs}", f"patience={epochs}"]
+    sets += [f"negatives={negatives}", f"n_negatives={n_negatives}"]
     sets += ["val_every=1", "max_minutes=0"]
     start = time.perf_counter()
     run_dir = train_run(dataset, config, sets, models_dir, run_name=name)
@@ -61,6 +69,8 @@ def train_one(
         "architecture": architecture,
         "loss": loss,
         "lr": lr,
+        "negatives": negatives,
+        "n_negatives": n_negatives,
         "epochs": epochs,
         "run_dir": str(run_dir),
         "wall_s": time.perf_counter() - start,
@@ -70,6 +80,17 @@ def train_one(
         "seconds_per_epoch": metrics["seconds_per_epoch"],
         "load_after": machine_load(),
     }
+
+
+def current_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs drawn with their loss's negatives; one an earlier study drew otherwise is left
+    out, and so trained again."""
+    return [
+        run
+        for run in runs
+        if (run.get("negatives", "batch"), run.get("n_negatives", 256))
+        == LOSS_NEGATIVES.get(run["loss"], SHARED_POOL)
+    ]
 
 
 def choose_rates(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,15 +106,24 @@ def choose_rates(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
+def negatives_label(run: dict[str, Any]) -> str:
+    """How the run drew its negatives: "-" for the losses that draw none."""
+    if run["loss"] in ("ce", "directau"):
+        return "-"
+    per = "position" if run.get("negatives") == "position" else "batch"
+    return f"{run.get('n_negatives', 256)} per {per}"
+
+
 def markdown_table(chosen: list[dict[str, Any]]) -> str:
     lines = [
-        "| dataset | architecture | loss | lr (chosen on validation) | best val NDCG@10 "
-        "| test NDCG@10 | test HR@10 | s/epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | architecture | loss | negatives | lr (chosen on validation) "
+        "| best val NDCG@10 | test NDCG@10 | test HR@10 | s/epoch |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in chosen:
         lines.append(
-            f"| {run['dataset']} | {run['architecture']} | {run['loss']} | {run['lr']:g} "
+            f"| {run['dataset']} | {run['architecture']} | {run['loss']} "
+            f"| {negatives_label(run)} | {run['lr']:g} "
             f"| {run['best_val_ndcg@10']:.4f} | {run.get('test_ndcg@10', float('nan')):.4f} "
             f"| {run.get('test_hr@10', float('nan')):.4f} | {run['seconds_per_epoch']:.2f} |"
         )
@@ -139,7 +169,7 @@ def study(
 ) -> dict[str, Any]:
     """Train what the JSON at ``output`` lacks, choose the rates, score test once, draw."""
     out = read_json(output) if output.exists() else {}
-    runs: list[dict[str, Any]] = out.get("runs", [])
+    runs = current_runs(out.get("runs", []))
     done = {run_key(r["dataset"], r["architecture"], r["loss"], r["lr"]) for r in runs}
     out.update(
         selection="per dataset, architecture and loss: the lr with the best validation "

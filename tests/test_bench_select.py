@@ -67,3 +67,13 @@ def test_a_resumed_tiger_benchmark_evaluates_only_the_runs_it_finished(tmp_path)
     drop_unfinished(tmp_path, finished)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiger-seed42"]
     drop_unfinished(tmp_path / "not-there-yet", finished)  # nothing trained yet: nothing to do
+
+
+def test_the_loss_study_trains_again_a_run_drawn_with_other_negatives():
+    from benchmarks.bench_losses import LOSS_NEGATIVES, current_runs
+
+    negatives, count = LOSS_NEGATIVES["bce"]
+    earlier = {"loss": "bce"}  # an earlier study's: one shared pool of 256
+    now = {"loss": "bce", "negatives": negatives, "n_negatives": count}
+    shared = {"loss": "sampled", "negatives": "batch", "n_negatives": 256}
+    assert current_runs([earlier, now, shared, {"loss": "ce"}]) == [now, shared, {"loss": "ce"}]
