@@ -36,8 +36,8 @@ ARCHITECTURES = {
     "mf": ("mf-bpr", (3e-3, 1e-2, 3e-2)),
 }
 #: Each loss's negatives as its own paper draws them, (negatives, n_negatives): SASRec's BCE and
-#: BPR one per position, gSASRec's gBCE several per position (16 here: its 256 per position cost
-#: eight times an epoch on 2 cores); the others share one pool of 256 per batch (sampled
+#: BPR one per position, gSASRec's gBCE several per position (16 here: its 256 per position make
+#: an epoch several times longer on 2 cores); the others share one pool of 256 per batch (sampled
 #: softmax's logQ and in-batch mixing assume a shared pool).
 LOSS_NEGATIVES = {"bce": ("position", 1), "bpr": ("position", 1), "gbce": ("position", 16)}
 SHARED_POOL = ("batch", 256)
