@@ -195,9 +195,15 @@ def study(
                     runs.append(run)
                     out["runs"] = runs
                     write_json(out, output)
+    # test is scored once a loss's whole grid has trained, so a later rate cannot change the pick
+    trained = {run_key(r["dataset"], r["architecture"], r["loss"], r["lr"]) for r in runs}
     chosen = choose_rates(runs)
     for run in chosen:
-        if "test_ndcg@10" not in run and Path(run["run_dir"]).exists():
+        settled = all(
+            run_key(run["dataset"], run["architecture"], run["loss"], lr) in trained
+            for lr in ARCHITECTURES[run["architecture"]][1]
+        )
+        if settled and "test_ndcg@10" not in run and Path(run["run_dir"]).exists():
             model = load_trained_run(Path(run["run_dir"])).model
             run.update(split_metrics(model, load_processed(run["dataset"]), "test"))
     out["chosen"] = chosen
