@@ -75,7 +75,7 @@ class ModelConfig:
     loss: str = "ce"
     sampler: str = "uniform"  # where the sampled losses draw their negatives from
     negatives: str = "batch"  # one pool per batch, or n_negatives for each position
-    n_negatives: int = 256  # negatives per batch, shared by its positions (sampled losses)
+    n_negatives: int = 256  # the sampled losses' negatives: per batch, or per position
     gbce_t: float = 0.75  # gbce: calibration; 0 is plain BCE, 1 fully calibrated to the softmax
     ccl_margin: float = 0.8  # ccl: negatives count only above this cosine
     ccl_negative_weight: float = 150.0  # ccl: the negatives' weight against the positive
