@@ -138,7 +138,7 @@ def markdown_table(chosen: list[dict[str, Any]]) -> str:
     for run in chosen:
         lines.append(
             f"| {run['dataset']} | {run['architecture']} | {run['loss']} "
-            f"| {negatives_label(run)} | {run['lr']:g} "
+            f"| {run['negatives_drawn']} | {run['lr']:g} "
             f"| {run['best_val_ndcg@10']:.4f} | {run.get('test_ndcg@10', float('nan')):.4f} "
             f"| {run.get('test_hr@10', float('nan')):.4f} | {run['seconds_per_epoch']:.2f} |"
         )
@@ -185,6 +185,8 @@ def study(
     """Train what the JSON at ``output`` lacks, choose the rates, score test once, draw."""
     out = read_json(output) if output.exists() else {}
     runs = current_runs(out.get("runs", []))
+    for run in runs:  # what the tables show
+        run["negatives_drawn"] = negatives_label(run)
     done = {run_key(r["dataset"], r["architecture"], r["loss"], r["lr"]) for r in runs}
     out.update(
         selection="per dataset, architecture and loss: the lr with the best validation "
@@ -201,6 +203,7 @@ def study(
                     if run_key(dataset, architecture, loss, lr) in done:
                         continue
                     run = train_one(dataset, architecture, loss, lr, epochs[dataset], models_dir)
+                    run["negatives_drawn"] = negatives_label(run)
                     print(
                         f"{dataset} {architecture} {loss} lr {lr:g}: best val NDCG@10 "
                         f"{run['best_val_ndcg@10']:.4f} at epoch {run['best_epoch']}",

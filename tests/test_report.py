@@ -292,6 +292,7 @@ def test_training_page_shows_the_loss_study_or_how_to_run_it(tmp_path: Path) -> 
             "dataset": "toy",
             "architecture": "mf",
             "loss": "ccl",
+            "negatives_drawn": "16 per position",
             "lr": 0.003,
             "best_val_ndcg@10": 0.05123,
             "test_ndcg@10": 0.04321,
@@ -308,7 +309,7 @@ def test_training_page_shows_the_loss_study_or_how_to_run_it(tmp_path: Path) -> 
     study = report.read_loss_study(bench)
     assert study is not None and not study["figure"]
     page = report.render_pages([report.collect("toy", **dirs)], loss_study=study)["training"]
-    assert "| toy | mf | ccl | 0.003 | 0.0512 | 0.0432 | 0.0876 | 0.35 |" in page
+    assert "| toy | mf | ccl | 16 per position | 0.003 | 0.0512 | 0.0432 | 0.0876 | 0.35 |" in page
     write_json({"chosen": 3}, bench / "losses.json")
     with pytest.raises(RecsysError, match="losses.json is not a loss study"):
         report.read_loss_study(bench)
