@@ -323,6 +323,9 @@ def test_ddp_with_two_cpu_processes_runs_one_epoch(processed, configs, tmp_path)
         (["--set", "family=bert4rec", "--set", "mask_ratio=1.5"], "mask_ratio must be in (0, 1)"),
         (["--set", "family=bert4rec", "--set", "item_repr=semantic"], "needs family sasrec"),
         (["--set", "dropout"], "key=value"),
+        (["--set", "family=bert4rec", "--set", "mask_last_share=2"], "mask_last_share must be"),
+        (["--set", "negatives=row"], "negatives must be one of batch, position"),
+        (["--set", "sampler=in-batch", "--set", "negatives=position"], "needs negatives=batch"),
         (["--config", "nope"], "config 'nope' not found"),
     ],
 )
