@@ -88,15 +88,15 @@ def train_one(
     }
 
 
+def drawn(run: dict[str, Any]) -> tuple[str, int]:
+    """How a run drew its negatives (a run from before the study recorded it: the shared pool)."""
+    return run.get("negatives", SHARED_POOL[0]), run.get("n_negatives", SHARED_POOL[1])
+
+
 def current_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs drawn with their loss's negatives; one an earlier study drew otherwise is left
     out, and so trained again."""
-    return [
-        run
-        for run in runs
-        if (run.get("negatives", "batch"), run.get("n_negatives", 256))
-        == LOSS_NEGATIVES.get(run["loss"], SHARED_POOL)
-    ]
+    return [run for run in runs if drawn(run) == LOSS_NEGATIVES.get(run["loss"], SHARED_POOL)]
 
 
 def table_order(run: dict[str, Any]) -> tuple[int, int, int]:
@@ -125,8 +125,8 @@ def negatives_label(run: dict[str, Any]) -> str:
     """How the run drew its negatives: "-" for the losses that draw none."""
     if run["loss"] in ("ce", "directau"):
         return "-"
-    per = "position" if run.get("negatives") == "position" else "batch"
-    return f"{run.get('n_negatives', 256)} per {per}"
+    negatives, count = drawn(run)
+    return f"{count} per {negatives}"
 
 
 def markdown_table(chosen: list[dict[str, Any]]) -> str:
@@ -185,8 +185,6 @@ def study(
     """Train what the JSON at ``output`` lacks, choose the rates, score test once, draw."""
     out = read_json(output) if output.exists() else {}
     runs = current_runs(out.get("runs", []))
-    for run in runs:  # what the tables show
-        run["negatives_drawn"] = negatives_label(run)
     done = {run_key(r["dataset"], r["architecture"], r["loss"], r["lr"]) for r in runs}
     out.update(
         selection="per dataset, architecture and loss: the lr with the best validation "
@@ -203,21 +201,21 @@ def study(
                     if run_key(dataset, architecture, loss, lr) in done:
                         continue
                     run = train_one(dataset, architecture, loss, lr, epochs[dataset], models_dir)
-                    run["negatives_drawn"] = negatives_label(run)
                     print(
                         f"{dataset} {architecture} {loss} lr {lr:g}: best val NDCG@10 "
                         f"{run['best_val_ndcg@10']:.4f} at epoch {run['best_epoch']}",
                         flush=True,
                     )
                     runs.append(run)
+                    done.add(run_key(dataset, architecture, loss, lr))
                     out["runs"] = runs
                     write_json(out, output)
     # test is scored once a loss's whole grid has trained, so a later rate cannot change the pick
-    trained = {run_key(r["dataset"], r["architecture"], r["loss"], r["lr"]) for r in runs}
     chosen = sorted(choose_rates(runs), key=table_order)
     for run in chosen:
+        run["negatives_drawn"] = negatives_label(run)  # what the tables show
         settled = all(
-            run_key(run["dataset"], run["architecture"], run["loss"], lr) in trained
+            run_key(run["dataset"], run["architecture"], run["loss"], lr) in done
             for lr in ARCHITECTURES[run["architecture"]][1]
         )
         if settled and "test_ndcg@10" not in run and Path(run["run_dir"]).exists():

@@ -23,8 +23,8 @@ KeyValues = tuple[Tensor, Tensor]
 
 def attention_backend(query: Tensor) -> contextlib.AbstractContextManager:
     """SDPA's math path for bf16 on the CPU: there, at these models' head widths, the flash
-    kernel's backward is slower than the plain matmuls (``benchmarks/bench_epoch.py`` shows an
-    epoch's parts); elsewhere SDPA picks its own kernel."""
+    kernel's backward was measured slower than the plain matmuls (a TIGER step's largest cost);
+    elsewhere SDPA picks its own kernel."""
     if query.device.type == "cpu" and query.dtype == torch.bfloat16:
         return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()
