@@ -357,6 +357,15 @@ def test_bad_config_values_are_user_errors(configs, overrides, message):
         config_module.resolve_config("tiny", "syn", overrides, configs)
 
 
+def test_exponent_numbers_are_numbers(configs):
+    """YAML 1.1 reads ``1e-6`` (no dot) as a string; a float key takes it as the number."""
+    overrides = config_module.parse_sets(["weight_decay=1e-6"])
+    config = config_module.resolve_config("tiny", "syn", overrides, configs)
+    assert config["weight_decay"] == 1e-6
+    with pytest.raises(RecsysError, match="'weight_decay' .* must be a number"):
+        config_module.resolve_config("tiny", "syn", {"weight_decay": "tiny"}, configs)
+
+
 def test_bad_config_file_is_a_user_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("d_model: [1, 2\n")

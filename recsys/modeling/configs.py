@@ -159,6 +159,11 @@ def check_type(key: str, value: Any, source: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-6 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         raise fail(f"config key {key!r} in {source} must be a number, got {value!r}")
     if not isinstance(value, str):
         raise fail(f"config key {key!r} in {source} must be a string, got {value!r}")
