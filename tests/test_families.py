@@ -3,6 +3,7 @@ no peeking at the Cloze targets, known users only), each refuses what it cannot 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,6 +176,32 @@ def test_mf_refuses_a_history_without_a_known_user():
         model.score(torch.tensor([[1, 2]]), torch.tensor([0]))
 
 
+def test_mf_fold_in_is_the_ridge_fit_of_the_history():
+    """The folded-in vector solves [V; sqrt(l2') I] u = [1 for the history, 0 elsewhere; 0]."""
+    model: MatrixFactorization = make("mf", fold_in_l2=0.5).eval()
+    table = model.item_table().detach()
+    rows = table[1:].double().numpy()  # every item is a candidate here
+    gram_mean = (rows**2).sum(axis=0).mean()
+    history = [3, 7, 12]
+    targets = np.zeros(N_ITEMS)
+    targets[[item - 1 for item in history]] = 1.0
+    system = np.vstack([rows, np.sqrt(0.5 * gram_mean) * np.eye(rows.shape[1])])
+    wanted = np.linalg.lstsq(system, np.r_[targets, np.zeros(rows.shape[1])], rcond=None)[0]
+    folded = model.fold_in(torch.tensor([[0, *history]]), table, 0.5)
+    assert np.allclose(folded[0].double().numpy(), wanted, atol=1e-4)
+
+
+def test_mf_with_fold_in_scores_any_history():
+    model: MatrixFactorization = make("mf", fold_in_l2=1.0).eval()
+    assert not model.user_based and not model.reads_users
+    scores = model.score(torch.tensor([[0, 4, 9]]))  # no user: a new one
+    assert torch.equal(scores, model.score(torch.tensor([[9, 4, 0]])))  # no order, no padding
+    assert not torch.allclose(scores, model.score(torch.tensor([[4, 9, 2]])))
+    table = model.item_table()
+    expected = model.fold_in(torch.tensor([[4, 9]]), table, 1.0) @ table.T
+    assert torch.allclose(scores[0, 1:], expected[0, 1:], atol=1e-5)
+
+
 def test_mf_decays_its_embeddings():
     groups = make("mf").param_groups(0.1)
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
@@ -200,6 +227,7 @@ def test_gru_weights_decay_and_embeddings_do_not():
             "item_repr=semantic .* needs family sasrec, got bert4rec",
         ),
         ({"family": "mf", "n_users": 0}, "family mf needs n_users >= 1"),
+        ({"family": "mf", "fold_in_l2": -1.0}, "fold_in_l2 must be >= 0"),
         ({"family": "transformer"}, "family must be one of"),
         ({"loss": "hinge"}, "loss must be one of"),
     ],
@@ -228,9 +256,12 @@ def family_world(tmp_path_factory):
     runs = {}
     for family in FAMILIES:
         (configs / f"{family}.yaml").write_text(yaml.safe_dump({**tiny, "family": family}))
-        runs[family] = training.train(
+    folded = {**tiny, "family": "mf", "fold_in_l2": 1.0}
+    (configs / "mf-fold-in.yaml").write_text(yaml.safe_dump(folded))
+    for name in [*FAMILIES, "mf-fold-in"]:
+        runs[name] = training.train(
             "syn",
-            family,
+            name,
             processed_root=processed,
             models_dir=models,
             configs_dir=configs,
@@ -267,6 +298,18 @@ def test_mf_run_refuses_an_ad_hoc_history_in_one_line(family_world):
     served = load_run(runs["mf"], processed_dir=processed)
     with pytest.raises(Unsupported, match="family mf: it recommends for the users it trained on"):
         served.recommend(items=[next(iter(served.catalogue.by_id))], k=5)
+
+
+@pytest.mark.slow
+def test_mf_run_that_folds_in_recommends_for_an_ad_hoc_history(family_world):
+    from recsys.api.loading import load_run
+
+    processed, runs = family_world
+    served = load_run(runs["mf-fold-in"], processed_dir=processed)
+    items = list(served.catalogue.by_id)[:3]
+    picks = served.recommend(items=items, k=5)
+    assert len(picks) == 5 and picks["score"].is_monotonic_decreasing
+    assert not set(picks["item_id"].astype(str)) & {str(item) for item in items}
 
 
 @pytest.mark.slow

@@ -263,7 +263,8 @@ class Run:
         if self.model.user_based:
             raise Unsupported(
                 f"run {self.name} is family {self.model.config.family}: it recommends for the "
-                "users it trained on (give a user); train a sequence family for ad-hoc histories"
+                "users it trained on (give a user); for ad-hoc histories train it with "
+                "fold_in_l2 above 0, or train a sequence family"
             )
 
     def user_ids_of(self, user_idx: np.ndarray) -> list[str]:
@@ -338,12 +339,9 @@ class Run:
         out = np.zeros((len(histories), self.table.shape[1]), dtype=np.float32)
         for rows, item_seq in self._batches(histories):
             user_ids = torch.from_numpy(np.asarray(users, dtype=np.int64)[rows])
-            hidden = self.model.encode(
-                item_seq,
-                user_ids.to(self.device) if self.uses_users else None,
-                self.table,
-                last_only=True,
-            )[:, -1, :]
+            hidden = self.model.query(
+                item_seq, user_ids.to(self.device) if self.uses_users else None, self.table
+            )
             out[rows] = hidden.float().cpu().numpy()
         return out
 

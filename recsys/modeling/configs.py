@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "mask_ratio": 0.2,  # bert4rec: the share of each training sequence's items masked
     # bert4rec: the share of training windows that hide only their most recent item
     "mask_last_share": 0.0,
+    # mf: 0 scores a user by their trained vector; above 0, by a ridge fit of the history against
+    # the item table with this l2 (relative to the table's mean eigenvalue): new users too
+    "fold_in_l2": 0.0,
     "d_model": 64,
     "n_layers": 2,
     "n_heads": 1,
@@ -108,6 +111,7 @@ MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler negatives n_negatives beam_size cold_share "
     "family gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio mask_last_share "
+    "fold_in_l2 "
     "generator dense_weight ranking"
 ).split()
 

@@ -84,6 +84,9 @@ class ModelConfig:
     # bert4rec: the share of training windows that hide their most recent item alone, as the
     # next-item task does at inference (Sun et al.'s own addition to the Cloze task)
     mask_last_share: float = 0.0
+    # mf: 0 scores a user by their trained vector; above 0, by a ridge fit of their history
+    # against the item table (this l2, relative to the table's mean eigenvalue)
+    fold_in_l2: float = 0.0
     # item_repr=semantic: the vocabulary of each semantic-ID level (the last one tells apart
     # items whose codes collide), and the beams kept while generating the next item.
     code_vocab: tuple[int, ...] = ()
@@ -167,6 +170,8 @@ class ModelConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
         if not 0.0 <= self.mask_last_share <= 1.0:
             raise ValueError(f"mask_last_share must be in [0, 1], got {self.mask_last_share!r}")
+        if self.fold_in_l2 < 0:
+            raise ValueError(f"fold_in_l2 must be >= 0, got {self.fold_in_l2!r}")
         if self.family == "mf" and self.n_users < 1:
             raise ValueError("family mf needs n_users >= 1: it learns a vector per user")
 

@@ -137,6 +137,11 @@ class ItemScorer(Recommender):
         that scores the next item)."""
         raise NotImplementedError
 
+    def query(self, item_seq: Tensor, users: Tensor | None, table: Tensor) -> Tensor:
+        """The vector [B, d] whose inner product with an item's ``table`` row is that item's
+        next-item score: the state after each sequence's last item."""
+        return self.encode(item_seq, users, table, last_only=True)[:, -1, :]
+
     def training_positions(self, item_seq: Tensor, targets: Tensor) -> Tensor:
         """[B, L]: the positions that train, where both the input and the target are items."""
         return (targets > 0) & (item_seq > 0)
@@ -148,8 +153,7 @@ class ItemScorer(Recommender):
         """Next-item scores [B, n_catalogue + 1] after each sequence's last item (col 0: -inf).
         ``exclude`` is for generative families; ranking masks the history afterwards."""
         table = self.item_table()
-        hidden = self.encode(item_seq, users, table, last_only=True)[:, -1, :]
-        scores = hidden @ table.T
+        scores = self.query(item_seq, users, table) @ table.T
         scores[:, 0] = float("-inf")
         return scores
 
