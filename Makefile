@@ -18,9 +18,9 @@ SEEDS ?=
 # The config `make tune` tunes, and how many finished trials its study should hold in the end
 TUNE_CONFIG ?= sasrec-ce
 TRIALS ?= 20
-# Which benchmark `make bench` runs: data, features, train, evaluate, serve, ann, tiger, scale or
-# all; empty: the quick set (those that end in minutes; the hour-long ann, scale, tiger and train
-# run only when named)
+# Which benchmark `make bench` runs: data, features, train, evaluate, serve, epoch, fold_in, ann,
+# losses, tiger, scale or all; empty: the quick set (those that end in minutes; the hour-long ann,
+# losses, scale, tiger and train run only when named)
 BENCH ?=
 # Extra options for one stage, e.g. make train TRAIN_ARGS="--max-epochs 5"
 DATA_ARGS ?=
@@ -98,7 +98,7 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-## Run the quick benchmarks, or BENCH=all|data|features|train|evaluate|serve|ann|tiger|scale; results go to reports/bench/
+## Run the quick benchmarks, or BENCH=all|data|features|train|evaluate|serve|epoch|fold_in|ann|losses|tiger|scale; results in reports/bench/
 .PHONY: bench
 bench: requirements
 	$(PYTHON) -m benchmarks $(BENCH)
