@@ -19,6 +19,7 @@ import yaml
 
 from recsys import report
 from recsys.cli import RecsysError
+from recsys.config import shown_path
 from recsys.modeling import configs as config_module
 from recsys.modeling import training
 from recsys.modeling import search_space, study_storage, tuning
@@ -80,6 +81,11 @@ def test_the_shipped_search_spaces_fit_their_configs():
         # mf has no blocks and no dropout: its embeddings' L2 is what it has to tune
         sequence_keys = {"lr", "dropout", "d_model", "n_layers", "batch_size"}
         assert ({"lr", "weight_decay"} if family == "mf" else sequence_keys) <= keys, path
+    # narrow/<config>.yaml: a part of a config's space, fixing the rest with the tuner's --set
+    for path in sorted((PROJ_ROOT / "configs" / "search" / "narrow").glob("*.yaml")):
+        assert search_space.load_space(
+            path, path.stem, "ml-100k", configs_dir=PROJ_ROOT / "configs"
+        )
 
 
 @pytest.mark.parametrize(
@@ -123,6 +129,16 @@ def test_a_missing_search_space_says_how_to_get_one(world, tmp_path):
         tuning.prepare(
             DATASET, "tiny", 1, space_file=tmp_path / "none.yaml", **folders(world, "x")
         )
+
+
+def test_the_recorded_command_names_a_search_space_given_by_path(world):
+    dirs = folders(world, "command")
+    setup = tuning.prepare(DATASET, "tiny", 3, overrides={"max_len": 8}, **dirs)
+    assert "--space" not in setup.command and "--set max_len=8" in setup.command
+    space = world["root"] / "narrow.yaml"
+    space.write_text("lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    narrow = tuning.prepare(DATASET, "tiny", 3, space_file=space, **dirs)
+    assert f"--space {shown_path(space)}" in narrow.command
 
 
 # ---------------------------------------------------------------------------------- study

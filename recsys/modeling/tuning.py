@@ -182,6 +182,7 @@ class TuneSetup:
     attrs: dict[str, Any]
     settings: SearchSettings
     trials: int
+    space_option: str | None  # --space as given (None: the config's own search space)
     models_dir: Path  # the trials' runs go to <models_dir>/<dataset>/tuning/<study>/
     db: Path
     tuned_path: Path
@@ -193,6 +194,8 @@ class TuneSetup:
         """The command that continues (or repeats) this study."""
         parts = [f"python -m recsys.modeling.tune --dataset {self.dataset} --config {self.config}"]
         parts.append(f"--study {self.name} --trials {self.trials}")
+        if self.space_option:
+            parts.append(f"--space {self.space_option}")
         parts += [f"--set {key}={_scalar(value)}" for key, value in self.fixed.items()]
         return " ".join(parts + self.settings.options())
 
@@ -251,6 +254,7 @@ def prepare(
         attrs=attrs,
         settings=settings,
         trials=trials,
+        space_option=shown_path(space_path) if space_file else None,
         models_dir=Path(models_dir or MODELS_DIR),
         db=Path(models_dir or MODELS_DIR) / dataset / "tuning" / f"{name}.db",
         tuned_path=tuned_file(dataset, base, configs_root),
