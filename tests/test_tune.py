@@ -97,7 +97,6 @@ def test_the_shipped_search_spaces_fit_their_configs():
         ("n_layers: {low: 2, high: 2}", "key 'n_layers': empty range"),
         ("d_model: {choices: []}", "key 'd_model': choices must be a non-empty list"),
         ("d_model: {choices: [32, 32]}", "repeat a value"),
-        ("lr: {low: 1e-4, high: 1.0e-2}", "write it with a dot"),
         ("lr: {low: fast, high: 0.01}", "'lr' in search space .* must be a number"),
         ("n_layers: {low: 1.5, high: 3}", "'n_layers' in search space .* must be an integer"),
         ("d_model: {choices: [32, big]}", "'d_model' in search space .* must be an integer"),
@@ -122,6 +121,13 @@ def test_a_bad_search_space_is_one_line_naming_file_and_key(world, tmp_path, tex
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
     assert re.search(expected, message), message
+
+
+def test_a_range_written_with_an_exponent_and_no_dot_is_a_number(world, tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {low: 1e-4, high: 1.0e-2, log: true}\n")
+    (spec,) = search_space.load_space(path, "tiny", DATASET, {}, world["configs"])
+    assert (spec.low, spec.high) == (1e-4, 1e-2)
 
 
 def test_a_missing_search_space_says_how_to_get_one(world, tmp_path):

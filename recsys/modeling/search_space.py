@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,16 +52,6 @@ def _kind(key: str) -> str:
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         return "choice"
     return "int" if isinstance(default, int) else "float"
-
-
-def typed_value(key: str, value: Any, where: str) -> Any:
-    """``value`` checked against the type of ``key``'s default (ints for int keys, ...)."""
-    try:
-        return check_type(key, value, where)
-    except RecsysError as err:
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-            raise fail(f"{err}; YAML reads {value} as text: write it with a dot, e.g. 1.0e-4")
-        raise
 
 
 def load_space(
@@ -136,7 +125,7 @@ def _param(
         if not isinstance(choices, list) or not choices:
             raise fail(f"{where}: choices must be a non-empty list, got {choices!r}")
         for value in choices:
-            typed_value(key, value, f"{where}, choices")
+            check_type(key, value, f"{where}, choices")
         if len({json.dumps(c) for c in choices}) < len(choices):
             raise fail(f"{where}: choices {choices!r} repeat a value; list each value once")
         for value in choices:
@@ -149,8 +138,8 @@ def _param(
         )
     if "low" not in spec or "high" not in spec:
         raise fail(f"{where}: a range needs both low and high (or use choices: [...])")
-    low, high = (typed_value(key, spec[f], f"{where}, {f}") for f in ("low", "high"))
-    step = None if spec.get("step") is None else typed_value(key, spec["step"], f"{where}, step")
+    low, high = (check_type(key, spec[f], f"{where}, {f}") for f in ("low", "high"))
+    step = None if spec.get("step") is None else check_type(key, spec["step"], f"{where}, step")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise fail(f"{where}: log must be true or false, got {log!r}")

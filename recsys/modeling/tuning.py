@@ -26,10 +26,10 @@ from loguru import logger
 from recsys.cli import RecsysError, fail
 from recsys.config import CONFIGS_DIR, FIGURES_DIR, MODELS_DIR, TUNING_DIR, shown_path
 from recsys.io import read_json, read_yaml, write_json, write_text
-from recsys.modeling.configs import config_path, resolve_config, tuned_file
+from recsys.modeling.configs import check_type, config_path, resolve_config, tuned_file
 from recsys.modeling.lightning import METRIC
 from recsys.modeling.runs import best_val_ndcg
-from recsys.modeling.search_space import ParamSpec, file_hash, load_space, typed_value
+from recsys.modeling.search_space import ParamSpec, file_hash, load_space
 from recsys.modeling.study_storage import (
     WORKER_ATTR,
     n_finished,
@@ -273,7 +273,7 @@ def first_trial(setup: TuneSetup, values: dict[str, Any]) -> dict[str, Any]:
                 f"--first {key}: not a key of the search space {setup.attrs['space_file']}; "
                 f"choose from {', '.join(sorted(searched))}"
             )
-    return {key: typed_value(key, value, "--first") for key, value in values.items()}
+    return {key: check_type(key, value, "--first") for key, value in values.items()}
 
 
 def tune(
