@@ -15,8 +15,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_train import split_metrics
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import write_json
+from recsys.modeling.candidates import load_trained
+from recsys.processed import ProcessedData, load_processed
 
 DATASETS = ("amazon-beauty", "ml-100k")
 #: 0 is the trained user vectors; the rest are ridge strengths relative to the table's mean
@@ -33,27 +36,18 @@ def mf_runs(dataset: str, name: str, models_dir: Path) -> list[Path]:
 
 
 def validation_by_l2(
-    run_dir: Path, dataset: str, grid: tuple[float, ...], processed_root: Path
+    run_dir: Path, data: ProcessedData, grid: tuple[float, ...], processed_root: Path
 ) -> list[dict[str, Any]]:
     """Validation NDCG@10 and HR@10 of one mf run for each ``fold_in_l2`` of ``grid``."""
-    from recsys.modeling.candidates import load_trained
-    from recsys.modeling.evaluation_data import split_examples
-    from recsys.modeling.metric_summary import per_user
-    from recsys.modeling.scoring import rank_examples
-    from recsys.processed import load_processed
-
-    data = load_processed(dataset, processed_root)
-    examples = split_examples(data, "valid")
-    model = load_trained(run_dir, dataset, processed_root=processed_root).scorer
+    model = load_trained(run_dir, data.name, processed_root=processed_root).scorer
     if model.config.family != "mf":
         raise SystemExit(f"error: run {run_dir} is family {model.config.family}, not mf")
     rows = []
     for l2 in grid:
         model.config.fold_in_l2 = l2
-        ranked = rank_examples(model, examples, data.n_items, n_negatives=0)
-        row = {m: float(per_user(ranked, m, 10).mean()) for m in ("ndcg", "hr")}
-        rows.append({"fold_in_l2": l2, "ndcg@10": row["ndcg"], "hr@10": row["hr"]})
-        print(f"{run_dir.name} fold_in_l2 {l2:g}: valid NDCG@10 {row['ndcg']:.4f}", flush=True)
+        scores = split_metrics(model, data, "valid")
+        rows.append({"fold_in_l2": l2, **{k: scores[f"valid_{k}"] for k in ("ndcg@10", "hr@10")}})
+        print(f"{run_dir.name} fold_in_l2 {l2:g}: valid NDCG@10 {rows[-1]['ndcg@10']:.4f}")
     return rows
 
 
@@ -68,9 +62,9 @@ def choose(
         if not runs:
             print(f"{dataset}: no trained {name} run; train one with make train")
             continue
-        tables = []
+        data, tables = load_processed(dataset, PROCESSED_DATA_DIR), []
         for run_dir in runs:
-            tables.append(validation_by_l2(run_dir, dataset, grid, PROCESSED_DATA_DIR))
+            tables.append(validation_by_l2(run_dir, data, grid, PROCESSED_DATA_DIR))
             out["runs"][f"{dataset}/{run_dir.name}"] = tables[-1]
             write_json(out, output)
         means = [sum(t[i]["ndcg@10"] for t in tables) / len(tables) for i in range(len(grid))]
