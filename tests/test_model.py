@@ -195,6 +195,34 @@ def test_hybrid_gives_an_item_never_trained_on_its_text_part_alone(cold):
     assert torch.equal(id_model.item_table(), id_model.item_emb.weight)
 
 
+@pytest.mark.parametrize("item_repr", ["text", "hybrid"])
+def test_inference_builds_the_item_table_once_per_state_of_the_weights(item_repr, monkeypatch):
+    """Scoring batch after batch reuses one table; a training step, an edited feature row or
+    autocast rebuild it, and outside inference mode it is always fresh (with its graph)."""
+    model = make_model(item_repr=item_repr).eval()
+    builds = []
+    build = model._build_item_table
+    monkeypatch.setattr(model, "_build_item_table", lambda: builds.append(1) or build())
+    items = torch.tensor([[1, 2, 3], [0, 4, 5]])
+    with torch.inference_mode():
+        first = model.score(items)
+        assert torch.equal(model.score(items), first)
+    assert len(builds) == 1
+    train_steps(model, 1)
+    model.eval()
+    with torch.inference_mode():
+        assert not torch.allclose(model.score(items), first)
+        model.score(items)
+    assert len(builds) == 3  # one for the training step's loss, one after it
+    with torch.inference_mode():
+        model.item_features[7] += 1.0
+        model.score(items)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.item_table()
+    assert len(builds) == 5
+    assert model.item_table().requires_grad
+
+
 def test_cold_candidates_are_excluded_from_the_training_softmax():
     """An item switched off as a candidate (cold) gets no gradient unless it is an input."""
     items, targets = random_batch()

@@ -105,7 +105,31 @@ class ItemScorer(Recommender):
         self.id_trained.copy_(counts > 0)
 
     def item_table(self) -> Tensor:
-        """Item representations [n_catalogue + 1, d_model]: the input and output table."""
+        """Item representations [n_catalogue + 1, d_model]: the input and output table.
+
+        In inference mode it is built once per state of the weights: a text or codes table is
+        a pass over the whole catalogue, which scoring would otherwise repeat for every batch of
+        users. Any change to a weight or buffer (a training step, a loaded checkpoint, an added
+        item) bumps its version and so rebuilds the table."""
+        if not torch.is_inference_mode_enabled():
+            return self._build_item_table()
+        key = self._table_key()
+        cached = self.__dict__.get("_inference_table")
+        if cached is None or cached[0] != key:
+            cached = (key, self._build_item_table())
+            self.__dict__["_inference_table"] = cached
+        return cached[1]
+
+    def _table_key(self) -> tuple:
+        """What the table depends on: every weight and buffer (identity and version) and the
+        autocast state."""
+        tensors = [*self.parameters(), *self.buffers()]
+        autocast = tuple(
+            (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")
+        )
+        return (autocast, *((id(t), t._version) for t in tensors))
+
+    def _build_item_table(self) -> Tensor:
         if self.config.item_repr == "codes":
             return summed_code_rows(self.code_emb, self.item_codes, self.level_offsets)
         table = None
