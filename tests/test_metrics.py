@@ -273,18 +273,18 @@ def test_shared_resamples_equal_per_metric_resampling_with_the_same_draws():
     assert metrics.bootstrap_cis(columns, n_samples=400, seed=8) != cis
 
 
-def test_coverage_ci_equals_the_union_over_the_same_draws():
+def test_coverage_cis_equal_the_union_over_the_same_draws_at_every_k():
     gen = torch.Generator().manual_seed(0)
     top = torch.randint(0, 80, (150, 10), generator=gen)  # 0: a slot with nothing recommended
     idx = _old_style_draws(150, 300, 0)
-    for k in (1, 5, 10):
+    cis = metrics.coverage_cis(top, (10, 1, 5), 80, n_samples=300)  # any order of ks
+    for k, ci in zip((10, 1, 5), cis):
         seen = torch.zeros(300, 81, dtype=torch.bool)
         seen.scatter_(1, top[:, :k][idx].reshape(300, -1), True)
         union = seen[:, 1:].sum(1).double() / 80
         point = metrics.coverage_at_k(top, k, 80)
         shifted = (union + (point - float(union.mean()))).clamp(0.0, 1.0)
         low, high = torch.quantile(shifted, torch.tensor([0.025, 0.975], dtype=torch.float64))
-        ci = metrics.coverage_ci(top, k, 80, n_samples=300)
         assert ci.value == point
         assert (ci.low, ci.high) == pytest.approx((float(low), float(high)), abs=1e-12)
 
@@ -300,9 +300,10 @@ def test_paired_bootstrap_resamples_both_arms_with_the_same_draws():
     assert metrics.paired_bootstrap(a, b, n_samples=300, seed=5) == paired
 
 
-def test_coverage_ci_brackets_point_and_collapses_for_identical_lists():
+def test_coverage_cis_bracket_point_and_collapse_for_identical_lists():
     same = torch.tensor([[1, 2]] * 30)
-    assert metrics.coverage_ci(same, 2, n_items=10, n_samples=100).as_dict() == {
+    [ci] = metrics.coverage_cis(same, (2,), n_items=10, n_samples=100)
+    assert ci.as_dict() == {
         "value": 0.2,
         "low": 0.2,
         "high": 0.2,
@@ -310,7 +311,7 @@ def test_coverage_ci_brackets_point_and_collapses_for_identical_lists():
     # every user gets two items of their own: resamples repeat users and lose items, a bias
     # the interval corrects, so it still holds the observed coverage
     distinct = torch.arange(1, 61).view(30, 2)
-    ci = metrics.coverage_ci(distinct, 2, n_items=120, n_samples=300)
+    [ci] = metrics.coverage_cis(distinct, (2,), n_items=120, n_samples=300)
     assert ci.value == 0.5 and ci.low < 0.5 < ci.high
 
 

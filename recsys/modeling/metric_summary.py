@@ -49,11 +49,11 @@ def summarize(
             means[f"{SAMPLED_PREFIX}{name}@{k}"] = per_user(ranked, SAMPLED_PREFIX + name, k)
     intervals = metrics.bootstrap_cis(list(means.values()), n_bootstrap, CONFIDENCE, seed)
     found = {key: ci.as_dict() for key, ci in zip(means, intervals)}
+    coverage = metrics.coverage_cis(ranked.top_items, ks, n_items, n_bootstrap, CONFIDENCE, seed)
     out: dict[str, dict[str, float | None]] = {}
-    for k in ks:
+    for k, covered in zip(ks, coverage):
         out.update({f"{name}@{k}": found[f"{name}@{k}"] for name in metrics.RANK_METRICS})
-        coverage = metrics.coverage_ci(ranked.top_items, k, n_items, n_bootstrap, CONFIDENCE, seed)
-        out[f"coverage@{k}"] = coverage.as_dict()
+        out[f"coverage@{k}"] = covered.as_dict()
         out[f"popularity@{k}"] = found[f"popularity@{k}"]
     out.update({key: entry for key, entry in found.items() if key.startswith(SAMPLED_PREFIX)})
     return out

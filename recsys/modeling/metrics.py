@@ -561,42 +561,61 @@ def bootstrap_ci(
 
 
 def _resampled_coverage(
-    lists: torch.Tensor, n_items: int, drawn: np.ndarray, n_samples: int
+    lists: torch.Tensor, ks: tuple[int, ...], n_items: int, drawn: np.ndarray, n_samples: int
 ) -> torch.Tensor:
-    """Coverage of each resample: an item counts once any drawn user has it in their list."""
-    users, slots = np.nonzero(lists.numpy() > 0)
-    items = lists.numpy()[users, slots]
-    order = np.argsort(items, kind="stable")
-    items, users = items[order], users[order]
-    covered = np.zeros(n_samples, dtype=np.int64)
+    """Coverage at each of ``ks`` (ascending) in each resample, ``[len(ks), n_samples]``: an item
+    counts at k once any drawn user has it in their top k.
+
+    One pass over the longest lists serves every k: the (user, item) pairs are grouped by item
+    and by the band of slots they sit in (below ks[0], below ks[1], ...), each group ORs its
+    users' draw bits once, and an item's bands are then ORed up to each k."""
+    top = lists.numpy()
+    users, slots = np.nonzero(top > 0)
+    items = top[users, slots]
+    bands = np.searchsorted(np.asarray(ks), slots, side="right")
+    order = np.lexsort((bands, items))
+    items, users, bands = items[order], users[order], bands[order]
+    covered = np.zeros((len(ks), n_samples), dtype=np.int64)
     if not len(items):
         return torch.from_numpy(covered).double()
-    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
+    new_item = np.r_[True, items[1:] != items[:-1]]
+    groups = np.flatnonzero(new_item | np.r_[True, bands[1:] != bands[:-1]])
+    item_starts = np.flatnonzero(new_item)
     # Chunks of whole items bound the gathered bit rows to about 32 MB.
     per_chunk = max(1, (1 << 22) // drawn.shape[1])
-    bounds = np.r_[starts, len(items)]
+    bounds = np.r_[item_starts, len(items)]
     first = 0
-    while first < len(starts):
+    while first < len(item_starts):
         last = int(np.searchsorted(bounds, bounds[first] + per_chunk, side="right")) - 1
         last = max(last, first + 1)
         lo, hi = bounds[first], bounds[last]
-        ored = np.bitwise_or.reduceat(drawn[users[lo:hi]], starts[first:last] - lo, axis=0)
-        bits = np.unpackbits(ored.view(np.uint8), axis=1, count=n_samples)
-        covered += bits.sum(0, dtype=np.int64)
+        starts = groups[(groups >= lo) & (groups < hi)]
+        ored = np.bitwise_or.reduceat(drawn[users[lo:hi]], starts - lo, axis=0)
+        item_of_group = np.cumsum(new_item[starts]) - 1
+        for j in range(len(ks)):
+            upto = bands[starts] <= j
+            if not upto.any():
+                continue
+            its = item_of_group[upto]
+            per_item = np.bitwise_or.reduceat(
+                ored[upto], np.flatnonzero(np.r_[True, its[1:] != its[:-1]]), axis=0
+            )
+            bits = np.unpackbits(per_item.view(np.uint8), axis=1, count=n_samples)
+            covered[j] += bits.sum(0, dtype=np.int64)
         first = last
     return torch.from_numpy(covered).double() / n_items
 
 
-def coverage_ci(
+def coverage_cis(
     top_items: torch.Tensor,
-    k: int,
+    ks: tuple[int, ...],
     n_items: int,
     n_samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> Interval:
-    """Catalogue coverage@k with a bootstrap interval over users (the resamples of
-    :func:`bootstrap_ci`).
+) -> list[Interval]:
+    """Catalogue coverage@k for each of ``ks`` with a bootstrap interval over users (the
+    resamples of :func:`bootstrap_ci`).
 
     Coverage is a union, not a mean: a resample holds only about 63% distinct users, so its
     coverage is biased low and the plain percentile interval can miss the observed value
@@ -605,13 +624,23 @@ def coverage_ci(
     observed coverage.
     """
     _check_bootstrap(len(top_items), confidence)
-    point = coverage_at_k(top_items, k, n_items)
+    points = [coverage_at_k(top_items, k, n_items) for k in ks]
     if n_samples <= 0:
-        return Interval(point, None, None)
+        return [Interval(point, None, None) for point in points]
+    ascending = sorted(set(ks))
     drawn = resamples(len(top_items), n_samples, seed).drawn
-    stats = _resampled_coverage(top_items[:, :k].cpu(), n_items, drawn, n_samples)
-    shifted = (stats + (point - float(stats.mean()))).clamp(0.0, 1.0)
-    return _intervals([point], shifted.unsqueeze(1), confidence)[0]
+    lists = top_items[:, : ascending[-1]].cpu()
+    stats = dict(
+        zip(ascending, _resampled_coverage(lists, tuple(ascending), n_items, drawn, n_samples))
+    )
+    return [
+        _intervals(
+            [point],
+            (stats[k] + (point - float(stats[k].mean()))).clamp(0.0, 1.0)[:, None],
+            confidence,
+        )[0]
+        for k, point in zip(ks, points)
+    ]
 
 
 @dataclass(frozen=True)
