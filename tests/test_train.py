@@ -172,6 +172,22 @@ def test_loss_weighting_sums_an_epoch_as_configured(weighting):
     assert sum(returned) == pytest.approx(expected, rel=1e-5)
 
 
+def test_validation_batches_hold_val_batch_size_users_or_the_training_batch_size():
+    rng = np.random.default_rng(0)
+    sequences = Sequences.of([rng.integers(1, 21, size=n) for n in [3, 4, 30, 45, 5, 60]])
+    histories = Sequences.of([rng.integers(1, 21, size=n) for n in range(1, 11)])
+    valid = EvalExamples(np.arange(10), histories, rng.integers(1, 21, size=10))
+
+    def sizes(data: SeqDataModule) -> tuple[list[int], list[int]]:
+        train = [len(b["items"]) for b in data.train_dataloader()]
+        return train, [len(b["targets"]) for b in data.val_dataloader()]
+
+    train, val = sizes(SeqDataModule(sequences, valid, 16, 2))
+    assert max(train) == 2 and val == [2] * 5
+    train, val = sizes(SeqDataModule(sequences, valid, 16, 2, val_batch_size=4))
+    assert max(train) == 2 and val == [4, 4, 2]
+
+
 def test_bucket_sampler_is_seeded_and_splits_ranks_evenly(monkeypatch):
     lengths = np.random.default_rng(0).integers(2, 50, size=103)
     sampler = BucketSampler(lengths, batch_size=8, seed=3)
@@ -671,3 +687,5 @@ def test_val_users_validates_on_the_same_fixed_sample_for_every_seed(processed):
     assert np.all(np.diff(samples[0].users) > 0)  # kept in the data's order
     with pytest.raises(RecsysError, match="'val_users' must be >= 0"):
         config_module.resolve_config("sasrec-ce", "syn", {"val_users": -1})
+    with pytest.raises(RecsysError, match="'val_batch_size' must be >= 0"):
+        config_module.resolve_config("sasrec-ce", "syn", {"val_batch_size": -1})

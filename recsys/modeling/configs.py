@@ -91,6 +91,10 @@ DEFAULTS: dict[str, Any] = {
     # Validate on this many users, a fixed sample (the same for every seed and config), or all
     # of them (0): a generative run's beam search per user is most of its epoch.
     "val_users": 0,
+    # Users per validation batch (0: batch_size). Validation holds no activations for a backward
+    # pass, so a larger batch costs little memory and saves per-batch work, most of all in a
+    # generative run's beam search.
+    "val_batch_size": 0,
     "seed": 42,
     "cold_items": 0.0,
     # Draws the cold items; apart from ``seed`` so that every seed of a config (and every
@@ -236,7 +240,7 @@ def resolve_config(
         if resolved[key] <= 0:
             raise fail(f"config key {key!r} must be > 0, got {resolved[key]!r}")
     nonnegative = ("weight_decay", "warmup_epochs", "min_lr_ratio", "grad_clip", "num_workers")
-    for key in (*nonnegative, "max_minutes", "val_users"):
+    for key in (*nonnegative, "max_minutes", "val_users", "val_batch_size"):
         if resolved[key] < 0:
             raise fail(f"config key {key!r} must be >= 0, got {resolved[key]!r}")
     for key in ("cold_items", "ema_decay", "cold_share"):

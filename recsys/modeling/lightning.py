@@ -218,11 +218,13 @@ class SeqDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         last_window_only: bool = False,
+        val_batch_size: int = 0,
     ) -> None:
         super().__init__()
         self.train_set = SequenceWindows(train_sequences, max_len, last_window_only)
         self.valid_set = ValidationExamples(valid, max_len)
         self.max_len, self.batch_size = max_len, batch_size
+        self.val_batch_size = val_batch_size or batch_size
         self.seed, self.num_workers = seed, num_workers
 
     def mean_batch_targets(self) -> float:
@@ -230,10 +232,10 @@ class SeqDataModule(pl.LightningDataModule):
         n_batches = max(1, math.ceil(len(self.train_set) / self.batch_size))
         return max(1.0, self.train_set.n_targets() / n_batches)
 
-    def _loader(self, dataset: Dataset, sampler: Sampler, collate) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler, collate, batch_size: int) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
@@ -243,12 +245,13 @@ class SeqDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = BucketSampler(self.train_set.lengths(), self.batch_size, self.seed)
-        return self._loader(self.train_set, sampler, collate_windows)
+        return self._loader(self.train_set, sampler, collate_windows, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         order = np.argsort(self.valid_set.lengths(), kind="stable")
-        sampler = _RankSlice(order, self.batch_size)
-        return self._loader(self.valid_set, sampler, make_collate_examples(self.max_len))
+        sampler = _RankSlice(order, self.val_batch_size)
+        collate = make_collate_examples(self.max_len)
+        return self._loader(self.valid_set, sampler, collate, self.val_batch_size)
 
 
 class _RankSlice(Sampler[int]):

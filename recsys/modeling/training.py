@@ -302,6 +302,7 @@ def lightning_parts(cfg: dict[str, Any], inputs: dict[str, Any]) -> tuple[Any, A
         seed=cfg["seed"],
         num_workers=cfg["num_workers"],
         last_window_only=cfg["train_windows"] == "last",
+        val_batch_size=cfg["val_batch_size"],
     )
     return module, data
 
