@@ -197,8 +197,9 @@ def test_hybrid_gives_an_item_never_trained_on_its_text_part_alone(cold):
 
 @pytest.mark.parametrize("item_repr", ["text", "hybrid"])
 def test_inference_builds_the_item_table_once_per_state_of_the_weights(item_repr, monkeypatch):
-    """Scoring batch after batch reuses one table; a training step, an edited feature row or
-    autocast rebuild it, and outside inference mode it is always fresh (with its graph)."""
+    """Scoring batch after batch reuses one table; a training step, weights swapped in through
+    ``.data`` (as weight averaging does), an edited feature row or autocast rebuild it, and
+    outside inference mode it is always fresh (with its graph)."""
     model = make_model(item_repr=item_repr).eval()
     builds = []
     build = model._build_item_table
@@ -214,12 +215,20 @@ def test_inference_builds_the_item_table_once_per_state_of_the_weights(item_repr
         assert not torch.allclose(model.score(items), first)
         model.score(items)
     assert len(builds) == 3  # one for the training step's loss, one after it
+    before = model.text_proj.weight.detach().clone()
+    model.text_proj.weight.data.copy_(before * 2)
+    with torch.inference_mode():
+        doubled = model.score(items)
+    model.text_proj.weight.data.copy_(before)
+    with torch.inference_mode():
+        assert not torch.allclose(doubled, model.score(items))
+    assert len(builds) == 5
     with torch.inference_mode():
         model.item_features[7] += 1.0
         model.score(items)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model.item_table()
-    assert len(builds) == 5
+    assert len(builds) == 7
     assert model.item_table().requires_grad
 
 

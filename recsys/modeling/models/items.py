@@ -107,11 +107,11 @@ class ItemScorer(Recommender):
     def item_table(self) -> Tensor:
         """Item representations [n_catalogue + 1, d_model]: the input and output table.
 
-        In inference mode it is built once per state of the weights: a text or codes table is
-        a pass over the whole catalogue, which scoring would otherwise repeat for every batch of
-        users. Any change to a weight or buffer (a training step, a loaded checkpoint, an added
-        item) bumps its version and so rebuilds the table."""
-        if not torch.is_inference_mode_enabled():
+        In inference mode a text or codes table is built once per state of the weights: it is a
+        pass over the whole catalogue, which scoring would otherwise repeat for every batch of
+        users. A training step, a loaded checkpoint, swapped-in averaged weights or an edited
+        buffer changes the state, and so rebuilds it."""
+        if self.config.item_repr == "id" or not torch.is_inference_mode_enabled():
             return self._build_item_table()
         key = self._table_key()
         cached = self.__dict__.get("_inference_table")
@@ -121,13 +121,15 @@ class ItemScorer(Recommender):
         return cached[1]
 
     def _table_key(self) -> tuple:
-        """What the table depends on: every weight and buffer (identity and version) and the
-        autocast state."""
-        tensors = [*self.parameters(), *self.buffers()]
+        """The state the table depends on: the autocast setting, each buffer's identity and
+        version, and each parameter's sum. Weight averaging swaps parameters in through
+        ``.data``, which no version counter sees; the sums do."""
         autocast = tuple(
             (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")
         )
-        return (autocast, *((id(t), t._version) for t in tensors))
+        buffers = tuple((id(b), b._version) for b in self.buffers())
+        sums = torch.stack([p.detach().float().sum() for p in self.parameters()])
+        return autocast, buffers, tuple(sums.tolist())
 
     def _build_item_table(self) -> Tensor:
         if self.config.item_repr == "codes":
