@@ -416,3 +416,35 @@ def test_every_other_trained_config_is_tested_against_sasrec_ce():
         delta = (values[test["model"]] - values["sasrec-ce"]).mean().item()
         assert test["delta"] == pytest.approx(delta) and test["low"] <= delta <= test["high"]
     assert against_reference(rows[1:], values, n_bootstrap=200, seed=0) == []
+
+
+def test_an_evaluation_ranks_on_every_thread_only_on_an_idle_machine(monkeypatch):
+    from recsys.modeling import scoring
+
+    monkeypatch.setattr(scoring.os, "getloadavg", lambda: (0.1, 0.4, 0.9))
+    assert scoring.ranking_threads() is None  # torch's own setting: every core
+    monkeypatch.setattr(scoring.os, "getloadavg", lambda: (1.9, 1.2, 0.8))
+    assert scoring.ranking_threads() == 1
+
+
+def test_ranks_are_the_same_on_one_thread_and_on_two():
+    from recsys.modeling.models import ModelConfig, SeqRecModel
+    from recsys.processed import EvalExamples, Sequences
+
+    torch.manual_seed(0)
+    n_items = 3000
+    model = SeqRecModel(ModelConfig(n_items=n_items, n_catalogue=n_items, max_len=20)).eval()
+    rng = np.random.default_rng(0)
+    histories = Sequences.of(
+        [rng.integers(1, n_items + 1, size=n) for n in rng.integers(1, 30, 300)]
+    )
+    examples = EvalExamples(np.arange(300), histories, rng.integers(1, n_items + 1, size=300))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = rank_examples(model, examples, n_items, cpu_threads=1)
+        two = rank_examples(model, examples, n_items, cpu_threads=None)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.ranks, two.ranks)
+    assert torch.equal(one.top_items, two.top_items)

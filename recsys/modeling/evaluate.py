@@ -58,7 +58,7 @@ from recsys.modeling.evaluation import (
     write_report,
 )
 from recsys.modeling.evaluation_data import split_examples, user_sample
-from recsys.modeling.scoring import BATCH_SIZE
+from recsys.modeling.scoring import BATCH_SIZE, ranking_threads
 from recsys.options import DatasetOpt, DeviceOpt, MetricsOutDirOpt, ModelsDirOpt, ProcessedDirOpt
 from recsys.processed import cold_item_set, load_processed
 
@@ -94,6 +94,7 @@ def evaluate(
     if n_bootstrap < 0:
         raise fail(f"--bootstrap must be >= 0 (0 turns the intervals off), got {n_bootstrap}")
     torch_device = resolve_device(device)
+    threads = ranking_threads() if torch_device.type == "cpu" else None  # before any work
     data = load_processed(dataset, processed_dir)
     sample = user_sample(data, sample_users, seed)
     skipped = skipped_baselines(data.n_items, max_dense_items)
@@ -119,6 +120,7 @@ def evaluate(
         seed=seed,
         sample=sample,
         skipped=skipped,
+        cpu_threads=threads,
     )
     out = Path(metrics_dir or METRICS_DIR) / f"{dataset}.json"
     existing = read_existing(out)

@@ -132,6 +132,7 @@ def evaluate_main(
     seed: int = 0,
     sample: UserSample | None = None,
     skipped: list[dict[str, str]] | None = None,
+    cpu_threads: int | None = 1,
 ) -> dict[str, Any]:
     """The main report: every config (mean over its seeds) and baseline on valid and test, each
     trained run on its own (``per_seed``), and the significance test; on the ``sample``'s users
@@ -139,7 +140,13 @@ def evaluate_main(
     ks = usable_ks(data.n_items)
     popularity = training_popularity(data)
     examples = {split: split_examples(data, split, sample) for split in SPLITS}
-    options = dict(keep_history=keep_history, k_max=max(ks), batch_size=batch_size, device=device)
+    options = dict(
+        keep_history=keep_history,
+        k_max=max(ks),
+        batch_size=batch_size,
+        device=device,
+        cpu_threads=cpu_threads,
+    )
     groups = config_groups(candidates)
     rows, per_seed, test_values = [], [], {}
     for name, members in zip(group_names(groups), groups):
@@ -207,6 +214,7 @@ def evaluate_cold(
     seed: int = 0,
     sample: UserSample | None = None,
     skipped: list[dict[str, str]] | None = None,
+    cpu_threads: int | None = 1,
 ) -> dict[str, Any]:
     """HR@10 / NDCG@10 on the test events whose target is a cold item (of the ``sample``'s
     users when there is one; ``skipped``: the baselines left out).
@@ -233,6 +241,7 @@ def evaluate_cold(
             k_max=k,
             batch_size=batch_size,
             device=device,
+            cpu_threads=cpu_threads,
         )
         row = {
             "name": cand.name,

@@ -19,6 +19,7 @@ either (:func:`split_negatives`).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,12 +176,28 @@ def rank_examples(
     )
 
 
+#: The 1-minute load average under which the CPU counts as idle (see :func:`ranking_threads`).
+IDLE_LOAD = 0.5
+
+
+def ranking_threads() -> int | None:
+    """Intra-op threads for an evaluation's scoring and ranking on the CPU: all of them (None)
+    when nothing has kept the CPU busy over the last minute (load average under
+    :data:`IDLE_LOAD`), else one (see :func:`cpu_threads_for`). Asked once, before the
+    evaluation's own work counts in the load."""
+    load = os.getloadavg()[0]
+    threads = None if load < IDLE_LOAD else 1
+    shown = torch.get_num_threads() if threads is None else threads
+    logger.info(f"scoring and ranking on {shown} CPU thread(s): 1-minute load average {load:.2f}")
+    return threads
+
+
 @contextmanager
 def cpu_threads_for(device: torch.device, threads: int | None) -> Iterator[None]:
-    """Run on ``threads`` intra-op threads on the CPU, then restore the setting. Ranking uses
-    one: its many small operations gain a little from a second thread on an idle machine, and
-    lose several times over on a busy one, where OpenMP threads wait for each other (``make
-    bench BENCH=evaluate`` times one thread and the default)."""
+    """Run on ``threads`` intra-op threads on the CPU, then restore the setting. One thread is
+    the safe default for ranking: on a busy machine more threads lose several times over, as
+    OpenMP threads wait for each other, while on an idle one they gain (``make bench
+    BENCH=evaluate`` times one thread and the default; see :func:`ranking_threads`)."""
     if device.type != "cpu" or threads is None:
         yield
         return
