@@ -19,13 +19,13 @@ either (:func:`split_negatives`).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from loguru import logger
 
@@ -176,19 +176,18 @@ def rank_examples(
     )
 
 
-#: The 1-minute load average under which the CPU counts as idle (see :func:`ranking_threads`).
-IDLE_LOAD = 0.5
+#: Cores' worth of work from other processes under which the CPU counts as idle.
+IDLE_CORES = 0.5
 
 
-def ranking_threads() -> int | None:
+def ranking_threads(window_s: float = 0.2) -> int | None:
     """Intra-op threads for an evaluation's scoring and ranking on the CPU: all of them (None)
-    when nothing has kept the CPU busy over the last minute (load average under
-    :data:`IDLE_LOAD`), else one (see :func:`cpu_threads_for`). Asked once, before the
-    evaluation's own work counts in the load."""
-    load = os.getloadavg()[0]
-    threads = None if load < IDLE_LOAD else 1
+    when other processes keep less than :data:`IDLE_CORES` busy over ``window_s``, else one
+    (see :func:`cpu_threads_for`). Asked once, before the evaluation's own work starts."""
+    busy = psutil.cpu_percent(interval=window_s) / 100.0 * (psutil.cpu_count() or 1)
+    threads = None if busy < IDLE_CORES else 1
     shown = torch.get_num_threads() if threads is None else threads
-    logger.info(f"scoring and ranking on {shown} CPU thread(s): 1-minute load average {load:.2f}")
+    logger.info(f"scoring and ranking on {shown} CPU thread(s): {busy:.2f} cores busy elsewhere")
     return threads
 
 
