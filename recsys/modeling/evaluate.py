@@ -94,7 +94,6 @@ def evaluate(
     if n_bootstrap < 0:
         raise fail(f"--bootstrap must be >= 0 (0 turns the intervals off), got {n_bootstrap}")
     torch_device = resolve_device(device)
-    threads = ranking_threads() if torch_device.type == "cpu" else None  # before any work
     data = load_processed(dataset, processed_dir)
     sample = user_sample(data, sample_users, seed)
     skipped = skipped_baselines(data.n_items, max_dense_items)
@@ -120,7 +119,8 @@ def evaluate(
         seed=seed,
         sample=sample,
         skipped=skipped,
-        cpu_threads=threads,
+        # Sampled while this process waits, so its own work so far does not count.
+        cpu_threads=ranking_threads() if torch_device.type == "cpu" else None,
     )
     out = Path(metrics_dir or METRICS_DIR) / f"{dataset}.json"
     existing = read_existing(out)

@@ -183,7 +183,8 @@ IDLE_CORES = 0.5
 def ranking_threads(window_s: float = 0.2) -> int | None:
     """Intra-op threads for an evaluation's scoring and ranking on the CPU: all of them (None)
     when other processes keep less than :data:`IDLE_CORES` busy over ``window_s``, else one
-    (see :func:`cpu_threads_for`). Asked once, before the evaluation's own work starts."""
+    (see :func:`cpu_threads_for`). Asked once per evaluation, before its ranking: the
+    sample is taken while this process waits, so its own work does not count."""
     busy = psutil.cpu_percent(interval=window_s) / 100.0 * (psutil.cpu_count() or 1)
     threads = None if busy < IDLE_CORES else 1
     shown = torch.get_num_threads() if threads is None else threads
