@@ -589,7 +589,7 @@ def _resampled_coverage(
         last = int(np.searchsorted(bounds, bounds[first] + per_chunk, side="right")) - 1
         last = max(last, first + 1)
         lo, hi = bounds[first], bounds[last]
-        starts = groups[(groups >= lo) & (groups < hi)]
+        starts = groups[np.searchsorted(groups, lo) : np.searchsorted(groups, hi)]
         ored = np.bitwise_or.reduceat(drawn[users[lo:hi]], starts - lo, axis=0)
         item_of_group = np.cumsum(new_item[starts]) - 1
         for j in range(len(ks)):
@@ -630,17 +630,10 @@ def coverage_cis(
     ascending = sorted(set(ks))
     drawn = resamples(len(top_items), n_samples, seed).drawn
     lists = top_items[:, : ascending[-1]].cpu()
-    stats = dict(
-        zip(ascending, _resampled_coverage(lists, tuple(ascending), n_items, drawn, n_samples))
-    )
-    return [
-        _intervals(
-            [point],
-            (stats[k] + (point - float(stats[k].mean()))).clamp(0.0, 1.0)[:, None],
-            confidence,
-        )[0]
-        for k, point in zip(ks, points)
-    ]
+    by_k = _resampled_coverage(lists, tuple(ascending), n_items, drawn, n_samples)
+    stats = by_k[[ascending.index(k) for k in ks]].T  # [n_samples, len(ks)]
+    bias = torch.tensor(points, dtype=stats.dtype) - stats.mean(dim=0)
+    return _intervals(points, (stats + bias).clamp(0.0, 1.0), confidence)
 
 
 @dataclass(frozen=True)
