@@ -16,6 +16,7 @@ from recsys.modeling import configs as config_module
 from recsys.modeling import training
 from recsys.modeling.candidates import load_trained
 from recsys.modeling.models import BLOCKS, ModelConfig, SemanticDecoder, T5Generator, build_model
+from recsys.modeling.models.tiger_t5 import length_groups
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import cold_item_set
@@ -528,6 +529,30 @@ def test_t5_trains_on_every_position_with_the_history_before_it() -> None:
     early = torch.tensor([[0, 2, 0, 0]])  # only position 1 trains: history (1), target 2
     changed = torch.tensor([[0, 1, 9, 9]])
     assert model.loss(inputs, early).item() == pytest.approx(model.loss(changed, early).item())
+
+
+def test_t5_loss_over_length_groups_is_the_mean_over_examples_encoded_alone() -> None:
+    """Grouping examples by history length and cutting each group's padding changes no term."""
+    model = tiny_t5()
+    inputs = torch.tensor([[0, 0, 4, 1, 2, 3, 5, 6], [0, 0, 0, 0, 0, 0, 7, 2]])
+    targets = torch.tensor([[0, 0, 1, 2, 3, 5, 6, 8], [0, 0, 0, 0, 0, 0, 2, 9]])
+    alone = []
+    for row, end in (targets > 0).nonzero().tolist():
+        history = inputs[row, : end + 1]
+        history = history[history > 0]
+        only_last = torch.zeros_like(history)
+        only_last[-1] = targets[row, end]
+        alone.append(model.loss(history[None], only_last[None]))
+    assert len(alone) == 8
+    torch.testing.assert_close(model.loss(inputs, targets), torch.stack(alone).mean())
+
+
+def test_length_groups_cover_every_row_once_and_pad_at_most_twofold() -> None:
+    lengths = torch.tensor([7, 1, 20, 2, 3, 16, 9, 1, 4])
+    groups = length_groups(lengths)
+    assert sorted(torch.cat(groups).tolist()) == list(range(len(lengths)))
+    for group in groups:
+        assert lengths[group].max() <= 2 * lengths[group].min()
 
 
 def test_t5_is_semantic_only() -> None:

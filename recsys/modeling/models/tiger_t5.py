@@ -23,6 +23,19 @@ from recsys.modeling.models.items import checked_codes, level_offsets, summed_co
 from recsys.modeling.models.trie import TrieGenerator
 
 
+def length_groups(lengths: Tensor, growth: float = 2.0) -> list[Tensor]:
+    """Indices of ``lengths`` [N] grouped shortest first; a group closes where the next length
+    exceeds ``growth`` times its first, so no group pads a row to more than that."""
+    order = torch.argsort(lengths, stable=True)
+    ordered = lengths[order].tolist()
+    groups, start = [], 0
+    for end in range(1, len(ordered) + 1):
+        if end == len(ordered) or ordered[end] > growth * ordered[start]:
+            groups.append(order[start:end])
+            start = end
+    return groups
+
+
 class T5Generator(TrieGenerator):
     """Generative retrieval by a T5 encoder-decoder over semantic-ID tokens."""
 
@@ -92,15 +105,24 @@ class T5Generator(TrieGenerator):
 
     # ---------------------------------------------------------------------------- training
     def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
-        """Mean cross-entropy of the next item's tokens after every training position."""
+        """Mean cross-entropy of the next item's tokens after every training position.
+
+        Examples are encoded in groups of similar history length, each cut to its longest: a
+        window's early positions have short histories, and padding them all to the window's
+        length made the encoder (quadratic in it) most of an epoch. T5's positions are relative
+        and padding is masked, so the loss is the same."""
         keep = (targets > 0) & (item_seq > 0)
         rows, ends = keep.nonzero(as_tuple=True)
         length = item_seq.shape[1]
         prefix = item_seq[rows] * (torch.arange(length, device=item_seq.device) <= ends[:, None])
         prefix = shift_rows(prefix[..., None], ends - length + 1)[..., 0]  # end on the right
-        encoded, mask = self._encode(prefix)
-        log_probs, labels = self._decode(encoded, mask, targets[rows, ends])
-        return F.nll_loss(log_probs.flatten(0, 1), labels.flatten())
+        items, lengths = targets[rows, ends], (prefix > 0).sum(dim=1)
+        total = torch.zeros((), device=item_seq.device)
+        for group in length_groups(lengths):
+            encoded, mask = self._encode(prefix[group, -int(lengths[group].max()) :])
+            log_probs, labels = self._decode(encoded, mask, items[group])
+            total = total + F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), reduction="sum")
+        return total / max(1, items.numel() * len(self.config.code_vocab))
 
     @torch.no_grad()
     def item_log_probs(self, item_seq: Tensor, items: Tensor) -> Tensor:
