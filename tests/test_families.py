@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.modeling.lightning import collate_windows
 from recsys.modeling.models import (
     FAMILIES,
     FAMILY_CLASSES,
@@ -123,6 +124,17 @@ def test_bert4rec_never_sees_the_items_it_predicts():
     # and the states do read the items that are shown
     shown = window.masked_fill(~masked & (window > 0), 19)
     assert not torch.allclose(hidden, model._hidden(shown, masked, table, last_only=False))
+
+
+def test_bert4rec_trains_on_every_item_of_a_left_padded_window(monkeypatch):
+    """A collated window's first item is an input with no target: the Cloze window still
+    holds it (it once read the targets alone, and lost every short user's oldest item)."""
+    model: BERT4Rec = make("bert4rec")
+    batch = collate_windows([(0, np.array([4, 5, 6])), (1, np.array([1, 2, 3, 7, 8]))])
+    seen = []
+    monkeypatch.setattr(model, "cloze", lambda window: seen.append(window) or window > 0)
+    model.loss(batch["items"], batch["targets"])
+    assert seen[0].tolist() == [[0, 0, 4, 5, 6], [1, 2, 3, 7, 8]]
 
 
 def test_bert4rec_masks_about_its_ratio():

@@ -80,9 +80,10 @@ class BERT4Rec(ItemScorer, Decoder):
         return masked
 
     def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
-        """Mean loss of predicting the hidden items of each window (its first input and every
-        target), from what the window shows."""
-        window = torch.cat([item_seq[:, :1], targets], dim=1)
+        """Mean loss of predicting the hidden items of each window (its inputs and its last
+        target), from what the window shows. A left-padded window's first item is an input with
+        no target, so the window is the inputs plus the last target, not the targets alone."""
+        window = torch.cat([item_seq, targets[:, -1:]], dim=1)
         masked = self.cloze(window)
         table = self.item_table()
         hidden = self._hidden(window, masked, table, last_only=False)
