@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from recsys.modeling.models.blocks import Decoder, item_positions
 from recsys.modeling.models.config import ModelConfig
-from recsys.modeling.models.items import ItemScorer, window_items
+from recsys.modeling.models.items import ItemScorer
 from recsys.modeling.models.losses import item_loss
 
 
@@ -80,8 +80,10 @@ class BERT4Rec(ItemScorer, Decoder):
         return masked
 
     def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
-        """Mean loss of predicting the hidden items of each window, from what it shows."""
-        window = window_items(item_seq, targets)
+        """Mean loss of predicting the hidden items of each window (its inputs and its last
+        target), from what the window shows. A left-padded window's first item is an input with
+        no target, so the window is the inputs plus the last target, not the targets alone."""
+        window = torch.cat([item_seq, targets[:, -1:]], dim=1)
         masked = self.cloze(window)
         table = self.item_table()
         hidden = self._hidden(window, masked, table, last_only=False)

@@ -50,13 +50,6 @@ def summed_code_rows(table: nn.Embedding, item_codes: Tensor, offsets: Tensor) -
     return rows * (item_codes[:, :1] >= 0)
 
 
-def window_items(item_seq: Tensor, targets: Tensor) -> Tensor:
-    """Every item of each left-padded training window [B, L + 1]: the inputs and the last
-    target. The targets alone miss a window's first item, an input with no target of its own;
-    the families that train on a window's items, not on next-item pairs, need it."""
-    return torch.cat([item_seq, targets[:, -1:]], dim=1)
-
-
 class ItemScorer(Recommender):
     """A family that turns a history into hidden states and scores them against the item table.
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.modeling.models.config import ModelConfig
-from recsys.modeling.models.items import ItemScorer, window_items
+from recsys.modeling.models.items import ItemScorer
 
 #: Initial spread of the user and item vectors.
 INIT_STD = 0.1
@@ -60,14 +60,8 @@ class MatrixFactorization(ItemScorer):
         length = 1 if last_only else item_seq.shape[1]
         return self.user_emb(users)[:, None, :].expand(-1, length, -1)
 
-    def loss(self, item_seq: Tensor, targets: Tensor, users: Tensor | None = None) -> Tensor:
-        """Mean loss over every (user, item) pair of the windows, each one's first item
-        included: with no sequence, an item needs no input before it."""
-        window = window_items(item_seq, targets)
-        return super().loss(window, window, users)
-
     def training_positions(self, item_seq: Tensor, targets: Tensor) -> Tensor:
-        """Every real item of the window (:meth:`loss` passes it as the targets)."""
+        """Every (user, item) pair trains, the sequence's first item included."""
         return targets > 0
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
