@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from recsys.modeling.lightning import collate_windows
+from recsys.modeling.models import items as items_module
 from recsys.modeling.models import (
     FAMILIES,
     FAMILY_CLASSES,
@@ -135,6 +136,21 @@ def test_bert4rec_trains_on_every_item_of_a_left_padded_window(monkeypatch):
     monkeypatch.setattr(model, "cloze", lambda window: seen.append(window) or window > 0)
     model.loss(batch["items"], batch["targets"])
     assert seen[0].tolist() == [[0, 0, 4, 5, 6], [1, 2, 3, 7, 8]]
+
+
+def test_mf_trains_on_the_targets_of_a_window(monkeypatch):
+    """Its pairs are the window's targets: the first item, an input with no target, is left out."""
+    model: MatrixFactorization = make("mf")
+    batch = collate_windows([(1, np.array([4, 5, 6])), (2, np.array([1, 2, 3, 7, 8]))])
+    trained = []
+
+    def spy(config, hidden, targets, *args):
+        trained.append(sorted(targets.tolist()))
+        return hidden.sum()
+
+    monkeypatch.setattr(items_module, "item_loss", spy)
+    model.loss(batch["items"], batch["targets"], batch["users"])
+    assert trained == [[2, 3, 5, 6, 7, 8]]
 
 
 def test_bert4rec_masks_about_its_ratio():

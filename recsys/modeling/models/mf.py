@@ -61,7 +61,8 @@ class MatrixFactorization(ItemScorer):
         return self.user_emb(users)[:, None, :].expand(-1, length, -1)
 
     def training_positions(self, item_seq: Tensor, targets: Tensor) -> Tensor:
-        """Every (user, item) pair trains, the sequence's first item included."""
+        """The (user, target) pairs train. A sequence's first item is never a target, so it is
+        left out: adding it validated slightly lower on amazon-beauty and on ml-100k."""
         return targets > 0
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
