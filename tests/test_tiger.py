@@ -15,8 +15,8 @@ from recsys.modeling import evaluate as E
 from recsys.modeling import configs as config_module
 from recsys.modeling import training
 from recsys.modeling.candidates import load_trained
+from recsys.arrays import length_groups
 from recsys.modeling.models import BLOCKS, ModelConfig, SemanticDecoder, T5Generator, build_model
-from recsys.modeling.models.tiger_t5 import length_groups
 from recsys.modeling.runs import load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import cold_item_set
@@ -548,9 +548,9 @@ def test_t5_loss_over_length_groups_is_the_mean_over_examples_encoded_alone() ->
 
 
 def test_length_groups_cover_every_row_once_and_pad_at_most_twofold() -> None:
-    lengths = torch.tensor([7, 1, 20, 2, 3, 16, 9, 1, 4])
-    groups = length_groups(lengths)
-    assert sorted(torch.cat(groups).tolist()) == list(range(len(lengths)))
+    lengths = np.array([7, 1, 20, 2, 3, 16, 9, 1, 4])
+    groups = length_groups(lengths, growth=2.0)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
     for group in groups:
         assert lengths[group].max() <= 2 * lengths[group].min()
 

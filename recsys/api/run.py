@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from recsys.api.index import ItemIndex, normalized, open_run_index
+from recsys.arrays import length_groups
 from recsys.catalogue import Catalogue
 from recsys.cli import RecsysError, fail
 from recsys.io import atomic_path
@@ -96,27 +97,6 @@ def rankable_items(model: Any, n_items: int, n_catalogue: int) -> torch.Tensor:
         mask[1 : n_items + 1] = True
     mask[0] = False
     return mask
-
-
-def length_buckets(lengths: np.ndarray) -> list[np.ndarray]:
-    """Rows grouped by similar length, each group padded to its longest: attention costs the
-    square of the padded length, so one long history would otherwise tax a whole batch.
-
-    Sorted shortest first; a group closes at ``BATCH_SIZE`` rows or when the next length
-    exceeds ``BUCKET_GROWTH`` times the group's first (plus a little slack for short ones).
-    """
-    order = np.argsort(lengths, kind="stable")
-    groups, start = [], 0
-    for end in range(1, len(order) + 1):
-        last = end == len(order)
-        if (
-            last
-            or end - start == BATCH_SIZE
-            or lengths[order[end]] > BUCKET_GROWTH * lengths[order[start]] + BUCKET_SLACK
-        ):
-            groups.append(order[start:end])
-            start = end
-    return groups
 
 
 def as_sequences(histories: Sequence[np.ndarray]) -> Sequences:
@@ -321,10 +301,10 @@ class Run:
 
     # --------------------------------------------------------------------------- scoring
     def _batches(self, histories: Sequences) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """The rows of ``histories`` in groups of similar length (:func:`length_buckets`), each
+        """The rows of ``histories`` in groups of similar length (:func:`length_groups`), each
         with its last ``max_len`` items left-padded to the group's longest, on the run's device."""
         lengths = np.minimum(histories.lengths(), self.max_len)
-        for rows in length_buckets(lengths):
+        for rows in length_groups(lengths, BUCKET_GROWTH, BUCKET_SLACK, BATCH_SIZE):
             item_seq = histories.padded(max(1, int(lengths[rows].max())), rows)
             yield rows, torch.from_numpy(item_seq).to(self.device)
 

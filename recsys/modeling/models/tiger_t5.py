@@ -17,23 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recsys.arrays import length_groups
 from recsys.modeling.models.config import ModelConfig
 from recsys.modeling.models.blocks import shift_rows
 from recsys.modeling.models.items import checked_codes, level_offsets, summed_code_rows
 from recsys.modeling.models.trie import TrieGenerator
-
-
-def length_groups(lengths: Tensor, growth: float = 2.0) -> list[Tensor]:
-    """Indices of ``lengths`` [N] grouped shortest first; a group closes where the next length
-    exceeds ``growth`` times its first, so no group pads a row to more than that."""
-    order = torch.argsort(lengths, stable=True)
-    ordered = lengths[order].tolist()
-    groups, start = [], 0
-    for end in range(1, len(ordered) + 1):
-        if end == len(ordered) or ordered[end] > growth * ordered[start]:
-            groups.append(order[start:end])
-            start = end
-    return groups
 
 
 class T5Generator(TrieGenerator):
@@ -118,7 +106,8 @@ class T5Generator(TrieGenerator):
         prefix = shift_rows(prefix[..., None], ends - length + 1)[..., 0]  # end on the right
         items, lengths = targets[rows, ends], (prefix > 0).sum(dim=1)
         total = torch.zeros((), device=item_seq.device)
-        for group in length_groups(lengths):
+        for rows in length_groups(lengths.cpu().numpy(), growth=2.0):
+            group = torch.from_numpy(rows).to(item_seq.device)
             encoded, mask = self._encode(prefix[group, -int(lengths[group].max()) :])
             log_probs, labels = self._decode(encoded, mask, items[group])
             total = total + F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), reduction="sum")
