@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys.modeling.models import BLOCKS, ModelConfig, SeqRecModel
-from recsys.modeling.models.blocks import Dropout, causal_mask
+from recsys.modeling.models.blocks import Dropout
 from recsys.modeling.models.losses import CE_CHUNK_BYTES, CE_GROUP_BYTES, SoftmaxCrossEntropy
 from recsys.modeling.runs import model_from_checkpoint
 from recsys.processed import left_pad
@@ -286,7 +286,7 @@ def test_checkpoint_dict_round_trip_gives_identical_scores(tmp_path):
     [
         ({"item_repr": "bert"}, "item_repr must be one of"),
         ({"loss": "hinge"}, "loss must be one of"),
-        ({"block": "post-norm"}, "block must be one of"),
+        ({"block": "post-ln"}, "block must be one of"),
         ({"d_model": 30, "n_heads": 4}, "divisible"),
         ({"dropout": 1.5}, "dropout"),
         ({"item_repr": "text", "feature_dim": 0}, "needs text features"),
@@ -434,22 +434,6 @@ def test_gated_block_gates_both_residual_branches_and_uses_swiglu():
     x = torch.randn(2, 5, 16)
     mask = torch.ones(5, 5, dtype=torch.bool).tril()
     assert torch.equal(block(x, mask), x)
-
-
-def test_post_ln_block_normalises_after_each_residual_and_the_stack_its_input():
-    model = make_model(block="post-ln", dropout=0.0).eval()
-    block = model.blocks[0]
-    x = torch.randn(2, 5, 16)
-    mask = torch.ones(5, 5, dtype=torch.bool).tril()
-    after_attention = block.ln_1(x + block.attn(x, mask))
-    expected = block.ln_2(after_attention + block.mlp(after_attention))
-    assert torch.allclose(block(x, mask), expected, atol=1e-6)
-    real = torch.ones(2, 5, dtype=torch.bool)
-    stack = model.transform(x, real)
-    by_hand = model.ln_f(x)
-    for layer in model.blocks:
-        by_hand = layer(by_hand, causal_mask(real))
-    assert torch.allclose(stack, by_hand, atol=1e-6)  # no norm after the last block
 
 
 def test_dropout_drops_a_share_p_and_rescales_the_rest_in_training_only():

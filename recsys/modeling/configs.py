@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "attn_dropout": 0.0,
     "positions": "learned",  # learned | sinusoidal
     "position_origin": "start",  # start | end (count back from the most recent item)
-    "block": "pre-ln",  # pre-ln (GPT) | sasrec | gated (eSASRec) | post-ln (BERT)
+    "block": "pre-ln",  # pre-ln (GPT) | sasrec | gated (eSASRec)
     "scale_embeddings": True,
     "use_user": False,
     # token: every training target weighs the same in an epoch, as with unbucketed batches;

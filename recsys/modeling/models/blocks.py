@@ -1,5 +1,5 @@
 """The transformer pieces every sequence family shares (after nanoGPT's ``model.py``): dropout,
-SDPA self-attention with a cached-decoding path, the MLPs, the four block kinds, positions and
+SDPA self-attention with a cached-decoding path, the MLPs, the three block kinds, positions and
 masks, and :class:`Decoder`, the embedded-positions-to-hidden-states stack that the SASRec/GPT
 decoder, BERT4Rec and TIGER build on. No I/O here.
 """
@@ -149,7 +149,6 @@ class Block(nn.Module):
     With ``block="gated"`` (LiGR, as in eSASRec, Tikhonov et al. 2025): each residual branch is
     scaled per channel by a sigmoid gate of the stream, x + sigmoid(g(x)) * f(ln(x)), and the
     MLP is a SwiGLU.
-    With ``block="post-ln"`` (BERT's): x = ln(x + attn(x)), then ln(x + mlp(x)).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -167,17 +166,12 @@ class Block(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
         """The block's output at every position, or (``last_only``) at the last one alone: what
         the final block of a next-item score needs, at a fraction of the work."""
-        normed = self.pre_norm(x)
+        normed = self.ln_1(x)
         keys = self.key_input(x, normed)
         if last_only:
             attn_mask, x, normed = attn_mask[..., -1:, :], x[:, -1:], normed[:, -1:]
         query = None if normed is keys else normed
         return self.residual(x, normed, self.attn(keys, attn_mask, query))
-
-    def pre_norm(self, x: Tensor) -> Tensor:
-        """What attention reads: the normalised stream, or the stream itself after a post-ln
-        block (whose output is already normalised)."""
-        return x if self.kind == "post-ln" else self.ln_1(x)
 
     def key_input(self, x: Tensor, normed: Tensor) -> Tensor:
         """What keys and values are computed from: SASRec's block reads the raw stream."""
@@ -188,9 +182,6 @@ class Block(nn.Module):
         if self.kind == "sasrec":
             x = self.ln_2(normed + attended)
             return x + self.mlp(x)
-        if self.kind == "post-ln":
-            x = self.ln_1(x + attended)
-            return self.ln_2(x + self.mlp(x))
         if self.kind == "gated":
             x = x + torch.sigmoid(self.attn_gate(x)) * attended
             return x + torch.sigmoid(self.mlp_gate(x)) * self.mlp(self.ln_2(x))
@@ -202,7 +193,7 @@ class Block(nn.Module):
     ) -> tuple[Tensor, KeyValues]:
         """One new position per beam (``x`` [B, K, d]) after a cached history; see
         :meth:`SelfAttention.extend`."""
-        normed = self.pre_norm(x)
+        normed = self.ln_1(x)
         attended, cache = self.attn.extend(normed, self.key_input(x, normed), history, real, cache)
         return self.residual(x, normed, attended), cache
 
@@ -263,20 +254,11 @@ class Decoder(Recommender):
         """The blocks and final norm over embedded positions ``x`` [B, T, d]; each position sees
         the ``real`` [B, T] ones :meth:`attention_mask` allows (``last_only``: the last position
         alone)."""
-        x = self.emb_dropout(self.input_norm(x) * real[..., None])
+        x = self.emb_dropout(x * real[..., None])
         mask, last = self.attention_mask(real), len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and depth == last)
-        return self.output_norm(x)
-
-    def input_norm(self, x: Tensor) -> Tensor:
-        """Post-ln blocks normalise the embedded positions (BERT's embedding LayerNorm), as their
-        outputs are normalised already; the other blocks leave them as they are."""
-        return self.ln_f(x) if self.config.block == "post-ln" else x
-
-    def output_norm(self, x: Tensor) -> Tensor:
-        """The final norm of pre-ln stacks; a post-ln stack's last block has normalised it."""
-        return x if self.config.block == "post-ln" else self.ln_f(x)
+        return self.ln_f(x)
 
 
 def causal_mask(real: Tensor) -> Tensor:

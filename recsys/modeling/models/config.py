@@ -42,7 +42,7 @@ GENERATORS = ("decoder", "t5")
 RANKINGS = ("beam", "rescored", "dense")
 POSITIONS = ("learned", "sinusoidal")
 POSITION_ORIGINS = ("start", "end")
-BLOCKS = ("pre-ln", "sasrec", "gated", "post-ln")
+BLOCKS = ("pre-ln", "sasrec", "gated")
 
 
 @dataclass
@@ -65,8 +65,7 @@ class ModelConfig:
     position_origin: str = "start"
     # ``pre-ln``: GPT's x + attn(ln(x)); ``sasrec``: Kang & McAuley's block, whose residual
     # stream restarts from the normalised query, so raw item embeddings do not run through;
-    # ``gated``: eSASRec's (LiGR) block, pre-ln with sigmoid-gated residuals and a SwiGLU MLP;
-    # ``post-ln``: BERT's, ln(x + f(x)) after each branch, with the embeddings normalised.
+    # ``gated``: eSASRec's (LiGR) block, pre-ln with sigmoid-gated residuals and a SwiGLU MLP.
     block: str = "pre-ln"
     item_repr: str = "id"
     feature_dim: int = 0  # width of the frozen text vectors (text and hybrid)

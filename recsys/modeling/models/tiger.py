@@ -119,17 +119,16 @@ class SemanticDecoder(TrieGenerator, Decoder):
         of the item to generate: what every beam search after it reads (with no beam's own
         cache yet)."""
         tokens, real, positions, levels = self._tokens(item_seq)
-        x = self.input_norm(self._embed(tokens, positions, levels))
-        x = self.emb_dropout(x * real[..., None])
+        x = self.emb_dropout(self._embed(tokens, positions, levels) * real[..., None])
         mask, history, last = causal_mask(real), [], len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
-            history.append(block.attn.keys_values(block.key_input(x, block.pre_norm(x))))
+            history.append(block.attn.keys_values(block.key_input(x, block.ln_1(x))))
             x = block(x, mask, last_only=depth == last)
         return {
             "batch": len(item_seq),
             "history": history,
             "real": real,
-            "hidden": self.output_norm(x[:, -1:]),  # [B, 1, d]: one beam, the root
+            "hidden": self.ln_f(x[:, -1:]),  # [B, 1, d]: one beam, the root
             "position": (item_seq > 0).sum(dim=1).clamp(max=self.config.max_len)[:, None],
             "caches": [None] * len(self.blocks),
         }
@@ -147,10 +146,10 @@ class SemanticDecoder(TrieGenerator, Decoder):
             caches = [_pick_beams(cache, parents) for cache in state["caches"]]
             token = chosen + self.level_offsets[level - 1]
             level_ids = torch.full_like(token, level - 1)
-            x = self.input_norm(self._embed(token, state["position"].expand_as(token), level_ids))
+            x = self._embed(token, state["position"].expand_as(token), level_ids)
             for depth, block in enumerate(self.blocks):
                 x, caches[depth] = block.step(x, state["history"][depth], real, caches[depth])
-            state["caches"], hidden = caches, self.output_norm(x)
+            state["caches"], hidden = caches, self.ln_f(x)
         return torch.log_softmax(self._level_logits(hidden, level), -1)
 
 
