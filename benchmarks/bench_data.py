@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from benchmarks import run_child
 from recsys.config import PROJ_ROOT, REPORTS_DIR
 from recsys.io import write_json
 
@@ -70,7 +70,7 @@ def time_chain(dataset: str, mirror: Path, data_dir: Path) -> dict[str, float]:
     seconds = {}
     for stage in STAGES:
         start = time.perf_counter()
-        subprocess.run(
+        run_child(
             [sys.executable, "-m", "recsys.dataset", stage, "--dataset", dataset],
             cwd=PROJ_ROOT,
             env=env,
@@ -138,7 +138,7 @@ def write_synthetic_ratings(path: Path, small_path: Path) -> int:
 
 def parse_in_child(path: Path) -> dict[str, float]:
     start = time.perf_counter()
-    proc = subprocess.run(
+    proc = run_child(
         [sys.executable, "-c", PARSE_CHILD, str(path)],
         cwd=PROJ_ROOT,
         check=True,

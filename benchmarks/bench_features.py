@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import run_child
 from recsys.config import DATA_MIRROR, PROCESSED_DATA_DIR, PROJ_ROOT, REPORTS_DIR
 from recsys.text_features import DEFAULT_MODEL_SLUG, FEATURES_DIR, ITEM_TEXT_FILE
 from recsys.io import write_json
@@ -68,7 +68,7 @@ def _stage_items(dataset: str, root: Path) -> str:
 
 def _timed(args: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "recsys.features", *args], env=env, check=True)
+    run_child([sys.executable, "-m", "recsys.features", *args], env=env, check=True)
     return time.perf_counter() - started
 
 

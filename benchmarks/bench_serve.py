@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import exit_on_sigterm, run_child
 from recsys.config import MODELS_DIR, PROJ_ROOT, REPORTS_DIR
 from recsys.io import write_json
 
@@ -145,6 +146,7 @@ def client_main(url: str, users_json: str, concurrency: int, seconds: float) -> 
 
 def start_server(run_dir: Path, dataset: str, port: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "recsys.serve", "--dataset", dataset, "--run", str(run_dir)]
+    exit_on_sigterm()  # so that the callers' finally blocks stop the server
     server = subprocess.Popen(
         [*command, "--port", str(port)], cwd=PROJ_ROOT, stdout=subprocess.DEVNULL
     )
@@ -172,7 +174,7 @@ def load_levels(
     levels = []
     try:
         for concurrency in concurrency_levels:
-            client = subprocess.run(
+            client = run_child(
                 [
                     sys.executable,
                     "-c",

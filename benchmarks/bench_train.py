@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from benchmarks import run_child
 from recsys.config import MODELS_DIR, PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.devices import cpu_has_bf16
 from recsys.io import read_json, write_json
@@ -103,7 +103,7 @@ def train_run(
     cmd += ["--run-name", run_name or Path(config).stem]
     for pair in sets:
         cmd += ["--set", pair]
-    subprocess.run(cmd, env=env, check=True)
+    run_child(cmd, env=env, check=True)
     return models_dir / dataset / (run_name or Path(config).stem)
 
 

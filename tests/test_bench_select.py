@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from benchmarks.__main__ import HOUR_LONG, benchmark_names, main, select
+from recsys.config import PROJ_ROOT
 
 
 def test_the_quick_set_leaves_out_the_hour_long_benchmarks_and_names_them(monkeypatch, capsys):
@@ -77,3 +84,26 @@ def test_the_loss_study_trains_again_a_run_drawn_with_other_negatives():
     now = {"loss": "bce", "negatives": negatives, "n_negatives": count}
     shared = {"loss": "sampled", "negatives": "batch", "n_negatives": 256}
     assert current_runs([earlier, now, shared, {"loss": "ce"}]) == [now, shared, {"loss": "ce"}]
+
+
+def test_a_benchmark_stopped_by_sigterm_takes_its_child_down(tmp_path):
+    """A benchmark waits on a training child; SIGTERM to the benchmark must not orphan it."""
+    child_pid = tmp_path / "child.pid"
+    child = (
+        f"import os, time; open({str(child_pid)!r}, 'w').write(str(os.getpid())); "
+        "time.sleep(60)"
+    )
+    parent = (
+        "import sys; from benchmarks import run_child; "
+        f"run_child([sys.executable, '-c', {child!r}])"
+    )
+    benchmark = subprocess.Popen([sys.executable, "-c", parent], cwd=PROJ_ROOT)
+    deadline = time.monotonic() + 30
+    while not child_pid.exists() or not child_pid.read_text():
+        assert time.monotonic() < deadline and benchmark.poll() is None
+        time.sleep(0.05)
+    benchmark.send_signal(signal.SIGTERM)
+    assert benchmark.wait(timeout=30) == 128 + signal.SIGTERM
+    pid = int(child_pid.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(pid, 0)
