@@ -6,7 +6,8 @@ that a killed benchmark resumes with the runs it finished); then
 seeds' mean and spread of each variant, and the paired test of the best generative run against
 sasrec-ce on the same test users. The variants: plain ``tiger`` (decoder-only, rqvae IDs), the
 same with the dense head (``tiger-dense``, ranked ``rescored``), the T5 encoder-decoder
-(``tiger-t5``) on the same IDs, ``tiger`` on residual k-means IDs (``tiger-rqkmeans``), and
+(``tiger-t5``) on the same IDs, ``tiger`` and ``tiger-dense`` on residual k-means IDs
+(``tiger-rqkmeans``, ``tiger-dense-rqkmeans``), and
 cold-start runs of ``tiger-dense`` and ``gpt-text`` (a tenth of the items held out). Every TIGER
 variant has the same time budget. The dense run's best seed is also ranked by its beam alone
 and by its dense head alone (``rankings``). Beam sizes are compared on VALIDATION only (NDCG@10
@@ -53,6 +54,7 @@ VARIANTS = {
     "tiger-dense": ("tiger", [*BUDGET, *DENSE]),
     "tiger-t5": ("tiger-t5", BUDGET),
     "tiger-rqkmeans": ("tiger", [*BUDGET, f"semantic_ids={RQKMEANS.slug}"]),
+    "tiger-dense-rqkmeans": ("tiger", [*BUDGET, *DENSE, f"semantic_ids={RQKMEANS.slug}"]),
     "tiger-dense-cold": ("tiger", [*BUDGET, *DENSE, *COLD, "cold_share=0.1"]),
     "gpt-text-cold": ("gpt-text", COLD),
 }
@@ -116,7 +118,7 @@ def compare(
     save: Callable[[], None],
 ) -> dict[str, Any]:
     """Train the variants (appending to ``runs`` and saving after each), evaluate, summarise."""
-    if "tiger-rqkmeans" in variants:
+    if any(name.endswith("rqkmeans") for name in variants):
         build_semantic_ids(dataset, RQKMEANS)
     models, peaks = scratch / "models", peak_rates()
     for name in variants:
