@@ -449,8 +449,11 @@ def test_gpt_semantic_serves_and_is_paired_with_tiger(tiger_world, tmp_path) -> 
 
 
 @pytest.mark.slow
-def test_cold_share_places_untrained_items_at_their_share_of_the_list() -> None:
-    model = tiny_decoder(cold_share=0.25)
+@pytest.mark.parametrize("ranking", ["beam", "rescored", "dense"])
+def test_cold_share_places_untrained_items_at_their_share_of_the_list(ranking: str) -> None:
+    """Under every ranking: re-sorting by the dense head used to push them all out."""
+    dense = {} if ranking == "beam" else {"dense_weight": 1.0, "ranking": ranking}
+    model = tiny_decoder(cold_share=0.25, **dense)
     counts = torch.ones(N_ITEMS + 1)
     untrained = [5, 6, 7, 8, 9, 10]
     counts[untrained] = 0

@@ -199,11 +199,10 @@ class TrieGenerator(Recommender):
         allowed: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """The beam search of :meth:`generate`, split by ``cold_share``."""
-        untrained = (~self.item_trained[self.trie_items()]).sum()
-        if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
+        places = self._cold_places(beam_size)
+        if places is None:
             return self._beam_search(self.trie, state, beam_size, exclude, allowed)
         device = self.item_codes.device
-        places = cold_places(beam_size, self.config.cold_share).to(device)
         n_cold = int(places.sum())
         warm_trie, cold_trie = self._tries()
         warm = self._beam_search(warm_trie, state, beam_size - n_cold, exclude, allowed)
@@ -214,6 +213,14 @@ class TrieGenerator(Recommender):
             out[:, ~places], out[:, places] = ours, theirs
             merged.append(out)
         return merged[0], merged[1]
+
+    def _cold_places(self, beam_size: int) -> Tensor | None:
+        """The places of a list of ``beam_size`` that untrained items take (:func:`cold_places`),
+        or None where they take none."""
+        untrained = (~self.item_trained[self.trie_items()]).sum()
+        if self.config.cold_share == 0 or beam_size < 2 or untrained == 0:
+            return None
+        return cold_places(beam_size, self.config.cold_share).to(self.item_codes.device)
 
     def dense_log_probs(
         self, state: dict[str, Any], exclude: Tensor | None, allowed: Tensor | None
@@ -243,7 +250,9 @@ class TrieGenerator(Recommender):
         """The list by the dense head (``ranking: dense``), or by the dense log-probability plus
         the beam's (``rescored``, after LIGER): an item the beam missed counts the beam's lowest
         log-probability, a bound on what it left out, so the dense side can bring back items the
-        beam never spells, cold ones among them."""
+        beam never spells, cold ones among them. With ``cold_share``, the cold beam's items keep
+        their places and the dense side ranks the trained items into the others: re-sorting the
+        whole list pushed every untrained item out of it."""
         dense = combined = self.dense_log_probs(state, exclude, allowed)
         if self.config.ranking == "rescored":
             found = items >= 0
@@ -252,8 +261,15 @@ class TrieGenerator(Recommender):
             rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
             picked = rows[found], items[found]
             combined[picked] = dense[picked] + log_probs[found]
-        scores, top = combined.topk(min(items.shape[1], combined.shape[1]), dim=1)
-        return top.masked_fill(torch.isinf(scores), -1), scores
+        places = self._cold_places(items.shape[1])
+        if places is None:
+            return _top_items(combined, items.shape[1])
+        warm_items, warm_scores = _top_items(
+            combined.masked_fill(~self.item_trained[None, :], float("-inf")), int((~places).sum())
+        )
+        items, log_probs = items.clone(), log_probs.clone()
+        items[:, ~places], log_probs[:, ~places] = warm_items, warm_scores
+        return items, log_probs
 
     def _beam_search(
         self,
@@ -307,6 +323,16 @@ class TrieGenerator(Recommender):
         """Summed -log p(target's codes | history), token by token: the beam's places are ranks,
         not probabilities."""
         return -self.item_log_probs(item_seq, targets).sum()
+
+
+def _top_items(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best items [B, k] of ``scores`` [B, item rows] and their scores; item -1 at -inf
+    where fewer are open."""
+    best, top = scores.topk(min(k, scores.shape[1]), dim=1)
+    spare = k - top.shape[1]
+    best = F.pad(best, (0, spare), value=float("-inf"))
+    top = F.pad(top, (0, spare), value=-1)
+    return top.masked_fill(torch.isinf(best), -1), best
 
 
 def cold_places(beam_size: int, cold_share: float) -> Tensor:
