@@ -131,7 +131,8 @@ def compare(
     drop_unfinished(models / dataset, runs)
     metrics_dir = scratch / "metrics"
     report_file = evaluate(dataset, models_dir=models, metrics_dir=metrics_dir)
-    if any(COLD[0] in VARIANTS[run["name"]][1] for run in runs):
+    cold_variants = {name for name, (_, sets) in VARIANTS.items() if COLD[0] in sets}
+    if any(run["name"] in cold_variants for run in runs):
         # The main table leaves the cold-start runs out; their own section ranks them.
         evaluate(dataset, cold_items=COLD_ITEMS, models_dir=models, metrics_dir=metrics_dir)
     report = read_json(report_file)

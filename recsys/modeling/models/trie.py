@@ -186,20 +186,22 @@ class TrieGenerator(Recommender):
         spell an item would otherwise rank it below every item it was.
         """
         state = self._start(item_seq)
-        items, log_probs = self._search(state, beam_size, exclude, allowed)
+        places = self._cold_places(beam_size)
+        items, log_probs = self._search(state, beam_size, places, exclude, allowed)
         if self.config.ranking == "beam":
             return items, log_probs
-        return self._rank_with_dense(state, items, log_probs, exclude, allowed)
+        return self._rank_with_dense(state, items, log_probs, places, exclude, allowed)
 
     def _search(
         self,
         state: dict[str, Any],
         beam_size: int,
+        places: Tensor | None,
         exclude: Tensor | None,
         allowed: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        """The beam search of :meth:`generate`, split by ``cold_share``."""
-        places = self._cold_places(beam_size)
+        """The beam search of :meth:`generate`, split by the cold ``places`` where there are
+        any (:meth:`_cold_places`)."""
         if places is None:
             return self._beam_search(self.trie, state, beam_size, exclude, allowed)
         device = self.item_codes.device
@@ -244,15 +246,16 @@ class TrieGenerator(Recommender):
         state: dict[str, Any],
         items: Tensor,
         log_probs: Tensor,
+        places: Tensor | None,
         exclude: Tensor | None,
         allowed: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """The list by the dense head (``ranking: dense``), or by the dense log-probability plus
         the beam's (``rescored``, after LIGER): an item the beam missed counts the beam's lowest
         log-probability, a bound on what it left out, so the dense side can bring back items the
-        beam never spells, cold ones among them. With ``cold_share``, the cold beam's items keep
-        their places and the dense side ranks the trained items into the others: re-sorting the
-        whole list pushed every untrained item out of it."""
+        beam never spells, cold ones among them. With cold ``places``, the cold beam's items keep
+        them and the dense side ranks the trained items into the others: re-sorting the whole
+        list pushed every untrained item out of it."""
         dense = combined = self.dense_log_probs(state, exclude, allowed)
         if self.config.ranking == "rescored":
             found = items >= 0
@@ -261,7 +264,6 @@ class TrieGenerator(Recommender):
             rows = torch.arange(len(items), device=items.device)[:, None].expand_as(items)
             picked = rows[found], items[found]
             combined[picked] = dense[picked] + log_probs[found]
-        places = self._cold_places(items.shape[1])
         if places is None:
             return _top_items(combined, items.shape[1])
         warm_items, warm_scores = _top_items(
