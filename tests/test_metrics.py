@@ -149,7 +149,7 @@ def test_coverage_and_popularity_by_hand():
     assert metrics.mean_popularity_at_k(padded, 2, pct).tolist() == pytest.approx([12.5])
 
 
-def test_rank_batch_equals_target_ranks_and_top_k_items():
+def test_rank_batch_and_next_item_ranks_equal_target_ranks_and_top_k_items():
     # ties, NaN, -inf, targets inside the history, item-table-only columns: one pass, same numbers
     gen = torch.Generator().manual_seed(0)
     for trial in range(50):
@@ -162,11 +162,15 @@ def test_rank_batch_equals_target_ranks_and_top_k_items():
         exclude = None if trial % 4 == 0 else history
         k = 22 if trial % 2 else 5  # 22: rows run out of scored candidates, 0 fills the list
         out = metrics.rank_batch(scores, targets, k, exclude, n_rank=25)
-        assert torch.equal(out.ranks, metrics.target_ranks(scores, targets, exclude, 25)[:, 0])
+        general = metrics.target_ranks(scores, targets, exclude, 25)[:, 0]
+        assert torch.equal(out.ranks, general)
+        assert torch.equal(metrics.next_item_ranks(scores, targets, exclude, 25), general)
         assert torch.equal(out.top_items, metrics.top_k_items(scores, k, exclude, 25))
         assert out.sampled is None
     with pytest.raises(ValueError, match="one real target per row"):
         metrics.rank_batch(torch.zeros(1, 5), torch.tensor([0]), 2)
+    with pytest.raises(ValueError, match="one real target per row"):
+        metrics.next_item_ranks(torch.zeros(1, 5), torch.tensor([0]))
     with pytest.raises(ValueError, match="targets must be item ids"):
         metrics.rank_batch(torch.zeros(1, 5), torch.tensor([4]), 2, n_rank=3)
 

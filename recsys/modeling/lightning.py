@@ -36,7 +36,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from recsys.io import atomic_path, write_json, write_text
-from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k, target_ranks
+from recsys.modeling.metrics import hit_rate_at_k, ndcg_at_k, next_item_ranks
 from recsys.modeling.models import ModelConfig, build_model
 from recsys.processed import EvalExamples, Sequences, left_pad
 
@@ -370,7 +370,7 @@ class SeqRecModule(pl.LightningModule):
         items, targets = batch["items"], batch["targets"]
         scores = self.model.score(items, batch["users"], batch["history"]).float()
         self._add("val_loss", self.model.validation_loss(items, targets, scores))
-        ranks = target_ranks(scores, targets, exclude=batch["history"], n_rank=n_items)
+        ranks = next_item_ranks(scores, targets, exclude=batch["history"], n_rank=n_items)
         self._add("val_ndcg@10", ndcg_at_k(ranks, 10).sum())
         self._add("val_hr@10", hit_rate_at_k(ranks, 10).sum())
         self._add("val_count", torch.tensor(float(len(targets)), device=targets.device))

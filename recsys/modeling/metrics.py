@@ -174,37 +174,82 @@ def rank_batch(
     a candidate is read from the short ``exclude`` rows. Evaluation spends most of its time here
     on large catalogues.
     """
-    n_rows, n_cols = scores.shape
-    _check_top_k(k, n_cols)
-    n_rank = n_cols - 1 if n_rank is None else n_rank
-    if not 0 < n_rank < n_cols:
-        raise ValueError(f"n_rank must be in 1..{n_cols - 1}, got {n_rank}")
-    targets = targets.to(scores.device).long().view(-1, 1)
-    _check_targets(targets, n_rank)
-    if bool((targets == 0).any()):
-        raise ValueError("rank_batch needs one real target per row (no 0 padding)")
-    if exclude is not None:
-        exclude = exclude.to(scores.device).clamp(0, n_cols - 1)  # as candidate_mask does
-    masked = scores.float().clone()
-    masked[:, 0] = float("-inf")
-    masked[:, n_rank + 1 :] = float("-inf")
-    if exclude is not None and exclude.numel():
-        masked.scatter_(1, exclude, float("-inf"))
-    masked.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    target_scores = _nan_lowest(scores.gather(1, targets))
-    # Candidates at or above the target; the target competes even when the history masks it.
-    at_least = _count_at_least(masked, target_scores)
-    lowest = target_scores.squeeze(1) == float("-inf")
-    if bool(lowest.any()):  # every candidate ties with a -inf target, masked ones do not count
-        n_cand = candidate_mask(n_rows, n_cols, n_rank, exclude, scores.device).sum(1)
-        at_least = torch.where(lowest, n_cand, at_least)
-    ranks = at_least - (~_listed(targets, exclude)).squeeze(1).long()
+    _check_top_k(k, scores.shape[1])
+    targets, exclude, n_rank = _one_target_inputs(scores, targets, exclude, n_rank)
+    masked = _scores_without_history(scores, exclude, n_rank)
+    ranks = _one_target_ranks(masked, scores, targets, exclude, n_rank)
     values, items = masked.topk(k, dim=1)
     if bool((values == float("-inf")).any()):  # fewer than k scored candidates: drop the rest
         cand = (items > 0) & (items <= n_rank) & ~_listed(items, exclude)
         items = torch.where(cand, items, torch.zeros_like(items))
     sampled = None if negatives is None else sampled_ranks(scores, targets, negatives)
     return BatchRanks(ranks, items, sampled)
+
+
+def next_item_ranks(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    n_rank: int | None = None,
+) -> torch.Tensor:
+    """:func:`target_ranks` for one target per row (``[B]``, ids in ``1..n_rank``) as ``[B]``:
+    the ranks of :func:`rank_batch` without its top lists. What validation needs, at about a
+    third of the general function's time on a 12k-item catalogue."""
+    targets, exclude, n_rank = _one_target_inputs(scores, targets, exclude, n_rank)
+    masked = _scores_without_history(scores, exclude, n_rank)
+    return _one_target_ranks(masked, scores, targets, exclude, n_rank)
+
+
+def _one_target_inputs(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor | None,
+    n_rank: int | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Checked ``targets`` [B, 1], ``exclude`` clamped as :func:`candidate_mask` does, and
+    ``n_rank``."""
+    n_cols = scores.shape[1]
+    n_rank = n_cols - 1 if n_rank is None else n_rank
+    if not 0 < n_rank < n_cols:
+        raise ValueError(f"n_rank must be in 1..{n_cols - 1}, got {n_rank}")
+    targets = targets.to(scores.device).long().view(-1, 1)
+    _check_targets(targets, n_rank)
+    if bool((targets == 0).any()):
+        raise ValueError("one real target per row is needed (no 0 padding)")
+    if exclude is not None:
+        exclude = exclude.to(scores.device).clamp(0, n_cols - 1)
+    return targets, exclude, n_rank
+
+
+def _scores_without_history(
+    scores: torch.Tensor, exclude: torch.Tensor | None, n_rank: int
+) -> torch.Tensor:
+    """A float copy of the scores with every non-candidate (and NaN) at -inf."""
+    masked = scores.float().clone()
+    masked[:, 0] = float("-inf")
+    masked[:, n_rank + 1 :] = float("-inf")
+    if exclude is not None and exclude.numel():
+        masked.scatter_(1, exclude, float("-inf"))
+    return masked.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def _one_target_ranks(
+    masked: torch.Tensor,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor | None,
+    n_rank: int,
+) -> torch.Tensor:
+    """Pessimistic 0-based ranks [B] of ``targets`` [B, 1] from :func:`_scores_without_history`."""
+    target_scores = _nan_lowest(scores.gather(1, targets))
+    # Candidates at or above the target; the target competes even when the history masks it.
+    at_least = _count_at_least(masked, target_scores)
+    lowest = target_scores.squeeze(1) == float("-inf")
+    if bool(lowest.any()):  # every candidate ties with a -inf target, masked ones do not count
+        n_rows, n_cols = scores.shape
+        n_cand = candidate_mask(n_rows, n_cols, n_rank, exclude, scores.device).sum(1)
+        at_least = torch.where(lowest, n_cand, at_least)
+    return at_least - (~_listed(targets, exclude)).squeeze(1).long()
 
 
 #: Cells of a score matrix compared with the targets' scores at once (see :func:`_count_at_least`).
