@@ -419,12 +419,13 @@ def test_every_other_trained_config_is_tested_against_sasrec_ce():
 
 
 def test_an_evaluation_ranks_on_every_thread_only_on_an_idle_machine(monkeypatch):
+    from recsys import cpu_load
     from recsys.modeling import scoring
 
-    monkeypatch.setattr(scoring.psutil, "cpu_count", lambda: 2)
-    monkeypatch.setattr(scoring.psutil, "cpu_percent", lambda interval: 10.0)
+    monkeypatch.setattr(cpu_load.psutil, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpu_load.psutil, "cpu_percent", lambda interval: 10.0)
     assert scoring.ranking_threads() is None  # torch's own setting: every core
-    monkeypatch.setattr(scoring.psutil, "cpu_percent", lambda interval: 60.0)
+    monkeypatch.setattr(cpu_load.psutil, "cpu_percent", lambda interval: 60.0)
     assert scoring.ranking_threads() == 1
 
 

@@ -689,3 +689,20 @@ def test_val_users_validates_on_the_same_fixed_sample_for_every_seed(processed):
         config_module.resolve_config("sasrec-ce", "syn", {"val_users": -1})
     with pytest.raises(RecsysError, match="'val_batch_size' must be >= 0"):
         config_module.resolve_config("sasrec-ce", "syn", {"val_batch_size": -1})
+
+
+def test_openmp_threads_sleep_only_when_other_processes_keep_the_cpu_busy(monkeypatch):
+    import sys
+
+    from recsys import cpu_load
+
+    monkeypatch.setattr(cpu_load.psutil, "cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as before torch loads; restored afterwards
+    monkeypatch.setattr(cpu_load.psutil, "cpu_percent", lambda interval: 10.0)
+    assert cpu_load.choose_omp_wait_policy() is None and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(cpu_load.psutil, "cpu_percent", lambda interval: 60.0)
+    assert cpu_load.choose_omp_wait_policy() == "PASSIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice stands
+    assert cpu_load.choose_omp_wait_policy() is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

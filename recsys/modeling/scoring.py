@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from loguru import logger
 
 from recsys.cli import fail
+from recsys.cpu_load import IDLE_CORES, cores_busy_elsewhere
 from recsys.config import SCORE_BUDGET
 from recsys.devices import default_device
 from recsys.modeling import metrics
@@ -176,16 +176,12 @@ def rank_examples(
     )
 
 
-#: Cores' worth of work from other processes under which the CPU counts as idle.
-IDLE_CORES = 0.5
-
-
 def ranking_threads(window_s: float = 0.2) -> int | None:
     """Intra-op threads for an evaluation's scoring and ranking on the CPU: all of them (None)
-    when other processes keep less than :data:`IDLE_CORES` busy over ``window_s``, else one
-    (see :func:`cpu_threads_for`). Asked once per evaluation, before its ranking: the
-    sample is taken while this process waits, so its own work does not count."""
-    busy = psutil.cpu_percent(interval=window_s) / 100.0 * (psutil.cpu_count() or 1)
+    when other processes keep less than :data:`~recsys.cpu_load.IDLE_CORES` busy over
+    ``window_s``, else one (see :func:`cpu_threads_for`). Asked once per evaluation, before its
+    ranking."""
+    busy = cores_busy_elsewhere(window_s)
     threads = None if busy < IDLE_CORES else 1
     shown = torch.get_num_threads() if threads is None else threads
     logger.info(f"scoring and ranking on {shown} CPU thread(s): {busy:.2f} cores busy elsewhere")

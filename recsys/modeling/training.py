@@ -25,6 +25,7 @@ import yaml
 from loguru import logger
 
 from recsys.cli import fail
+from recsys.cpu_load import choose_omp_wait_policy
 from recsys.config import MODELS_DIR
 from recsys.io import ensure_dir, read_json, write_text
 from recsys.modeling import distributed, tracking
@@ -37,10 +38,9 @@ from recsys.modeling.configs import (
 )
 from recsys.modeling.runs import LAST_CKPT, saved_config
 
-# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads slow
-# every training step. It must be set before torch loads its OpenMP runtime; nothing above
-# imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# On a busy CPU idle OpenMP threads sleep instead of spinning (see recsys.cpu_load). It must be
+# chosen before torch loads its OpenMP runtime; nothing above imports torch.
+OMP_WAIT_POLICY = choose_omp_wait_policy()
 #: Draws the users of ``val_users``; fixed, so every seed and config validates on the same ones.
 VAL_SAMPLE_SEED = 0
 
@@ -333,6 +333,11 @@ def fit(
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    if OMP_WAIT_POLICY:
+        logger.info(
+            "other processes keep the CPU busy: OpenMP threads sleep between steps "
+            f"(OMP_WAIT_POLICY={OMP_WAIT_POLICY}; set it yourself to choose)"
+        )
     precision = training_precision(hardware["precision"], hardware["accelerator"])
     hardware = {**hardware, "precision": precision}
     module, data = lightning_parts(cfg, inputs)

@@ -41,7 +41,7 @@ from recsys.modeling.study_storage import (
 from recsys.modeling.training import train
 from recsys.processed import require_processed
 
-# Imported after recsys.modeling.training, which sets OMP_WAIT_POLICY before torch loads.
+# Imported after recsys.modeling.training, which chooses OMP_WAIT_POLICY before torch loads.
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 from optuna.storages import RDBStorage  # noqa: E402
