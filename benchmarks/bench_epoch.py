@@ -7,6 +7,7 @@ layer's forward and backward (the loss minus the encoder), the optimizer step, a
 (``train`` for a few epochs, median epoch of ``logs/metrics.csv``), so what the parts leave out
 of it is Lightning's own work (callbacks, EMA, clipping, checkpoints, logging).
 
+Both use the config ``make train`` trains: the dataset's tuned one where it exists.
 ``make bench BENCH=epoch`` writes ``reports/bench/epoch.json``;
 ``python -m benchmarks.bench_epoch --datasets amazon-beauty --set batch_size=256`` one case.
 """
@@ -26,7 +27,7 @@ import torch
 from benchmarks.bench_train import peak_rates
 from recsys.config import PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import write_json
-from recsys.modeling.configs import parse_sets, resolve_config
+from recsys.modeling.configs import parse_sets, resolve_config, tuned_config_path
 from recsys.modeling.training import build_inputs, lightning_parts, train
 
 DATASETS = ("ml-100k", "amazon-beauty")
@@ -102,7 +103,8 @@ def bench(datasets: list[str], sets: list[str], epochs: int) -> dict[str, Any]:
         if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
             print(f"skip {dataset}: run 'make data DATASET={dataset}' first", flush=True)
             continue
-        cfg = resolve_config(CONFIG, dataset, overrides)
+        # The config `make train` trains (the tuned one where it exists), as the Trainer run does.
+        cfg = resolve_config(str(tuned_config_path(CONFIG, dataset) or CONFIG), dataset, overrides)
         result = {}
         for precision in out["matmul_gflops"]:
             parts = epoch_parts(cfg, precision)
