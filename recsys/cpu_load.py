@@ -1,11 +1,11 @@
 """How busy the CPU is with other processes' work, and the OpenMP wait policy that follows.
 
 Torch-free: the wait policy must be chosen before torch loads its OpenMP runtime, which reads
-``OMP_WAIT_POLICY`` once. Measured on 2 cores (ml-100k sasrec-ce, median epoch): alone, the
-runtime's default (threads spin a moment between parallel regions) took 0.8-1.1 s against
-1.35-1.47 s with PASSIVE, where one thread took 1.35 s; two such runs at once took 4.5-7.1 s
-each with spinning threads against 1.3-1.7 s with PASSIVE.
-"""
+``OMP_WAIT_POLICY`` once. OpenMP's default lets idle threads spin a moment between parallel
+regions, which bridges the short gaps between a small model's many operators; on a CPU that
+another process keeps busy, spinning threads take the cores from it and from each other, and a
+training epoch gets several times slower than with PASSIVE, where idle threads sleep at once.
+""""""
 
 from __future__ import annotations
 
