@@ -5,7 +5,7 @@ Torch-free: the wait policy must be chosen before torch loads its OpenMP runtime
 regions, which bridges the short gaps between a small model's many operators; on a CPU that
 another process keeps busy, spinning threads take the cores from it and from each other, and a
 training epoch gets several times slower than with PASSIVE, where idle threads sleep at once.
-""""""
+"""
 
 from __future__ import annotations
 
