@@ -103,6 +103,7 @@ def launch(launcher: str, spec: dict[str, Any], folder: Path) -> list[dict[str, 
     outputs = [proc.communicate(timeout=240)[0].decode(errors="replace") for proc in procs]
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, output[-4000:]
+        assert "sync_dist" not in output  # the metrics are reduced before they are logged
     records = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in records] == [0, 1]
     return [r["runs"] for r in records]

@@ -332,6 +332,9 @@ def fit(
     # Lightning's info lines and known-harmless warnings drown the one-line-per-epoch log.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Under DDP, Lightning advises syncing epoch-level logs; ours are summed over the ranks
+    # before they are logged (on_validation_epoch_end), so the advice, once per metric, is moot.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     if OMP_WAIT_POLICY:
         logger.info(
