@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 from loguru import logger
 
-from recsys.allocator import keep_freed_memory
 from recsys.cli import fail
 from recsys.cpu_load import choose_omp_wait_policy
 from recsys.config import MODELS_DIR
@@ -337,7 +336,6 @@ def fit(
     # before they are logged (on_validation_epoch_end), so the advice, once per metric, is moot.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
-    keep_freed_memory()  # each step's buffers reused, not faulted in afresh (recsys.allocator)
     if OMP_WAIT_POLICY:
         logger.info(
             "other processes keep the CPU busy: OpenMP threads sleep between steps "
