@@ -27,8 +27,8 @@ import torch
 from benchmarks.bench_train import peak_rates
 from recsys.config import PROCESSED_DATA_DIR, REPORTS_DIR
 from recsys.io import write_json
-from recsys.modeling.configs import parse_sets, resolve_config, tuned_config_path
-from recsys.modeling.training import build_inputs, lightning_parts, train
+from recsys.modeling.configs import parse_sets
+from recsys.modeling.training import build_inputs, lightning_parts, train, training_config
 
 DATASETS = ("ml-100k", "amazon-beauty")
 CONFIG = "sasrec-ce"
@@ -103,8 +103,7 @@ def bench(datasets: list[str], sets: list[str], epochs: int) -> dict[str, Any]:
         if not (PROCESSED_DATA_DIR / dataset / "stats.json").exists():
             print(f"skip {dataset}: run 'make data DATASET={dataset}' first", flush=True)
             continue
-        # The config `make train` trains (the tuned one where it exists), as the Trainer run does.
-        cfg = resolve_config(str(tuned_config_path(CONFIG, dataset) or CONFIG), dataset, overrides)
+        cfg = training_config(CONFIG, dataset, overrides)  # what the Trainer run trains too
         result = {}
         for precision in out["matmul_gflops"]:
             parts = epoch_parts(cfg, precision)

@@ -188,6 +188,29 @@ def plan_resume(run_dir: Path, config: dict[str, Any], resume: bool | None) -> s
     return "resume"
 
 
+def training_config(
+    config: str,
+    dataset: str,
+    overrides: dict[str, Any] | None = None,
+    tuned: bool = True,
+    configs_dir: Path | None = None,
+    processed_root: Path | None = None,
+) -> dict[str, Any]:
+    """The resolved config that :func:`train` trains: ``configs/tuned/<dataset>-<name>.yaml``
+    where ``make tune`` wrote one (``tuned=False``: ``configs/<name>.yaml``), with the loss the
+    dataset's catalogue size picks where the config leaves it unset."""
+    tuned_path = tuned_config_path(config, dataset, configs_dir) if tuned else None
+    if tuned_path is not None:
+        logger.info(f"{config}: the config tuned on {dataset}, {tuned_path} (--no-tuned: without)")
+    return resolve_config(
+        str(tuned_path or config),
+        dataset,
+        overrides,
+        configs_dir,
+        catalogue_size(dataset, processed_root),
+    )
+
+
 def train(
     dataset: str,
     config: str,
@@ -229,16 +252,7 @@ def train(
             raise fail("--seeds and --set seed=... both set the seed; use one of them")
         overrides["seed"] = seed
     tracking.check_logger(tracker)
-    tuned_path = tuned_config_path(config, dataset, configs_dir) if tuned else None
-    if tuned_path is not None:
-        logger.info(f"{config}: the config tuned on {dataset}, {tuned_path} (--no-tuned: without)")
-    cfg = resolve_config(
-        str(tuned_path or config),
-        dataset,
-        overrides,
-        configs_dir,
-        catalogue_size(dataset, processed_root),
-    )
+    cfg = training_config(config, dataset, overrides, tuned, configs_dir, processed_root)
     name = run_name or default_run_name(cfg)
     if seed is not None:
         name = f"{name}-seed{seed}"
