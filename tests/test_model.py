@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import torch.nn.functional as F
 
 from recsys.modeling.models import BLOCKS, ModelConfig, SeqRecModel
-from recsys.modeling.models.blocks import Dropout
+from recsys.modeling.models.blocks import Dropout, LowPassFilter
 from recsys.modeling.models.losses import CE_CHUNK_BYTES, CE_GROUP_BYTES, SoftmaxCrossEntropy
 from recsys.modeling.runs import model_from_checkpoint
 from recsys.processed import left_pad
@@ -471,3 +473,76 @@ def test_bf16_attention_on_the_cpu_matches_float32_within_bf16_rounding():
     (exact, exact_grad), (low, low_grad) = run(False), run(True)
     assert (low - exact).norm() / exact.norm() < 2e-2
     assert (low_grad - exact_grad).norm() / exact_grad.norm() < 5e-2
+
+
+def test_low_pass_filter_is_bsarec_s_filter_at_the_window_end():
+    """At the last position of a full max_len window, the causal filter's low band is what
+    BSARec's FFT low-pass gives there; earlier positions read no later ones, so they differ."""
+    config = ModelConfig(
+        n_items=N_ITEMS, n_catalogue=N_ITEMS, max_len=20, d_model=4, filter_alpha=0.7
+    )
+    low_pass = LowPassFilter(config).eval()
+    with torch.no_grad():
+        low_pass.high_gain.zero_()  # the output is then the low band alone
+    x = torch.randn(3, 20, 4)
+    spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
+    spectrum[:, 5 // 2 + 1 :] = 0
+    bsarec = torch.fft.irfft(spectrum, n=20, dim=1, norm="ortho")
+    real = torch.ones(3, 20, dtype=torch.bool)
+    with torch.no_grad():
+        every, last = low_pass(x, real), low_pass(x, real, last_only=True)
+    assert torch.allclose(every[:, -1], bsarec[:, -1], atol=1e-5)
+    assert torch.allclose(last[:, 0], bsarec[:, -1], atol=1e-5)
+    assert not torch.allclose(every[:, :-1], bsarec[:, :-1], atol=1e-2)
+    with torch.no_grad():
+        low_pass.high_gain.fill_(1.0)  # unit gain on the high band passes x through
+        assert torch.allclose(low_pass(x, real), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_filtered_blocks_stay_causal(block):
+    model = make_model(item_repr="hybrid", block=block, filter_alpha=0.7).eval()
+    items, _ = random_batch()
+    changed = items.clone()
+    changed[:, 8:] = (changed[:, 8:] % N_ITEMS) + 1
+    with torch.no_grad():
+        before, after = model(items), model(changed)
+    assert torch.allclose(before[:, :8], after[:, :8], atol=1e-5)
+    assert not torch.allclose(before[:, 8:], after[:, 8:], atol=1e-3)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_filtered_blocks_ignore_left_padding_and_score_the_last_position_alone(block):
+    model = make_model(item_repr="hybrid", block=block, filter_alpha=0.7, filter_cutoff=3)
+    model.eval()
+    with torch.no_grad():
+        for layer in model.blocks:
+            layer.filter.high_gain.fill_(0.5)  # a gain away from 1 makes the low band count
+    histories = [torch.tensor([3, 7, 1, 9]).numpy(), torch.tensor([5, 2]).numpy()]
+    short = torch.from_numpy(left_pad(histories, 4))
+    long = torch.from_numpy(left_pad(histories, 16))
+    with torch.no_grad():
+        assert torch.allclose(model.score(short)[:, 1:], model.score(long)[:, 1:], atol=1e-5)
+        full = model.encode(long)[:, -1:]
+        assert torch.allclose(full, model.encode(long, last_only=True), atol=1e-5)
+        unfiltered = make_model(item_repr="hybrid", block=block).eval()
+        assert not torch.allclose(full, unfiltered.encode(long)[:, -1:], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(filter_alpha=1.5), "filter_alpha must be in [0, 1]"),
+        (dict(filter_alpha=0.5, filter_cutoff=16), "filter_cutoff must keep between 1"),
+        (dict(filter_alpha=0.5, family="bert4rec"), "not family=bert4rec"),
+        (
+            dict(filter_alpha=0.5, item_repr="semantic", code_vocab=(4, 4)),
+            "item_repr=semantic",
+        ),
+    ],
+)
+def test_filter_settings_it_cannot_take_are_refused_in_one_line(overrides, message):
+    values = dict(n_items=N_ITEMS, n_catalogue=N_ITEMS, max_len=16)
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        ModelConfig(**{**values, **overrides})
+    assert "\n" not in str(raised.value)

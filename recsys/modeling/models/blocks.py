@@ -142,6 +142,45 @@ class SwiGLU(nn.Module):
         return self.dropout(self.proj(F.silu(self.gate(x)) * self.up(x)))
 
 
+def low_pass_matrix(length: int, kept: int) -> Tensor:
+    """[length, length]: row t applied to a window gives its position t after BSARec's filter,
+    which keeps the ``kept`` lowest of the window's real-FFT frequencies (a circular
+    convolution, so each row holds the same kernel shifted)."""
+    spectrum = torch.fft.rfft(torch.eye(length), dim=0, norm="ortho")
+    spectrum[kept:] = 0
+    return torch.fft.irfft(spectrum, n=length, dim=0, norm="ortho")
+
+
+class LowPassFilter(nn.Module):
+    """BSARec's frequency branch, made causal: low + gain**2 * (x - low), where ``low`` at each
+    position is what BSARec's low-pass of a ``max_len`` window gives at that window's last
+    position, so it reads that position and the ones before it only. Applied to the full
+    window's last position it is BSARec's filter exactly; BSARec itself is not causal, and
+    trains on the last position alone."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        window = config.max_len
+        kernel = low_pass_matrix(window, config.filter_cutoff // 2 + 1)[-1].flip(0)
+        # causal[t, s] = kernel[t - s]: the weight of position s in position t's low band.
+        lags = torch.arange(window)[:, None] - torch.arange(window)[None, :]
+        causal = torch.where(lags >= 0, kernel[lags.clamp(min=0)], torch.zeros(()))
+        self.register_buffer("causal", causal, persistent=False)
+        self.high_gain = nn.Parameter(torch.ones(config.d_model))
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: Tensor, real: Tensor, last_only: bool = False) -> Tensor:
+        """``x`` [B, T, d] with ``real`` [B, T]; padded positions count as zero. ``last_only``
+        gives the last position alone, [B, 1, d]."""
+        length = x.shape[1]
+        x = x * real[..., None].to(x.dtype)
+        rows = slice(length - 1, length) if last_only else slice(0, length)
+        low = torch.matmul(self.causal[rows, :length].to(x.dtype), x)
+        if last_only:
+            x = x[:, -1:]
+        return self.dropout(low + self.high_gain.square() * (x - low))
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
 
@@ -159,19 +198,28 @@ class Block(nn.Module):
         self.attn = SelfAttention(config)
         self.ln_2 = nn.LayerNorm(d)
         self.mlp = SwiGLU(config) if self.kind == "gated" else MLP(config)
+        self.filter_alpha = config.filter_alpha
+        self.filter = LowPassFilter(config) if config.filter_alpha > 0 else None
         if self.kind == "gated":
             self.attn_gate = nn.Linear(d, d)
             self.mlp_gate = nn.Linear(d, d)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor, real: Tensor | None = None, last_only: bool = False
+    ) -> Tensor:
         """The block's output at every position, or (``last_only``) at the last one alone: what
-        the final block of a next-item score needs, at a fraction of the work."""
+        the final block of a next-item score needs, at a fraction of the work. ``real`` [B, T]
+        marks the items; only the low-pass filter reads it."""
         normed = self.ln_1(x)
         keys = self.key_input(x, normed)
         if last_only:
             attn_mask, x, normed = attn_mask[..., -1:, :], x[:, -1:], normed[:, -1:]
         query = None if normed is keys else normed
-        return self.residual(x, normed, self.attn(keys, attn_mask, query))
+        mixed = self.attn(keys, attn_mask, query)
+        if self.filter is not None:
+            filtered = self.filter(keys, real, last_only)
+            mixed = self.filter_alpha * filtered + (1.0 - self.filter_alpha) * mixed
+        return self.residual(x, normed, mixed)
 
     def key_input(self, x: Tensor, normed: Tensor) -> Tensor:
         """What keys and values are computed from: SASRec's block reads the raw stream."""
@@ -257,7 +305,7 @@ class Decoder(Recommender):
         x = self.emb_dropout(x * real[..., None])
         mask, last = self.attention_mask(real), len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
-            x = block(x, mask, last_only=last_only and depth == last)
+            x = block(x, mask, real, last_only=last_only and depth == last)
         return self.ln_f(x)
 
 

@@ -67,6 +67,11 @@ class ModelConfig:
     # stream restarts from the normalised query, so raw item embeddings do not run through;
     # ``gated``: eSASRec's (LiGR) block, pre-ln with sigmoid-gated residuals and a SwiGLU MLP.
     block: str = "pre-ln"
+    # BSARec (Shin et al., 2024), made causal: the share of each block's token mixing done by a
+    # fixed low-pass filter over the last max_len positions, whose high band a learned gain
+    # scales, instead of by attention; 0 is attention alone.
+    filter_alpha: float = 0.0
+    filter_cutoff: int = 5  # BSARec's c: the filter keeps the c // 2 + 1 lowest frequencies
     item_repr: str = "id"
     feature_dim: int = 0  # width of the frozen text vectors (text and hybrid)
     scale_embeddings: bool = True  # multiply input item vectors by sqrt(d_model), as SASRec
@@ -129,6 +134,7 @@ class ModelConfig:
         for key in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
+        self._check_filter()
         if self.item_repr in TEXT_REPRS and self.feature_dim < 1:
             raise ValueError(f"item_repr={self.item_repr} needs text features (feature_dim >= 1)")
         self.code_vocab = tuple(int(v) for v in self.code_vocab)
@@ -174,6 +180,20 @@ class ModelConfig:
             raise ValueError(f"fold_in_l2 must be >= 0, got {self.fold_in_l2!r}")
         if self.family == "mf" and self.n_users < 1:
             raise ValueError("family mf needs n_users >= 1: it learns a vector per user")
+
+    def _check_filter(self) -> None:
+        if not 0.0 <= self.filter_alpha <= 1.0:
+            raise ValueError(f"filter_alpha must be in [0, 1], got {self.filter_alpha!r}")
+        if not 1 <= self.filter_cutoff // 2 + 1 <= self.max_len // 2:
+            raise ValueError(
+                f"filter_cutoff must keep between 1 and max_len // 2 ({self.max_len // 2}) "
+                f"frequencies (it keeps filter_cutoff // 2 + 1), got {self.filter_cutoff!r}"
+            )
+        if self.filter_alpha > 0 and (self.family != "sasrec" or self.item_repr == "semantic"):
+            raise ValueError(
+                "filter_alpha > 0 (the causal low-pass filter) is built for the sasrec "
+                f"family's item decoder, not family={self.family} item_repr={self.item_repr}"
+            )
 
     def _check_semantic(self) -> None:
         if self.dense_weight < 0:
