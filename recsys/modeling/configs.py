@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "positions": "learned",  # learned | sinusoidal
     "position_origin": "start",  # start | end (count back from the most recent item)
     "block": "pre-ln",  # pre-ln (GPT) | sasrec | gated (eSASRec)
+    # sasrec family: the share of token mixing done by BSARec's low-pass filter, made causal
+    # (0: attention alone), and the filter's c (it keeps the c // 2 + 1 lowest frequencies)
+    "filter_alpha": 0.0,
+    "filter_cutoff": 5,
     "scale_embeddings": True,
     "use_user": False,
     # token: every training target weighs the same in an epoch, as with unbucketed batches;
@@ -115,7 +119,7 @@ MODEL_KEYS = (
     "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
     "item_repr scale_embeddings use_user loss sampler negatives n_negatives beam_size cold_share "
     "family gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio mask_last_share "
-    "fold_in_l2 "
+    "fold_in_l2 filter_alpha filter_cutoff "
     "generator dense_weight ranking"
 ).split()
 
