@@ -30,6 +30,7 @@ from recsys.modeling.lightning import (
     ema_averaging,
 )
 from recsys.modeling.metrics import ndcg_at_k, target_ranks
+from recsys.modeling.models import ModelConfig
 from recsys.modeling.runs import best_run, list_runs, load_trained_run
 from recsys.modeling.synthetic import write_synthetic_processed
 from recsys.processed import EvalExamples, Sequences, eval_examples, left_pad, load_processed
@@ -417,6 +418,20 @@ def test_shipped_configs_resolve():
     for path in sorted((PROJ_ROOT / "configs").glob("*.yaml")):
         config = config_module.resolve_config(str(path), "ml-100k")
         assert config["config_name"] == path.stem
+
+
+def test_shipped_tuned_configs_build_valid_models():
+    """Every tuned model file resolves for its own dataset into settings a model accepts (a
+    hand edit such as the low-pass filter's keys is checked against max_len here)."""
+    tuned = [
+        p for p in (PROJ_ROOT / "configs" / "tuned").glob("*.yaml") if "baselines" not in p.stem
+    ]
+    assert tuned
+    for path in sorted(tuned):
+        config = yaml.safe_load(path.read_text())
+        resolved = config_module.resolve_config(str(path), config["dataset"])
+        sizes = dict(n_items=10, n_catalogue=10, n_users=5, feature_dim=8)
+        ModelConfig.from_dict({**resolved, **sizes})
 
 
 def test_best_run_prefers_runs_trained_on_the_whole_catalogue(tmp_path):
