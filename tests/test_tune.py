@@ -376,9 +376,16 @@ def test_a_killed_tuner_resumes_and_finishes_its_trials(world, monkeypatch):
     epochs = [row.split(",")[0] for row in (trial_0 / "logs" / "metrics.csv").read_text().split()]
     assert epochs[1:] == [str(e) for e in range(8)]
     assert not (trial_0.parent / "trial-1").exists()
-    assert set(summary["importances"]) == {"lr"}
     figure = dirs["figures_dir"] / DATASET / "tuning-tiny-importance.png"
-    assert figure.stat().st_size > 0
+    if len({row["value"] for row in summary["trials"] if row["state"] == "complete"}) == 1:
+        # Two learning rates near the range's 1e-5 can both leave the tiny model where it
+        # started: with equal values fANOVA has no variance to share out, and says so.
+        assert summary["importances"] is None
+        assert "zero total variance" in summary["importance_note"]
+        assert not figure.exists()
+    else:
+        assert set(summary["importances"]) == {"lr"}
+        assert figure.stat().st_size > 0
 
 
 def test_tuners_started_together_seed_their_samplers_apart():
