@@ -160,12 +160,10 @@ class LowPassFilter(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        window = config.max_len
-        kernel = low_pass_matrix(window, config.filter_cutoff // 2 + 1)[-1].flip(0)
-        # causal[t, s] = kernel[t - s]: the weight of position s in position t's low band.
-        lags = torch.arange(window)[:, None] - torch.arange(window)[None, :]
-        causal = torch.where(lags >= 0, kernel[lags.clamp(min=0)], torch.zeros(()))
-        self.register_buffer("causal", causal, persistent=False)
+        # The circular filter's weight of position s in position t's low band depends on t - s
+        # alone; its lower triangle, s <= t, is what each window ending at t gives at its end.
+        circular = low_pass_matrix(config.max_len, config.filter_cutoff // 2 + 1)
+        self.register_buffer("causal", torch.tril(circular), persistent=False)
         self.high_gain = nn.Parameter(torch.ones(config.d_model))
         self.dropout = Dropout(config.dropout)
 
