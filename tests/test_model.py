@@ -453,6 +453,20 @@ def test_dropout_drops_a_share_p_and_rescales_the_rest_in_training_only():
     assert Dropout(0.0)(x) is x
 
 
+def test_dropout_draws_every_element_alike_and_anew_each_call():
+    """Each random word gives four elements their draws; the fourth's top bit is never set, so
+    a mask that read it would drop that element at another rate."""
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.ones(301, 333, dtype=torch.bfloat16)  # an odd count: the last word is cut short
+    first, second = dropout(x) != 0, dropout(x) != 0
+    for quarter in range(4):
+        share = first.flatten()[quarter::4].float().mean().item()
+        assert abs(share - 0.7) < 0.01, (quarter, share)
+    assert not torch.equal(first, second)
+    assert dropout(x).dtype == torch.bfloat16
+
+
 def test_bf16_attention_on_the_cpu_matches_float32_within_bf16_rounding():
     """Under CPU autocast attention takes SDPA's math path (faster there); its output and the
     gradients it sends back stay within bf16 rounding of the float32 pass."""

@@ -31,17 +31,23 @@ def attention_backend(query: Tensor) -> contextlib.AbstractContextManager:
 
 
 class Dropout(nn.Module):
-    """``nn.Dropout`` with its mask drawn by a uniform fill and a comparison: on the CPU, torch's
-    ``bernoulli_`` costs about three times as much, a visible share of a small model's step."""
+    """``nn.Dropout`` with its mask cut from random 64-bit words, four 15-bit draws each: on the
+    CPU, torch's ``bernoulli_`` and a uniform fill take one generator call per element, which is
+    a visible share of a small model's step. ``p`` is kept to 1 / 32,768."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
+        self.threshold = round(p * 2**15)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty_like(x).uniform_().ge_(self.p)
+        n = x.numel()
+        # random_() fills int64 with 63 random bits: each 16-bit quarter has 15 low ones.
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        draws = words.view(torch.int16)[:n].bitwise_and_(2**15 - 1)
+        keep = draws.ge_(self.threshold).view(x.shape)
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
