@@ -149,10 +149,12 @@ def test_coverage_and_popularity_by_hand():
     assert metrics.mean_popularity_at_k(padded, 2, pct).tolist() == pytest.approx([12.5])
 
 
-def test_rank_batch_and_next_item_ranks_equal_target_ranks_and_top_k_items():
+def test_rank_batch_and_next_item_ranks_equal_target_ranks_and_top_k_items(monkeypatch):
     # ties, NaN, -inf, targets inside the history, item-table-only columns: one pass, same numbers
     gen = torch.Generator().manual_seed(0)
     for trial in range(50):
+        # next_item_ranks goes through the rows in blocks: one block, then 2 rows, then 1
+        monkeypatch.setattr(metrics, "COUNT_BLOCK", (2**20, 60, 1)[trial % 3])
         scores = torch.randint(0, 4, (9, 30), generator=gen).float()
         scores[torch.rand(9, 30, generator=gen) < 0.1] = float("nan")
         scores[torch.rand(9, 30, generator=gen) < 0.1] = NEG_INF

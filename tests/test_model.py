@@ -9,7 +9,7 @@ import torch
 
 import torch.nn.functional as F
 
-from recsys.modeling.models import BLOCKS, ModelConfig, SeqRecModel
+from recsys.modeling.models import BLOCKS, ModelConfig, SeqRecModel, base
 from recsys.modeling.models.blocks import Dropout, LowPassFilter
 from recsys.modeling.models.losses import CE_CHUNK_BYTES, CE_GROUP_BYTES, SoftmaxCrossEntropy
 from recsys.modeling.runs import model_from_checkpoint
@@ -560,3 +560,20 @@ def test_filter_settings_it_cannot_take_are_refused_in_one_line(overrides, messa
     with pytest.raises(ValueError, match=re.escape(message)) as raised:
         ModelConfig(**{**values, **overrides})
     assert "\n" not in str(raised.value)
+
+
+def test_validation_loss_is_cross_entropy_over_the_training_candidates(monkeypatch):
+    config = ModelConfig(n_items=30, n_catalogue=36, max_len=8, d_model=16, n_heads=2)
+    model = SeqRecModel(config)
+    model.candidate_mask[[4, 9]] = False  # held out of training, as cold-start runs do
+    scores = torch.randn(7, 37)
+    targets = torch.tensor([1, 5, 30, 12, 3, 8, 21])
+    expected = F.cross_entropy(
+        scores.masked_fill(~model.candidate_mask, float("-inf")), targets, reduction="sum"
+    )
+    for block in (2**18, 37, 74):  # one block, one row a block, two rows a block
+        monkeypatch.setattr(base, "LOSS_BLOCK", block)
+        loss = model.validation_loss(torch.zeros(7, 3, dtype=torch.long), targets, scores)
+        assert torch.allclose(loss, expected, rtol=1e-6)
+    held_out = torch.tensor([4, 5])  # a target the loss may not score: infinite, as before
+    assert model.validation_loss(None, held_out, scores[:2]).item() == float("inf")

@@ -196,8 +196,14 @@ def next_item_ranks(
     the ranks of :func:`rank_batch` without its top lists. What validation needs: no
     ``[B, T, C]`` comparison, as the general function builds for several targets."""
     targets, exclude, n_rank = _one_target_inputs(scores, targets, exclude, n_rank)
-    masked = _scores_without_history(scores, exclude, n_rank)
-    return _one_target_ranks(masked, scores, targets, exclude, n_rank)
+    ranks = []
+    # A few rows at a time, so that the masked copy is made, counted and dropped in cache.
+    for rows in torch.arange(len(scores)).split(max(1, COUNT_BLOCK // scores.shape[1])):
+        part = slice(int(rows[0]), int(rows[-1]) + 1)
+        listed = None if exclude is None else exclude[part]
+        masked = _scores_without_history(scores[part], listed, n_rank)
+        ranks.append(_one_target_ranks(masked, scores[part], targets[part], listed, n_rank))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=scores.device)
 
 
 def _one_target_inputs(

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
+from math import inf
+
+import torch
 from torch import Tensor, nn
 
 from recsys.modeling.models.config import ModelConfig
+
+#: Score cells masked and reduced at once by :meth:`Recommender.validation_loss`.
+LOSS_BLOCK = 2**18
 
 
 class Recommender(nn.Module):
@@ -42,9 +47,17 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def validation_loss(self, item_seq: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
-        """Summed cross-entropy of the next item [B] over the training candidates."""
-        logits = scores.masked_fill(~self.candidate_mask, float("-inf"))
-        return F.cross_entropy(logits, targets, reduction="sum")
+        """Summed cross-entropy of the next item [B] over the training candidates.
+
+        A few rows at a time, each masked copy reduced to its log-sum-exp while it is in cache:
+        a whole-batch log-softmax writes two more score-sized tensors."""
+        blocked = ~self.candidate_mask
+        picked = scores.gather(1, targets[:, None]).squeeze(1).masked_fill(blocked[targets], -inf)
+        rows = max(1, LOSS_BLOCK // scores.shape[1])
+        log_norms = [
+            torch.logsumexp(part.masked_fill(blocked, -inf), 1) for part in scores.split(rows)
+        ]
+        return (torch.cat(log_norms) - picked).sum()
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: decay the matrices of linear and recurrent layers only, not norms,
