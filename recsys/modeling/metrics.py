@@ -196,10 +196,10 @@ def next_item_ranks(
     the ranks of :func:`rank_batch` without its top lists. What validation needs: no
     ``[B, T, C]`` comparison, as the general function builds for several targets."""
     targets, exclude, n_rank = _one_target_inputs(scores, targets, exclude, n_rank)
-    ranks = []
+    ranks, rows = [], max(1, COUNT_BLOCK // scores.shape[1])
     # A few rows at a time, so that the masked copy is made, counted and dropped in cache.
-    for rows in torch.arange(len(scores)).split(max(1, COUNT_BLOCK // scores.shape[1])):
-        part = slice(int(rows[0]), int(rows[-1]) + 1)
+    for start in range(0, len(scores), rows):
+        part = slice(start, start + rows)
         listed = None if exclude is None else exclude[part]
         masked = _scores_without_history(scores[part], listed, n_rank)
         ranks.append(_one_target_ranks(masked, scores[part], targets[part], listed, n_rank))

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from math import inf
+from typing import Any
 
 import torch
 from torch import Tensor, nn
