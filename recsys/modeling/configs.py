@@ -5,6 +5,7 @@ a config file (``configs/<name>.yaml`` or a path, or the tuned one of ``configs/
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -14,63 +15,19 @@ from loguru import logger
 from recsys.cli import fail
 from recsys.config import CONFIGS_DIR
 from recsys.io import read_yaml
+from recsys.modeling.models.config import ModelConfig
 
+#: The model's sizes, which the data gives: no config file sets them.
+DATA_SIZES = ("n_items", "n_catalogue", "feature_dim", "n_users", "code_vocab")
+#: The keys that shape the model and its loss: :class:`ModelConfig`'s, documented there.
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in DATA_SIZES)
 #: Every config key with its default; a config file or ``--set`` may change values, not add keys.
 DEFAULTS: dict[str, Any] = {
-    # sasrec (the causal decoder; TIGER with item_repr semantic) | gru4rec | bert4rec | mf
-    "family": "sasrec",
-    # id | text | hybrid | codes (sums of semantic-ID code rows) | semantic (generates the IDs)
-    "item_repr": "id",
+    **{f.name: f.default for f in fields(ModelConfig) if f.name in MODEL_KEYS},
     "feature_model": None,  # text-vector model for text/hybrid (None: the features default)
     # item_repr codes or semantic: which semantic IDs of the dataset (a slug under
-    # semantic_ids/; None: the default ones of feature_model). semantic: the beams kept when
-    # generating (>= 10, the K of validation NDCG@10; evaluation can report K up to it only).
+    # semantic_ids/; None: the default ones of feature_model).
     "semantic_ids": None,
-    "beam_size": 20,
-    # semantic: the share of the beams kept for items never trained on (TIGER's epsilon for
-    # cold start); they take every 1 / cold_share-th place of the list. 0: none.
-    "cold_share": 0.0,
-    # semantic: decoder (the decoder-only model on the shared blocks) | t5 (a T5
-    # encoder-decoder from transformers, n_layers each side)
-    "generator": "decoder",
-    # semantic decoder: > 0 trains a dense head beside the codes (its full-softmax loss, this
-    # much of it); ranking beam | rescored (beam and dense log-probabilities summed, LIGER's
-    # way, over the beam and the dense side's best) | dense (the head alone; needs the head)
-    "dense_weight": 0.0,
-    "ranking": "beam",
-    # ce | sampled (softmax with logQ) | bce | bpr | gbce | ccl | directau (bert4rec: ce, sampled)
-    "loss": "ce",
-    "sampler": "uniform",  # uniform | popularity | in-batch (the losses that sample negatives)
-    # batch: n_negatives per batch, shared by all its positions (what logQ and in-batch mixing
-    # assume); position: n_negatives drawn for each position, as SASRec and gSASRec draw them
-    "negatives": "batch",
-    "n_negatives": 256,
-    "gbce_t": 0.75,  # gbce calibration: 0 is plain bce, 1 calibrated to the full softmax
-    "ccl_margin": 0.8,  # ccl: a negative counts only where its cosine is above the margin
-    "ccl_negative_weight": 150.0,  # ccl: the negatives' mean excess weighs this much
-    "directau_gamma": 1.0,  # directau: uniformity's weight against alignment
-    "mask_ratio": 0.2,  # bert4rec: the share of each training sequence's items masked
-    # bert4rec: the share of training windows that hide only their most recent item
-    "mask_last_share": 0.0,
-    # mf: 0 scores a user by their trained vector; above 0, by a ridge fit of the history against
-    # the item table with this l2 (relative to the table's mean eigenvalue): new users too
-    "fold_in_l2": 0.0,
-    "d_model": 64,
-    "n_layers": 2,
-    "n_heads": 1,
-    "d_ff": 0,  # 0: 4 * d_model
-    "max_len": 200,
-    "dropout": 0.2,
-    "attn_dropout": 0.0,
-    "positions": "learned",  # learned | sinusoidal
-    "position_origin": "start",  # start | end (count back from the most recent item)
-    "block": "pre-ln",  # pre-ln (GPT) | sasrec | gated (eSASRec)
-    # sasrec family: the share of token mixing done by BSARec's low-pass filter, made causal
-    # (0: attention alone), and the filter's c (it keeps the c // 2 + 1 lowest frequencies)
-    "filter_alpha": 0.0,
-    "filter_cutoff": 5,
-    "scale_embeddings": True,
-    "use_user": False,
     # token: every training target weighs the same in an epoch, as with unbucketed batches;
     # batch: each (length-bucketed) batch's mean loss weighs the same.
     "loss_weighting": "token",
@@ -115,13 +72,6 @@ CHOICES = {
 #: (logQ-corrected, ``n_negatives`` shared negatives) instead of full-softmax ce, whose logits
 #: over every item dominate a step there (H&M: 105,542 articles).
 LARGE_CATALOGUE = 50_000
-MODEL_KEYS = (
-    "max_len d_model n_layers n_heads d_ff dropout attn_dropout positions position_origin block "
-    "item_repr scale_embeddings use_user loss sampler negatives n_negatives beam_size cold_share "
-    "family gbce_t ccl_margin ccl_negative_weight directau_gamma mask_ratio mask_last_share "
-    "fold_in_l2 filter_alpha filter_cutoff "
-    "generator dense_weight ranking"
-).split()
 
 
 # ------------------------------------------------------------------------------------ config

@@ -93,10 +93,13 @@ class ModelConfig:
     # against the item table (this l2, relative to the table's mean eigenvalue)
     fold_in_l2: float = 0.0
     # item_repr=semantic: the vocabulary of each semantic-ID level (the last one tells apart
-    # items whose codes collide), and the beams kept while generating the next item.
+    # items whose codes collide), and the beams kept while generating the next item (>= 10,
+    # the K of validation NDCG@10; evaluation can report K up to it only).
     code_vocab: tuple[int, ...] = ()
     beam_size: int = 20
-    cold_share: float = 0.0  # semantic: the share of beams kept for items never trained on
+    # semantic: the share of beams kept for items never trained on (TIGER's epsilon for cold
+    # start); they take every 1 / cold_share-th place of the list.
+    cold_share: float = 0.0
     generator: str = "decoder"  # semantic: decoder (decoder-only) or t5 (encoder-decoder)
     dense_weight: float = 0.0  # semantic decoder: weight of the dense head's loss (0: no head)
     ranking: str = "beam"  # semantic: beam | rescored | dense (the last two need the head)
