@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from math import inf
 
 import numpy as np
 import torch
@@ -231,12 +232,12 @@ def _scores_without_history(
     scores: torch.Tensor, exclude: torch.Tensor | None, n_rank: int
 ) -> torch.Tensor:
     """A float copy of the scores with every non-candidate (and NaN) at -inf."""
-    masked = scores.float().clone()
-    masked[:, 0] = float("-inf")
-    masked[:, n_rank + 1 :] = float("-inf")
+    masked = torch.nan_to_num(scores.float(), nan=-inf, posinf=inf, neginf=-inf)  # the copy
+    masked[:, 0] = -inf
+    masked[:, n_rank + 1 :] = -inf
     if exclude is not None and exclude.numel():
-        masked.scatter_(1, exclude, float("-inf"))
-    return masked.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        masked.scatter_(1, exclude, -inf)
+    return masked
 
 
 def _one_target_ranks(
