@@ -562,6 +562,14 @@ def test_filter_settings_it_cannot_take_are_refused_in_one_line(overrides, messa
     assert "\n" not in str(raised.value)
 
 
+def test_a_short_window_needs_no_filter_cutoff_while_the_filter_is_off():
+    """The default cutoff keeps 3 frequencies, more than a 4-long window has: that only
+    matters once the filter is on."""
+    ModelConfig(n_items=N_ITEMS, n_catalogue=N_ITEMS, max_len=4)
+    with pytest.raises(ValueError, match="filter_cutoff must keep between 1"):
+        ModelConfig(n_items=N_ITEMS, n_catalogue=N_ITEMS, max_len=4, filter_alpha=0.5)
+
+
 def test_validation_loss_is_cross_entropy_over_the_training_candidates(monkeypatch):
     config = ModelConfig(n_items=30, n_catalogue=36, max_len=8, d_model=16, n_heads=2)
     model = SeqRecModel(config)

@@ -187,7 +187,7 @@ class ModelConfig:
     def _check_filter(self) -> None:
         if not 0.0 <= self.filter_alpha <= 1.0:
             raise ValueError(f"filter_alpha must be in [0, 1], got {self.filter_alpha!r}")
-        if not 1 <= self.filter_cutoff // 2 + 1 <= self.max_len // 2:
+        if self.filter_alpha > 0 and not 1 <= self.filter_cutoff // 2 + 1 <= self.max_len // 2:
             raise ValueError(
                 f"filter_cutoff must keep between 1 and max_len // 2 ({self.max_len // 2}) "
                 f"frequencies (it keeps filter_cutoff // 2 + 1), got {self.filter_cutoff!r}"
