@@ -52,6 +52,7 @@ class ModelConfig:
     n_items: int  # items 1..n_items have interactions (training targets, ranked by metrics)
     n_catalogue: int  # items 1..n_catalogue have a row in the item table (cold ones included)
     family: str = "sasrec"
+    item_repr: str = "id"
     max_len: int = 200
     d_model: int = 64
     n_layers: int = 2
@@ -72,7 +73,6 @@ class ModelConfig:
     # scales, instead of by attention; 0 is attention alone.
     filter_alpha: float = 0.0
     filter_cutoff: int = 5  # BSARec's c: the filter keeps the c // 2 + 1 lowest frequencies
-    item_repr: str = "id"
     feature_dim: int = 0  # width of the frozen text vectors (text and hybrid)
     scale_embeddings: bool = True  # multiply input item vectors by sqrt(d_model), as SASRec
     n_users: int = 0
